@@ -1,0 +1,37 @@
+# vaelab: `make train` installs and trains the default model; `make test` installs and runs the tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+ARGS ?=
+
+# the real MNIST / Fashion-MNIST IDX files beside the project, when they are there
+SHARED_DATA := $(abspath ../shared/data)
+ifneq ($(wildcard $(SHARED_DATA)/MNIST/raw),)
+export VAELAB_DATA_DIR ?= $(SHARED_DATA)
+endif
+
+.PHONY: install train test test-all lint clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+train: install
+	$(PY) train.py $(ARGS)
+
+test: install
+	$(PY) -m pytest -m "not slow" $(ARGS)
+
+test-all: install
+	$(PY) -m pytest $(ARGS)
+
+lint: install
+	$(PY) -m ruff check src tests scripts train.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info

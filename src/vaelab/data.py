@@ -1,0 +1,226 @@
+"""MNIST and Fashion-MNIST as one LightningDataModule, served from in-memory tensors.
+
+torchvision's dataset classes decode the IDX files once into uint8 tensors. They are
+converted once to float32 images of shape (N, 1, 28, 28) with values in [0, 1], and every
+batch is a slice of those tensors: there is no per-sample PIL transform and no collate loop.
+
+Binarization (``binarize``):
+- ``none``: grey levels in [0, 1].
+- ``static``: every split is binarized once, with a fixed seed (Larochelle-style fixed bits).
+- ``dynamic``: training batches are re-binarized every time they are drawn
+  (x ~ Bernoulli(pixel intensity)); the validation and test splits are binarized once with
+  a fixed seed so that their numbers are repeatable.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import lightning as L
+import torch
+import torchvision
+from torch.utils.data import DataLoader, Dataset
+
+DATASETS = {
+    "mnist": torchvision.datasets.MNIST,
+    "fashion_mnist": torchvision.datasets.FashionMNIST,
+}
+BINARIZE_CHOICES = ("none", "static", "dynamic")
+DOWNLOAD_TIMEOUT_S = 20.0
+
+
+class DataNotFoundError(RuntimeError):
+    """The IDX files are missing and could not be downloaded."""
+
+
+def raw_folder(name: str, root: str | os.PathLike) -> Path:
+    """Where torchvision expects the uncompressed IDX files, e.g. ``root/MNIST/raw``."""
+    return Path(root).expanduser().resolve() / DATASETS[name].__name__ / "raw"
+
+
+def expected_files(name: str) -> list[str]:
+    """The uncompressed IDX file names torchvision looks for."""
+    return [Path(url).stem for url, _md5 in DATASETS[name].resources]
+
+
+def load_split(name: str, root: str | os.PathLike, train: bool, download: bool = True):
+    """Read one split with torchvision. Returns (images uint8 (N, 28, 28), labels int64 (N,), classes).
+
+    Raises DataNotFoundError with instructions when the files are missing and the
+    download is off or fails.
+    """
+    cls = DATASETS[name]
+    root = str(Path(root).expanduser())
+    try:
+        dataset = cls(root, train=train, download=False)
+    except RuntimeError as missing:
+        if not download:
+            raise DataNotFoundError(_missing_message(name, root, "download is off (data.download=false)")) from missing
+        dataset = _download(cls, name, root, train)
+    return dataset.data, dataset.targets.long(), list(dataset.classes)
+
+
+def _download(cls, name: str, root: str, train: bool):
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # never hang on a network that drops packets
+    try:
+        return cls(root, train=train, download=True)
+    except Exception as failure:  # noqa: BLE001 - any download failure gets the same advice
+        reason = str(failure).strip().splitlines()[0] if str(failure).strip() else type(failure).__name__
+        raise DataNotFoundError(_missing_message(name, root, f"the download failed: {reason}")) from failure
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _missing_message(name: str, root: str, why: str) -> str:
+    return (
+        f"{name} data not found in {raw_folder(name, root)} and {why}. "
+        f"Put the uncompressed IDX files ({', '.join(expected_files(name))}) there, "
+        f"or point data.root (or the VAELAB_DATA_DIR environment variable) at a folder "
+        f"that holds {DATASETS[name].__name__}/raw/."
+    )
+
+
+def to_float_images(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W) -> float32 (N, 1, H, W) in [0, 1]."""
+    return images.unsqueeze(1).float().div_(255.0)
+
+
+def binarize_once(images: torch.Tensor, seed: int) -> torch.Tensor:
+    """Draw x ~ Bernoulli(images) once, with its own seeded generator. Same shape, values {0, 1}."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.bernoulli(images, generator=generator)
+
+
+def keep_batch(batch):
+    """collate_fn for datasets that already return whole batches."""
+    return batch
+
+
+class InMemoryImages(Dataset):
+    """Images (N, C, H, W) float32 and labels (N,) int64 held in memory.
+
+    ``__getitems__`` returns a whole batch ``(x, y)`` by slicing, which the DataLoader calls
+    with the sampler's list of indices; with ``dynamic_binarize`` the batch is re-binarized
+    with the global RNG (seeded by ``seed_everything``).
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, dynamic_binarize: bool = False):
+        assert images.shape[0] == labels.shape[0], (images.shape, labels.shape)
+        self.images = images
+        self.labels = labels
+        self.dynamic_binarize = dynamic_binarize
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int):
+        x, y = self.__getitems__([index])
+        return x[0], y[0]
+
+    def __getitems__(self, indices):
+        index = torch.as_tensor(indices, dtype=torch.long)
+        x = self.images[index]
+        if self.dynamic_binarize:
+            x = torch.bernoulli(x)
+        return x, self.labels[index]
+
+
+class VAEDataModule(L.LightningDataModule):
+    """MNIST or Fashion-MNIST: a seeded train/val split of the 60k training images, and the 10k test set.
+
+    Batches are ``(x, y)``: x float32 (B, 1, 28, 28) in [0, 1] (or {0, 1} when binarized),
+    y int64 (B,) class labels.
+    """
+
+    def __init__(
+        self,
+        name: str = "mnist",
+        root: str = "data",
+        batch_size: int = 128,
+        eval_batch_size: int = 1000,
+        val_size: int = 5000,
+        binarize: str = "none",
+        split_seed: int = 0,
+        binarize_seed: int = 0,
+        download: bool = True,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        if name not in DATASETS:
+            raise ValueError(f"data.name must be one of {sorted(DATASETS)}, got {name!r}")
+        if binarize not in BINARIZE_CHOICES:
+            raise ValueError(f"data.binarize must be one of {list(BINARIZE_CHOICES)}, got {binarize!r}")
+        self.name = name
+        self.root = root
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.val_size = val_size
+        self.binarize = binarize
+        self.split_seed = split_seed
+        self.binarize_seed = binarize_seed
+        self.download = download
+        self.num_workers = num_workers
+        self.image_shape = (1, 28, 28)
+        self.classes: list[str] = list(DATASETS[name].classes)
+        self.train_set = self.val_set = self.test_set = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def prepare_data(self) -> None:
+        for train in (True, False):
+            load_split(self.name, self.root, train, self.download)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        train_images, train_labels, self.classes = load_split(self.name, self.root, True, self.download)
+        test_images, test_labels, _ = load_split(self.name, self.root, False, self.download)
+        if not 0 <= self.val_size < len(train_labels):
+            raise ValueError(f"data.val_size must be in [0, {len(train_labels)}), got {self.val_size}")
+        order = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(self.split_seed))
+        val_index, train_index = order[: self.val_size], order[self.val_size :]
+        train_x, val_x, test_x = (to_float_images(train_images[i]) for i in (train_index, val_index, slice(None)))
+        if self.binarize == "static":
+            train_x = binarize_once(train_x, self.binarize_seed)
+        if self.binarize in ("static", "dynamic"):
+            val_x = binarize_once(val_x, self.binarize_seed + 1)
+            test_x = binarize_once(to_float_images(test_images), self.binarize_seed + 2)
+        else:
+            test_x = to_float_images(test_images)
+        self.train_set = InMemoryImages(train_x, train_labels[train_index], self.binarize == "dynamic")
+        self.val_set = InMemoryImages(val_x, train_labels[val_index])
+        self.test_set = InMemoryImages(test_x, test_labels)
+
+    def _loader(self, dataset: InMemoryImages, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=False,
+            collate_fn=keep_batch,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
+
+    def fixed_batch(self, split: str = "val", n: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first n images and labels of a split: the same ones every epoch, for image panels."""
+        dataset = {"train": self.train_set, "val": self.val_set, "test": self.test_set}[split]
+        if dataset is None:
+            self.setup()
+            dataset = {"train": self.train_set, "val": self.val_set, "test": self.test_set}[split]
+        n = min(n, len(dataset))
+        return dataset.images[:n], dataset.labels[:n]

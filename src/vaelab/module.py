@@ -1,0 +1,92 @@
+"""One LightningModule for the VAE, the beta-VAE and the conditional VAE.
+
+It is built from plain config dicts (saved as hyperparameters), so a checkpoint alone is
+enough to rebuild it: ``VAELitModule.load_from_checkpoint(path)``.
+
+Logged metrics, all in nats per image (sum over pixels / latent dims, mean over the batch):
+``{train,val,test}/recon``, ``/kl``, ``/elbo`` (beta = 1), ``/loss`` (the weighted training
+objective) and ``train/beta`` (the current KL weight, beta * schedule(step)).
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+
+from vaelab.networks import VAE
+from vaelab.objectives import Objective
+
+
+class VAELitModule(L.LightningModule):
+    """Args:
+    model: the ``model`` config: latent_dim, beta, conditional, free_bits, capacity,
+        ``net.encoder``, ``net.decoder`` and ``optimizer`` ``_target_`` configs.
+    loss: the ``loss`` config: the likelihood's ``_target_`` config.
+    annealing: the ``annealing`` config: the KL schedule's ``_target_`` config.
+    image_shape: (C, H, W) of the data.
+    num_classes: number of classes in the data (used when ``model.conditional``).
+    """
+
+    def __init__(self, model: dict, loss: dict, annealing: dict, image_shape=(1, 28, 28), num_classes: int = 10):
+        super().__init__()
+        self.save_hyperparameters()
+        latent_dim = int(model["latent_dim"])
+        if latent_dim < 1:
+            raise ValueError(f"model.latent_dim must be >= 1, got {latent_dim}")
+        cond_dim = num_classes if model.get("conditional", False) else 0
+        common = dict(image_shape=tuple(image_shape), latent_dim=latent_dim, cond_dim=cond_dim)
+        self.vae = VAE(instantiate(model["net"]["encoder"], **common), instantiate(model["net"]["decoder"], **common), latent_dim, cond_dim)
+        self.objective = Objective(
+            likelihood=instantiate(loss),
+            beta=model.get("beta", 1.0),
+            schedule=instantiate(annealing),
+            free_bits=model.get("free_bits", 0.0),
+            capacity=model.get("capacity"),
+        )
+
+    @property
+    def likelihood(self):
+        return self.objective.likelihood
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None):
+        return self.vae(x, y)
+
+    def _shared_step(self, batch, stage: str) -> torch.Tensor:
+        x, y = batch
+        out = self.vae(x, y)
+        terms = self.objective(x, out.params, out.mean, out.logvar, self.global_step)
+        on_step = stage == "train"
+        names = terms if on_step else ("recon", "kl", "elbo", "loss")  # the KL weight only in train/
+        self.log_dict(
+            {f"{stage}/{name}": terms[name] for name in names},
+            on_step=on_step,
+            on_epoch=not on_step,
+            batch_size=x.shape[0],
+            sync_dist=not on_step,
+        )
+        return terms["loss"]
+
+    def training_step(self, batch, batch_idx):
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._shared_step(batch, "test")
+
+    def configure_optimizers(self):
+        make_optimizer = instantiate(self.hparams.model["optimizer"])
+        return make_optimizer(self.parameters())
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Pixel means of p(x | z = posterior mean): (B, C, H, W) in [0, 1]."""
+        mean, _ = self.vae.encode(x, y)
+        return self.likelihood.mean(self.vae.decode(mean, y))
+
+    @torch.no_grad()
+    def generate(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Pixel means of p(x | z): z (B, D) -> (B, C, H, W) in [0, 1]."""
+        return self.likelihood.mean(self.vae.decode(z, y))

@@ -1,0 +1,171 @@
+"""Encoders, decoders and the VAE that joins them.
+
+Shapes: images x are (B, C, H, W); the condition c is a one-hot label (B, K) or None;
+latents z are (B, D). Encoders return the diagonal Gaussian posterior's mean and
+log-variance, each (B, D). Decoders return the likelihood's parameters with the image's
+shape (B, C, H, W) (logits for the Bernoulli, pre-sigmoid means for the Gaussian).
+The losses live in ``objectives.py``, not here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributions import Normal
+
+
+def activation_layer(name: str) -> nn.Module:
+    """An activation by its torch.nn class name, e.g. "ReLU", "Tanh", "ELU"."""
+    layer = getattr(nn, name, None)
+    if not (isinstance(layer, type) and issubclass(layer, nn.Module)):
+        raise ValueError(f"unknown activation {name!r}: use a torch.nn class name such as ReLU, Tanh, ELU")
+    return layer()
+
+
+def mlp(sizes: list[int], activation: str) -> nn.Sequential:
+    """Linear layers of the given sizes, each followed by the activation."""
+    layers: list[nn.Module] = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
+        layers += [nn.Linear(n_in, n_out), activation_layer(activation)]
+    return nn.Sequential(*layers)
+
+
+def with_condition(h: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+    """Concatenate a flat feature (B, F) with the one-hot condition (B, K), if any."""
+    return h if c is None else torch.cat([h, c.to(h.dtype)], dim=1)
+
+
+class GaussianHeads(nn.Module):
+    """Features (B, F) -> posterior mean (B, D) and log-variance (B, D)."""
+
+    def __init__(self, in_features: int, latent_dim: int):
+        super().__init__()
+        self.mean = nn.Linear(in_features, latent_dim)
+        self.logvar = nn.Linear(in_features, latent_dim)
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.mean(h), self.logvar(h)
+
+
+class MLPEncoder(nn.Module):
+    """x (B, C, H, W) [+ c (B, K)] -> mean, logvar (B, D) through hidden_dims."""
+
+    def __init__(self, image_shape, latent_dim: int, cond_dim: int = 0, hidden_dims=(400,), activation="ReLU"):
+        super().__init__()
+        sizes = [math.prod(image_shape) + cond_dim, *hidden_dims]
+        self.body = mlp(sizes, activation)
+        self.heads = GaussianHeads(sizes[-1], latent_dim)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None):
+        return self.heads(self.body(with_condition(x.flatten(1), c)))
+
+
+class MLPDecoder(nn.Module):
+    """z (B, D) [+ c (B, K)] -> likelihood parameters (B, C, H, W) through hidden_dims."""
+
+    def __init__(self, image_shape, latent_dim: int, cond_dim: int = 0, hidden_dims=(400,), activation="ReLU"):
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        sizes = [latent_dim + cond_dim, *hidden_dims]
+        self.body = mlp(sizes, activation)
+        self.out = nn.Linear(sizes[-1], math.prod(image_shape))
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        return self.out(self.body(with_condition(z, c))).view(-1, *self.image_shape)
+
+
+class ConvEncoder(nn.Module):
+    """x (B, C, 28, 28) -> two stride-2 convolutions (32, 64 channels) -> 7x7 -> [+ c] -> MLP -> mean, logvar."""
+
+    def __init__(self, image_shape, latent_dim: int, cond_dim: int = 0, channels=(32, 64), hidden_dim=256, activation="ReLU"):
+        super().__init__()
+        in_channels, height, width = image_shape
+        if height % 4 or width % 4:
+            raise ValueError(f"ConvEncoder needs image sides divisible by 4, got {tuple(image_shape)}")
+        c1, c2 = channels
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, c1, 4, stride=2, padding=1), activation_layer(activation),
+            nn.Conv2d(c1, c2, 4, stride=2, padding=1), activation_layer(activation),
+            nn.Flatten(),
+        )
+        self.body = mlp([c2 * (height // 4) * (width // 4) + cond_dim, hidden_dim], activation)
+        self.heads = GaussianHeads(hidden_dim, latent_dim)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None):
+        return self.heads(self.body(with_condition(self.features(x), c)))
+
+
+class ConvDecoder(nn.Module):
+    """z (B, D) [+ c] -> MLP -> 64x7x7 -> two stride-2 transposed convolutions -> (B, C, 28, 28)."""
+
+    def __init__(self, image_shape, latent_dim: int, cond_dim: int = 0, channels=(32, 64), hidden_dim=256, activation="ReLU"):
+        super().__init__()
+        out_channels, height, width = image_shape
+        c1, c2 = channels
+        self.grid = (c2, height // 4, width // 4)
+        self.body = mlp([latent_dim + cond_dim, hidden_dim, math.prod(self.grid)], activation)
+        self.deconv = nn.Sequential(
+            nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1), activation_layer(activation),
+            nn.ConvTranspose2d(c1, out_channels, 4, stride=2, padding=1),
+        )
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        return self.deconv(self.body(with_condition(z, c)).view(-1, *self.grid))
+
+
+@dataclass
+class VAEOutput:
+    """One forward pass: posterior mean/logvar (B, D), a sample z (B, D), decoder output (B, C, H, W)."""
+
+    mean: torch.Tensor
+    logvar: torch.Tensor
+    z: torch.Tensor
+    params: torch.Tensor
+
+
+class VAE(nn.Module):
+    """q(z | x[, y]) = N(mean, diag(exp(logvar))), prior p(z) = N(0, I), decoder p(x | z[, y]).
+
+    With ``num_classes > 0`` it is a conditional VAE: the one-hot label goes into both
+    the encoder and the decoder.
+    """
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, latent_dim: int, num_classes: int = 0):
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.latent_dim = latent_dim
+        self.num_classes = num_classes
+
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes > 0
+
+    def condition(self, y: torch.Tensor | None) -> torch.Tensor | None:
+        """Labels (B,) -> one-hot (B, K) for a CVAE, None for an unconditional VAE."""
+        if not self.conditional:
+            return None
+        if y is None:
+            raise ValueError("a conditional VAE needs labels y")
+        return F.one_hot(y, self.num_classes).float()
+
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encoder(x, self.condition(y))
+
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.decoder(z, self.condition(y))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> VAEOutput:
+        c = self.condition(y)
+        mean, logvar = self.encoder(x, c)
+        z = Normal(mean, torch.exp(0.5 * logvar), validate_args=False).rsample()  # reparameterized
+        return VAEOutput(mean, logvar, z, self.decoder(z, c))
+
+    def prior(self, n: int, device=None) -> Normal:
+        """p(z) = N(0, I) with batch shape (n, D)."""
+        zeros = torch.zeros(n, self.latent_dim, device=device)
+        return Normal(zeros, torch.ones_like(zeros), validate_args=False)

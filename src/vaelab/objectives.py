@@ -1,0 +1,127 @@
+"""Likelihoods, the KL divergence and the (beta-weighted) ELBO objective.
+
+Units: every number here is in nats **per image**: a sum over the image's pixels (or
+latent dimensions), then a mean over the batch.
+
+- ``recon`` = -E_q[log p(x | z)], one Monte-Carlo sample.
+- ``kl``    = KL(q(z | x) || p(z)), in closed form.
+- ``elbo``  = -(recon + kl): the plain ELBO at beta = 1, a lower bound on log p(x).
+- ``loss``  = the training objective: recon + beta_t * kl (with free bits applied to the
+  KL term), or recon + gamma * |kl - C_t| with capacity control.
+
+All variants (VAE, beta-VAE, CVAE, free bits, capacity) are configuration of ``Objective``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.distributions import Bernoulli, Independent, Normal
+
+from vaelab.annealing import Constant, capacity
+
+
+class BernoulliLikelihood(nn.Module):
+    """p(x | z) = prod_pixels Bernoulli(sigmoid(params)): binary cross-entropy with logits, summed per image."""
+
+    def distribution(self, params: torch.Tensor) -> Independent:
+        return Independent(Bernoulli(logits=params, validate_args=False), params.dim() - 1)
+
+    def log_prob(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """x, params (B, C, H, W) -> log p(x | z) (B,) in nats."""
+        return self.distribution(params).log_prob(x)
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        """Pixel means (B, C, H, W) in [0, 1], for pictures."""
+        return torch.sigmoid(params)
+
+
+class GaussianLikelihood(nn.Module):
+    """p(x | z) = prod_pixels N(sigmoid(params), sigma^2), summed per image.
+
+    With a fixed sigma this is a scaled MSE plus a constant; with ``learn_sigma`` one shared
+    log-sigma is trained. Note: on grey-level pixels this is a density, so its nats are not
+    comparable with discrete (Bernoulli) log-likelihoods.
+    """
+
+    def __init__(self, sigma: float = 0.1, learn_sigma: bool = False):
+        super().__init__()
+        if sigma <= 0:
+            raise ValueError(f"loss.sigma must be > 0, got {sigma}")
+        log_sigma = torch.tensor(float(sigma)).log()
+        if learn_sigma:
+            self.log_sigma = nn.Parameter(log_sigma)
+        else:
+            self.register_buffer("log_sigma", log_sigma)
+
+    def distribution(self, params: torch.Tensor) -> Independent:
+        scale = self.log_sigma.exp().expand_as(params)
+        return Independent(Normal(torch.sigmoid(params), scale, validate_args=False), params.dim() - 1)
+
+    def log_prob(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """x, params (B, C, H, W) -> log p(x | z) (B,) in nats."""
+        return self.distribution(params).log_prob(x)
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(params)
+
+
+def kl_standard_normal(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, exp(logvar)) || N(0, 1)) per latent dimension, closed form: (B, D) nats."""
+    return 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar)
+
+
+class Objective(nn.Module):
+    """The negative ELBO with beta weighting, KL annealing, free bits and capacity control.
+
+    Args:
+        likelihood: ``BernoulliLikelihood`` or ``GaussianLikelihood``.
+        beta: the KL weight (1 = VAE, > 1 = beta-VAE of Higgins et al. 2017).
+        schedule: step -> weight in [0, 1]; the KL weight at step t is beta * schedule(t).
+        free_bits: lambda of Kingma et al. (2016), in nats per latent dimension: each
+            dimension's batch-mean KL counts at least lambda in the loss (0 = off).
+        capacity: None, or dict(gamma, max_nats, ramp_steps) for Burgess et al. (2018):
+            loss = recon + gamma * |KL - C_t|, C_t ramping linearly from 0 to max_nats.
+    """
+
+    def __init__(
+        self,
+        likelihood: nn.Module,
+        beta: float = 1.0,
+        schedule: Callable[[int], float] | None = None,
+        free_bits: float = 0.0,
+        capacity: dict | None = None,
+    ):
+        super().__init__()
+        if beta < 0:
+            raise ValueError(f"model.beta must be >= 0, got {beta}")
+        if free_bits < 0:
+            raise ValueError(f"model.free_bits must be >= 0, got {free_bits}")
+        self.likelihood = likelihood
+        self.beta = float(beta)
+        self.schedule = schedule or Constant()
+        self.free_bits = float(free_bits)
+        self.capacity = dict(capacity) if capacity else None
+
+    def kl_weight(self, step: int) -> float:
+        """beta * schedule(step): a Python float, no device sync."""
+        return self.beta * self.schedule(step)
+
+    def forward(self, x: torch.Tensor, params: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor, step: int) -> dict:
+        """x, params (B, C, H, W); mean, logvar (B, D) -> dict of scalar tensors (nats per image) and floats."""
+        recon = -self.likelihood.log_prob(x, params).mean()
+        kl_per_dim = kl_standard_normal(mean, logvar).mean(0)  # (D,) batch-mean KL of each dimension
+        kl = kl_per_dim.sum()
+        kl_term = kl_per_dim.clamp(min=self.free_bits).sum() if self.free_bits > 0 else kl
+        terms = {"recon": recon, "kl": kl, "elbo": -(recon + kl)}
+        if self.capacity:
+            target = capacity(step, self.capacity["max_nats"], self.capacity["ramp_steps"])
+            terms["loss"] = recon + self.capacity["gamma"] * (kl_term - target).abs()
+            terms["capacity"] = target
+        else:
+            weight = self.kl_weight(step)
+            terms["loss"] = recon + weight * kl_term
+            terms["beta"] = weight
+        return terms

@@ -1,0 +1,67 @@
+"""The Hydra entry point: ``python train.py ...`` or ``vaelab-train ...``.
+
+Only hydra and omegaconf are imported at module level, so ``--help`` and ``--cfg job``
+stay fast; torch and Lightning are imported when a run starts.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CONFIG_DIR = PROJECT_ROOT / "configs"
+
+OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit, then test on the best checkpoint. Returns the final metrics as floats."""
+    import warnings
+
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from vaelab.loggers import build_loggers, finish_wandb
+    from vaelab.module import VAELitModule
+
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")  # in-memory batches need none
+    warnings.filterwarnings("ignore", ".*treespec, LeafSpec.*")  # Lightning vs. newer torch, harmless
+    if logging.getLogger().hasHandlers():  # Hydra's handlers print Lightning's messages already
+        logging.getLogger("lightning").handlers.clear()
+    L.seed_everything(cfg.seed, workers=True)
+    try:
+        datamodule = instantiate(cfg.data)
+        module = VAELitModule(
+            model=OmegaConf.to_container(cfg.model, resolve=True),
+            loss=OmegaConf.to_container(cfg.loss, resolve=True),
+            annealing=OmegaConf.to_container(cfg.annealing, resolve=True),
+            image_shape=datamodule.image_shape,
+            num_classes=datamodule.num_classes,
+        )
+        callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+        trainer = instantiate(cfg.trainer, logger=build_loggers(cfg) or False, callbacks=callbacks)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if cfg.get("test", True):
+            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+        return metrics
+    finally:
+        finish_wandb()
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    log.info("final metrics (nats per image): %s", {k: round(v, 3) for k, v in sorted(metrics.items())})
+    return metrics.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Test helpers: tiny synthetic IDX files in torchvision's layout, and the real Hydra config."""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = PROJECT_ROOT / "configs"
+REAL_DATA = Path(os.environ.get("VAELAB_DATA_DIR", PROJECT_ROOT.parent / "shared" / "data"))
+FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+
+
+def write_idx_images(path: Path, images: np.ndarray) -> None:
+    """uint8 (N, H, W) -> an uncompressed IDX3 file (magic 2051)."""
+    n, h, w = images.shape
+    path.write_bytes(struct.pack(">IIII", 2051, n, h, w) + images.astype(np.uint8).tobytes())
+
+
+def write_idx_labels(path: Path, labels: np.ndarray) -> None:
+    """uint8 (N,) -> an uncompressed IDX1 file (magic 2049)."""
+    path.write_bytes(struct.pack(">II", 2049, len(labels)) + labels.astype(np.uint8).tobytes())
+
+
+def synthetic_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n 28x28 images whose class (0-9) decides where a bright 8x8 block sits, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 10
+    rng.shuffle(labels)
+    images = rng.integers(0, 40, size=(n, 28, 28))
+    for i, label in enumerate(labels):
+        row, col = divmod(int(label), 4)
+        images[i, 2 + 8 * row : 10 + 8 * row, 2 + 6 * col : 10 + 6 * col] = 255
+    return images.astype(np.uint8), labels.astype(np.uint8)
+
+
+def write_synthetic_dataset(root: Path, name: str, n_train: int = 240, n_test: int = 60) -> Path:
+    raw = root / FOLDERS[name] / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, n, seed in (("train", n_train, 1), ("t10k", n_test, 2)):
+        images, labels = synthetic_digits(n, seed)
+        write_idx_images(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx_labels(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    return root
+
+
+FAST = [
+    "trainer.max_epochs=1",
+    "trainer.accelerator=cpu",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "trainer.log_every_n_steps=1",
+    "data.batch_size=32",
+    "data.eval_batch_size=64",
+    "data.val_size=40",
+]
+
+
+def compose(overrides: list[str] | None = None, *, output_dir: Path | None = None, data_root: Path | None = None):
+    """The real train config, composed with Hydra's compose API (no Hydra run folder)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    import vaelab.train  # noqa: F401 - registers the project_root resolver
+
+    extra = []
+    if output_dir is not None:
+        extra.append(f"paths.output_dir={output_dir}")
+    if data_root is not None:
+        extra.append(f"data.root={data_root}")
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return hydra_compose(config_name="train", overrides=[*(overrides or []), *extra])

@@ -1,0 +1,123 @@
+import pytest
+import torch
+import torchvision
+from helpers import synthetic_digits, write_synthetic_dataset
+
+from vaelab.data import DataNotFoundError, InMemoryImages, VAEDataModule, load_split
+
+
+def make(data_root, **kwargs):
+    dm = VAEDataModule(root=str(data_root), **{"val_size": 40, "batch_size": 32, **kwargs})
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
+def test_loads_synthetic_idx_through_torchvision(data_root, name):
+    dm = make(data_root, name=name, binarize="none")
+    images, labels = synthetic_digits(240, seed=1)
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (200, 40, 60)
+    assert dm.num_classes == 10 and dm.image_shape == (1, 28, 28)
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (32, 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert 0.0 <= x.min() and x.max() <= 1.0
+    # every training image, in [0, 1], is one of the written images scaled by 1/255
+    all_x = torch.cat([dm.train_set.images, dm.val_set.images])
+    written = torch.from_numpy(images).float().div(255).unsqueeze(1)
+    assert torch.equal(all_x.sort(dim=0).values, written.sort(dim=0).values)
+    assert sorted(torch.cat([dm.train_set.labels, dm.val_set.labels]).tolist()) == sorted(labels.tolist())
+
+
+def test_split_is_seeded(data_root):
+    a, b, c = make(data_root, split_seed=0), make(data_root, split_seed=0), make(data_root, split_seed=1)
+    assert torch.equal(a.val_set.labels, b.val_set.labels) and torch.equal(a.val_set.images, b.val_set.images)
+    assert not torch.equal(a.val_set.images, c.val_set.images)
+
+
+def test_batches_match_the_reference_tensordataset_loader(data_root):
+    """The fast path (whole-batch slicing) yields the same batches as a per-sample DataLoader."""
+    dm = make(data_root, binarize="none")
+    reference = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(dm.train_set.images, dm.train_set.labels), batch_size=32, shuffle=True)
+    torch.manual_seed(3)
+    fast_batches = list(dm.train_dataloader())
+    torch.manual_seed(3)
+    reference_batches = list(reference)
+    assert len(fast_batches) == len(reference_batches) == 7
+    for (x, y), (x_ref, y_ref) in zip(fast_batches, reference_batches, strict=True):
+        assert torch.equal(x, x_ref) and torch.equal(y, y_ref)
+
+
+def test_static_binarization_is_fixed(data_root):
+    a, b = make(data_root, binarize="static"), make(data_root, binarize="static")
+    assert set(a.train_set.images.unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(a.train_set.images, b.train_set.images)
+    first, second = next(iter(a.train_dataloader())), next(iter(a.train_dataloader()))
+    assert set(first[0].unique().tolist()) <= {0.0, 1.0} and set(second[0].unique().tolist()) <= {0.0, 1.0}
+
+
+def test_dynamic_binarization_redraws_training_bits_with_the_right_mean():
+    grey = torch.full((4000, 1, 28, 28), 0.3)
+    dataset = InMemoryImages(grey, torch.zeros(4000, dtype=torch.long), dynamic_binarize=True)
+    x1, _ = dataset.__getitems__(list(range(4000)))
+    x2, _ = dataset.__getitems__(list(range(4000)))
+    assert set(x1.unique().tolist()) == {0.0, 1.0}
+    assert not torch.equal(x1, x2)
+    assert x1.mean().item() == pytest.approx(0.3, abs=0.003)
+
+
+def test_dynamic_binarization_fixes_val_and_test(data_root):
+    a, b = make(data_root, binarize="dynamic"), make(data_root, binarize="dynamic")
+    assert a.train_set.dynamic_binarize and not a.val_set.dynamic_binarize
+    assert set(a.val_set.images.unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(a.val_set.images, b.val_set.images) and torch.equal(a.test_set.images, b.test_set.images)
+    assert a.train_set.images.unique().numel() > 2  # kept grey; bits are drawn per batch
+
+
+def test_missing_data_without_download_says_where_and_how(tmp_path):
+    with pytest.raises(DataNotFoundError) as error:
+        load_split("mnist", tmp_path, train=True, download=False)
+    message = str(error.value)
+    assert str(tmp_path / "MNIST" / "raw") in message
+    assert "train-images-idx3-ubyte" in message and "VAELAB_DATA_DIR" in message
+
+
+def test_failed_download_gives_the_same_advice(tmp_path, monkeypatch):
+    # an address that refuses at once, so the test never waits on a network
+    monkeypatch.setattr(torchvision.datasets.FashionMNIST, "mirrors", ["http://127.0.0.1:9/"])
+    with pytest.raises(DataNotFoundError, match="download failed") as error:
+        load_split("fashion_mnist", tmp_path, train=False, download=True)
+    assert str(tmp_path / "FashionMNIST" / "raw") in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_unknown_name_and_binarize_are_refused(data_root):
+    with pytest.raises(ValueError, match="data.name"):
+        VAEDataModule(name="cifar10")
+    with pytest.raises(ValueError, match="data.binarize"):
+        VAEDataModule(binarize="sometimes")
+
+
+def test_written_root_gets_no_extra_files(tmp_path):
+    root = write_synthetic_dataset(tmp_path, "mnist")
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    make(root)
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+
+
+@pytest.mark.realdata
+def test_real_mnist(real_data_root):
+    dm = make(real_data_root, name="mnist", val_size=5000, binarize="none")
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (55000, 5000, 10000)
+    counts = torch.cat([dm.train_set.labels, dm.val_set.labels]).bincount().tolist()
+    assert counts == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    mean = dm.test_set.images.mean().item()
+    assert 0.12 < mean < 0.14  # MNIST's mean intensity is about 0.13
+
+
+@pytest.mark.realdata
+def test_real_fashion_mnist(real_data_root):
+    dm = make(real_data_root, name="fashion_mnist", val_size=5000)
+    assert dm.classes[0] == "T-shirt/top" and len(dm.test_set) == 10000
+    assert dm.test_set.labels.bincount().tolist() == [1000] * 10

@@ -1,0 +1,66 @@
+import pytest
+import torch
+
+from vaelab.networks import VAE, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, activation_layer
+
+SHAPE = (1, 28, 28)
+
+
+def make_vae(kind: str, latent_dim=4, num_classes=0):
+    enc, dec = {"mlp": (MLPEncoder, MLPDecoder), "conv": (ConvEncoder, ConvDecoder)}[kind]
+    common = dict(image_shape=SHAPE, latent_dim=latent_dim, cond_dim=num_classes)
+    return VAE(enc(**common), dec(**common), latent_dim, num_classes)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "conv"])
+@pytest.mark.parametrize("num_classes", [0, 10])
+def test_forward_shapes(kind, num_classes):
+    vae = make_vae(kind, num_classes=num_classes)
+    x, y = torch.rand(5, *SHAPE), torch.arange(5)
+    out = vae(x, y)
+    assert out.mean.shape == out.logvar.shape == out.z.shape == (5, 4)
+    assert out.params.shape == (5, *SHAPE)
+
+
+def test_reparameterization_is_differentiable_and_random():
+    torch.manual_seed(0)
+    vae = make_vae("mlp")
+    x = torch.rand(3, *SHAPE)
+    a, b = vae(x), vae(x)
+    torch.testing.assert_close(a.mean, b.mean)
+    assert not torch.allclose(a.z, b.z)
+    a.z.sum().backward()
+    assert vae.encoder.heads.logvar.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kind", ["mlp", "conv"])
+def test_cvae_output_depends_on_label(kind):
+    torch.manual_seed(0)
+    vae = make_vae(kind, num_classes=10)
+    z = torch.randn(1, 4).repeat(10, 1)
+    images = vae.decode(z, torch.arange(10))
+    assert not torch.allclose(images[0], images[1])
+    x = torch.rand(1, *SHAPE).repeat(2, 1, 1, 1)
+    mean, _ = vae.encode(x, torch.tensor([3, 7]))
+    assert not torch.allclose(mean[0], mean[1])
+    with pytest.raises(ValueError, match="labels"):
+        vae(x)
+
+
+def test_unconditional_vae_ignores_labels():
+    torch.manual_seed(0)
+    vae = make_vae("mlp")
+    z = torch.randn(2, 4)
+    torch.testing.assert_close(vae.decode(z, torch.tensor([0, 1])), vae.decode(z, torch.tensor([5, 9])))
+
+
+def test_prior_is_standard_normal():
+    prior = make_vae("mlp", latent_dim=3).prior(7)
+    assert prior.batch_shape == (7, 3)
+    assert torch.equal(prior.mean, torch.zeros(7, 3)) and torch.equal(prior.stddev, torch.ones(7, 3))
+
+
+def test_unknown_activation_is_named():
+    assert isinstance(activation_layer("Tanh"), torch.nn.Tanh)
+    with pytest.raises(ValueError, match="Relu"):
+        activation_layer("Relu")

@@ -1,0 +1,138 @@
+"""Training end to end: one step of every variant, checkpoints, and a real offline W&B run."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from helpers import FAST, PROJECT_ROOT, compose
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from vaelab.module import VAELitModule
+from vaelab.train import train
+from vaelab.wandb_offline import find_offline_runs, read_offline_run
+
+VARIANTS = [
+    ["model=vae"], ["model=beta_vae"], ["model=cvae"], ["model=beta_vae_capacity"],
+    ["model=vae", "model/net=conv"], ["model=cvae", "model/net=conv", "data=fashion_mnist"],
+    ["loss=gaussian"], ["loss=gaussian", "loss.learn_sigma=true"],
+    ["annealing=linear"], ["annealing=cyclical"], ["annealing=sigmoid"], ["model.free_bits=0.5"],
+]
+
+
+def build(overrides, tmp_path, data_root):
+    cfg = compose([*FAST, *overrides], output_dir=tmp_path, data_root=data_root)
+    container = OmegaConf.to_container(cfg, resolve=True)
+    datamodule = instantiate(cfg.data)
+    module = VAELitModule(model=container["model"], loss=container["loss"], annealing=container["annealing"],
+                          image_shape=datamodule.image_shape, num_classes=datamodule.num_classes)
+    return cfg, datamodule, module
+
+
+@pytest.mark.parametrize("overrides", VARIANTS, ids=[" ".join(v) for v in VARIANTS])
+def test_one_training_step_updates_every_parameter(overrides, tmp_path, data_root):
+    import lightning as L
+
+    cfg, datamodule, module = build(overrides, tmp_path, data_root)
+    before = {name: p.detach().clone() for name, p in module.named_parameters()}
+    trainer = L.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=datamodule)
+    metrics = trainer.callback_metrics
+    assert {"train/loss", "train/recon", "train/kl", "train/elbo", "val/elbo"} <= set(metrics)
+    assert all(torch.isfinite(v) for v in metrics.values())
+    torch.testing.assert_close(metrics["val/elbo"], -(metrics["val/recon"] + metrics["val/kl"]))
+    unchanged = [name for name, p in module.named_parameters() if torch.equal(p, before[name])]
+    assert unchanged == []
+
+
+def test_training_lowers_the_loss(tmp_path, data_root):
+    metrics = train(compose([*FAST, "trainer.max_epochs=3", "logger=csv", "callbacks=none", "test=false"],
+                            output_dir=tmp_path, data_root=data_root))
+    rows = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    val = [float(r.split(",")[header.index("val/elbo")]) for r in rows[1:] if r.split(",")[header.index("val/elbo")]]
+    assert len(val) == 3 and val[-1] > val[0] + 20  # the ELBO rises by many nats on the synthetic blocks
+    assert metrics["val/elbo"] == pytest.approx(val[-1])
+
+
+def test_same_seed_same_metrics(tmp_path, data_root):
+    run = lambda name: train(compose([*FAST, "logger=none", "callbacks=none", "seed=7"],  # noqa: E731
+                                     output_dir=tmp_path / name, data_root=data_root))
+    assert run("a") == run("b")
+
+
+def test_checkpoint_round_trip(tmp_path, data_root):
+    cfg = compose([*FAST, "model=cvae", "logger=none", "model.latent_dim=3"], output_dir=tmp_path, data_root=data_root)
+    train(cfg)
+    checkpoints = tmp_path / "checkpoints"
+    assert (checkpoints / "last.ckpt").is_file()
+    assert [p.name for p in checkpoints.glob("best-*.ckpt")] == ["best-epoch=000.ckpt"]
+    loaded = VAELitModule.load_from_checkpoint(checkpoints / "last.ckpt", map_location="cpu")
+    state = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    assert loaded.vae.conditional and loaded.vae.latent_dim == 3
+    for name, tensor in loaded.state_dict().items():
+        assert torch.equal(tensor, state[name]), name
+    z, labels = torch.randn(4, 3), torch.tensor([0, 1, 2, 3])
+    again = VAELitModule.load_from_checkpoint(checkpoints / "last.ckpt", map_location="cpu")
+    torch.testing.assert_close(loaded.generate(z, labels), again.generate(z, labels))
+
+
+def run_cli(args, tmp_path, env_extra=None, timeout=300):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_MODE")}
+    env.update({"HOME": str(tmp_path / "home"), "NETRC": str(tmp_path / "no-netrc"), **(env_extra or {})})
+    env.pop("WANDB_API_KEY", None)
+    return subprocess.run([sys.executable, "train.py", *args], cwd=PROJECT_ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def test_cli_logs_an_offline_wandb_run_without_credentials(tmp_path, data_root):
+    run_dir = tmp_path / "run"
+    result = run_cli([*FAST, "trainer.max_epochs=2", "model=cvae", "model.latent_dim=2", f"data.root={data_root}",
+                      f"hydra.run.dir={run_dir}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    notices = [line for line in (result.stdout + result.stderr).splitlines() if "no credentials found" in line]
+    assert len(notices) == 1 and "offline" in notices[0]
+
+    runs = find_offline_runs(run_dir)
+    assert len(runs) == 1
+    run = read_offline_run(runs[0])
+    assert run.name == "cvae-mnist-z2-b1.0-s0" and run.group == "mnist-cvae"
+    assert {"cvae", "mnist", "beta=1.0", "z=2"} <= set(run.tags)
+    expected = {f"{stage}/{name}" for stage in ("train", "val", "test") for name in ("recon", "kl", "elbo", "loss")}
+    assert expected | {"train/beta"} <= run.history_keys
+    assert run.config["model"]["name"] == "cvae" and run.config["data"]["name"] == "mnist"
+    assert run.config["model"]["latent_dim"] == 2 and run.config["trainer"]["max_epochs"] == 2
+    images = [p.name for p in run.media_files()]
+    for panel in ("reconstructions", "samples", "class_samples"):
+        assert sum(name.startswith(panel + "_") for name in images) == 2, images  # one per epoch
+        assert len(list((run_dir / "images" / panel).glob("epoch=*.png"))) == 2
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert run.summary["test/elbo"] == pytest.approx(-(run.summary["test/recon"] + run.summary["test/kl"]), rel=1e-5)
+
+
+def test_manifold_panel_for_two_latents(tmp_path, data_root):
+    from PIL import Image
+
+    train(compose([*FAST, "logger=none", "model.latent_dim=2", "callbacks.sample_grids.manifold_steps=5", "test=false"],
+                  output_dir=tmp_path, data_root=data_root))
+    manifold = Image.open(tmp_path / "images" / "manifold" / "epoch=000.png")
+    assert manifold.size == (5 * 28, 5 * 28)
+    recon = Image.open(tmp_path / "images" / "reconstructions" / "epoch=000.png")
+    assert recon.size == (2 + 16 * 30, 2 + 2 * 30)  # 16 inputs above 16 reconstructions, 2-pixel padding
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("args", [["model=beta_vae", "model.beta=4"], ["model=cvae", "data=fashion_mnist"]])
+def test_readme_commands_on_real_data(args, tmp_path, real_data_root):
+    run_dir = tmp_path / "run"
+    result = run_cli([*args, "trainer.max_epochs=1", "trainer.limit_train_batches=50", f"data.root={real_data_root}",
+                      f"hydra.run.dir={run_dir}", "trainer.enable_progress_bar=false"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = read_offline_run(find_offline_runs(run_dir)[0])
+    assert run.summary["test/elbo"] < 0 and run.summary["test/kl"] > 0
+    assert run.config["model"]["beta"] == (4 if "model.beta=4" in args else 1.0)
+    if "model=cvae" in args:
+        assert any(p.name.startswith("class_samples_") for p in run.media_files())
