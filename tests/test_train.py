@@ -136,3 +136,15 @@ def test_readme_commands_on_real_data(args, tmp_path, real_data_root):
     assert run.config["model"]["beta"] == (4 if "model.beta=4" in args else 1.0)
     if "model=cvae" in args:
         assert any(p.name.startswith("class_samples_") for p in run.media_files())
+
+
+def test_missing_data_is_one_clear_line_and_a_non_zero_exit(tmp_path):
+    empty = tmp_path / "empty"
+    result = run_cli(["logger=none", "data.download=false", f"data.root={empty}", f"hydra.run.dir={tmp_path / 'run'}"],
+                     tmp_path)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr[-2000:]
+    assert str(empty / "MNIST" / "raw") in errors[0] and "VAELAB_DATA_DIR" in errors[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()

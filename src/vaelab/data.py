@@ -23,6 +23,8 @@ import torch
 import torchvision
 from torch.utils.data import DataLoader, Dataset
 
+from vaelab.errors import UserError
+
 DATASETS = {
     "mnist": torchvision.datasets.MNIST,
     "fashion_mnist": torchvision.datasets.FashionMNIST,
@@ -31,7 +33,7 @@ BINARIZE_CHOICES = ("none", "static", "dynamic")
 DOWNLOAD_TIMEOUT_S = 20.0
 
 
-class DataNotFoundError(RuntimeError):
+class DataNotFoundError(UserError):
     """The IDX files are missing and could not be downloaded."""
 
 
@@ -68,7 +70,8 @@ def _download(cls, name: str, root: str, train: bool):
     try:
         return cls(root, train=train, download=True)
     except Exception as failure:  # noqa: BLE001 - any download failure gets the same advice
-        reason = str(failure).strip().splitlines()[0] if str(failure).strip() else type(failure).__name__
+        lines = [line.strip() for line in str(failure).splitlines() if line.strip()]
+        reason = lines[-1] if lines else type(failure).__name__  # the last line holds the cause
         raise DataNotFoundError(_missing_message(name, root, f"the download failed: {reason}")) from failure
     finally:
         socket.setdefaulttimeout(previous)

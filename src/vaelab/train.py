@@ -7,10 +7,13 @@ stay fast; torch and Lightning are imported when a run starts.
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
+
+from vaelab.errors import UserError
 
 log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -58,7 +61,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
+    try:
+        metrics = train(cfg)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
     log.info("final metrics (nats per image): %s", {k: round(v, 3) for k, v in sorted(metrics.items())})
     return metrics.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None
 
