@@ -148,3 +148,16 @@ def test_missing_data_is_one_clear_line_and_a_non_zero_exit(tmp_path):
     assert str(empty / "MNIST" / "raw") in errors[0] and "VAELAB_DATA_DIR" in errors[0]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["model.beta=-1"], "error: model.beta=-1.0 is not allowed"),
+    (["annealing=linear", "annealing.warmup_steps=0"], "error: annealing.warmup_steps must be >= 1"),
+])
+def test_bad_config_is_one_line_and_a_non_zero_exit(args, message, tmp_path, data_root):
+    result = run_cli([*args, "logger=none", f"data.root={data_root}", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert result.returncode == 1
+    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
+        line for line in result.stderr.splitlines() if message in line]
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()

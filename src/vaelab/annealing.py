@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+from vaelab.errors import ConfigError
+
 
 class Constant:
     """w(t) = 1: no annealing."""
@@ -22,9 +24,9 @@ class Linear:
 
     def __init__(self, warmup_steps: int = 10_000, start: float = 0.0):
         if warmup_steps < 1:
-            raise ValueError(f"annealing.warmup_steps must be >= 1, got {warmup_steps}")
+            raise ConfigError(f"annealing.warmup_steps must be >= 1, got {warmup_steps}")
         if not 0.0 <= start <= 1.0:
-            raise ValueError(f"annealing.start must be in [0, 1], got {start}")
+            raise ConfigError(f"annealing.start must be in [0, 1], got {start}")
         self.warmup_steps = warmup_steps
         self.start = start
 
@@ -42,9 +44,9 @@ class Cyclical:
 
     def __init__(self, total_steps: int = 20_000, cycles: int = 4, ratio: float = 0.5):
         if total_steps < 1 or cycles < 1:
-            raise ValueError(f"annealing.total_steps and annealing.cycles must be >= 1, got {total_steps}, {cycles}")
+            raise ConfigError(f"annealing.total_steps and annealing.cycles must be >= 1, got {total_steps}, {cycles}")
         if not 0.0 < ratio <= 1.0:
-            raise ValueError(f"annealing.ratio must be in (0, 1], got {ratio}")
+            raise ConfigError(f"annealing.ratio must be in (0, 1], got {ratio}")
         self.total_steps = total_steps
         self.cycles = cycles
         self.ratio = ratio
@@ -62,7 +64,7 @@ class Sigmoid:
 
     def __init__(self, midpoint_steps: int = 5_000, steepness: float = 0.002):
         if steepness <= 0:
-            raise ValueError(f"annealing.steepness must be > 0, got {steepness}")
+            raise ConfigError(f"annealing.steepness must be > 0, got {steepness}")
         self.midpoint_steps = midpoint_steps
         self.steepness = steepness
 

@@ -17,6 +17,8 @@ import torch
 from torch.distributions import Normal
 from torchvision.utils import make_grid, save_image
 
+from vaelab.errors import ConfigError
+
 
 def prior_quantile_grid(steps: int, low: float = 0.05, high: float = 0.95) -> torch.Tensor:
     """z on a steps x steps grid of N(0, 1) quantiles: (steps * steps, 2), row-major, y decreasing down."""
@@ -33,7 +35,7 @@ class SampleGrids(L.Callback):
                  samples_per_class: int = 10, manifold_steps: int = 15, output_dir: str | None = None, seed: int = 0):
         super().__init__()
         if every_n_epochs < 1:
-            raise ValueError(f"callbacks.sample_grids.every_n_epochs must be >= 1, got {every_n_epochs}")
+            raise ConfigError(f"callbacks.sample_grids.every_n_epochs must be >= 1, got {every_n_epochs}")
         self.every_n_epochs = every_n_epochs
         self.num_images = num_images
         self.num_samples = num_samples

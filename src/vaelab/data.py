@@ -23,7 +23,7 @@ import torch
 import torchvision
 from torch.utils.data import DataLoader, Dataset
 
-from vaelab.errors import UserError
+from vaelab.errors import ConfigError, UserError
 
 DATASETS = {
     "mnist": torchvision.datasets.MNIST,
@@ -153,9 +153,9 @@ class VAEDataModule(L.LightningDataModule):
     ):
         super().__init__()
         if name not in DATASETS:
-            raise ValueError(f"data.name must be one of {sorted(DATASETS)}, got {name!r}")
+            raise ConfigError(f"data.name must be one of {sorted(DATASETS)}, got {name!r}")
         if binarize not in BINARIZE_CHOICES:
-            raise ValueError(f"data.binarize must be one of {list(BINARIZE_CHOICES)}, got {binarize!r}")
+            raise ConfigError(f"data.binarize must be one of {list(BINARIZE_CHOICES)}, got {binarize!r}")
         self.name = name
         self.root = root
         self.batch_size = batch_size
@@ -184,7 +184,7 @@ class VAEDataModule(L.LightningDataModule):
         train_images, train_labels, self.classes = load_split(self.name, self.root, True, self.download)
         test_images, test_labels, _ = load_split(self.name, self.root, False, self.download)
         if not 0 <= self.val_size < len(train_labels):
-            raise ValueError(f"data.val_size must be in [0, {len(train_labels)}), got {self.val_size}")
+            raise ConfigError(f"data.val_size must be in [0, {len(train_labels)}), got {self.val_size}")
         order = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(self.split_seed))
         val_index, train_index = order[: self.val_size], order[self.val_size :]
         train_x, val_x, test_x = (to_float_images(train_images[i]) for i in (train_index, val_index, slice(None)))

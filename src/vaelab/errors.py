@@ -2,4 +2,8 @@
 
 
 class UserError(RuntimeError):
-    """A bad input (config value, missing data, ...) with a one-line message saying how to fix it."""
+    """A bad input (missing data, a bad file, ...) with a one-line message saying how to fix it."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config value out of range or of the wrong kind; the message names the key."""

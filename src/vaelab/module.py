@@ -14,6 +14,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 
+from vaelab.errors import ConfigError
 from vaelab.networks import VAE
 from vaelab.objectives import Objective
 
@@ -33,7 +34,7 @@ class VAELitModule(L.LightningModule):
         self.save_hyperparameters()
         latent_dim = int(model["latent_dim"])
         if latent_dim < 1:
-            raise ValueError(f"model.latent_dim must be >= 1, got {latent_dim}")
+            raise ConfigError(f"model.latent_dim must be >= 1, got {latent_dim}")
         cond_dim = num_classes if model.get("conditional", False) else 0
         common = dict(image_shape=tuple(image_shape), latent_dim=latent_dim, cond_dim=cond_dim)
         self.vae = VAE(instantiate(model["net"]["encoder"], **common), instantiate(model["net"]["decoder"], **common), latent_dim, cond_dim)

@@ -17,12 +17,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Normal
 
+from vaelab.errors import ConfigError
+
 
 def activation_layer(name: str) -> nn.Module:
     """An activation by its torch.nn class name, e.g. "ReLU", "Tanh", "ELU"."""
     layer = getattr(nn, name, None)
     if not (isinstance(layer, type) and issubclass(layer, nn.Module)):
-        raise ValueError(f"unknown activation {name!r}: use a torch.nn class name such as ReLU, Tanh, ELU")
+        raise ConfigError(f"unknown activation {name!r}: use a torch.nn class name such as ReLU, Tanh, ELU")
     return layer()
 
 
@@ -85,7 +87,7 @@ class ConvEncoder(nn.Module):
         super().__init__()
         in_channels, height, width = image_shape
         if height % 4 or width % 4:
-            raise ValueError(f"ConvEncoder needs image sides divisible by 4, got {tuple(image_shape)}")
+            raise ConfigError(f"ConvEncoder needs image sides divisible by 4, got {tuple(image_shape)}")
         c1, c2 = channels
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, c1, 4, stride=2, padding=1), activation_layer(activation),

@@ -21,6 +21,7 @@ from torch import nn
 from torch.distributions import Bernoulli, Independent, Normal
 
 from vaelab.annealing import Constant, capacity
+from vaelab.errors import ConfigError
 
 
 class BernoulliLikelihood(nn.Module):
@@ -49,7 +50,7 @@ class GaussianLikelihood(nn.Module):
     def __init__(self, sigma: float = 0.1, learn_sigma: bool = False):
         super().__init__()
         if sigma <= 0:
-            raise ValueError(f"loss.sigma must be > 0, got {sigma}")
+            raise ConfigError(f"loss.sigma must be > 0, got {sigma}")
         log_sigma = torch.tensor(float(sigma)).log()
         if learn_sigma:
             self.log_sigma = nn.Parameter(log_sigma)
@@ -96,9 +97,9 @@ class Objective(nn.Module):
     ):
         super().__init__()
         if beta < 0:
-            raise ValueError(f"model.beta must be >= 0, got {beta}")
+            raise ConfigError(f"model.beta must be >= 0, got {beta}")
         if free_bits < 0:
-            raise ValueError(f"model.free_bits must be >= 0, got {free_bits}")
+            raise ConfigError(f"model.free_bits must be >= 0, got {free_bits}")
         self.likelihood = likelihood
         self.beta = float(beta)
         self.schedule = schedule or Constant()

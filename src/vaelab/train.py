@@ -26,6 +26,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test on the best checkpoint. Returns the final metrics as floats."""
     import warnings
 
+    from vaelab.config import validate
+
+    validate(cfg)  # before the slow imports: a bad value fails in a second
     import lightning as L
     from hydra.utils import instantiate
 
@@ -59,12 +62,22 @@ def train(cfg: DictConfig) -> dict[str, float]:
         finish_wandb()
 
 
+def find_user_error(error: BaseException | None) -> UserError | None:
+    """The UserError behind an exception (hydra.utils.instantiate wraps them), or None."""
+    while error is not None and not isinstance(error, UserError):
+        error = error.__cause__
+    return error
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
         metrics = train(cfg)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except Exception as error:
+        user_error = find_user_error(error)
+        if user_error is None:
+            raise
+        print(f"error: {user_error}", file=sys.stderr)
         raise SystemExit(1) from None
     log.info("final metrics (nats per image): %s", {k: round(v, 3) for k, v in sorted(metrics.items())})
     return metrics.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None
