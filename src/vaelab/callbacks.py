@@ -1,4 +1,6 @@
-"""Image panels made at the end of validation: saved as PNG files in the run folder and
+"""Callbacks: image panels (``SampleGrids``) and collapse warnings (``CollapseMonitor``).
+
+Image panels are made at the end of validation, saved as PNG files in the run folder and
 logged as images to every logger that takes images (W&B).
 
 Panels (each a ``torchvision.utils.make_grid``):
@@ -10,6 +12,8 @@ Panels (each a ``torchvision.utils.make_grid``):
 
 from __future__ import annotations
 
+import logging
+import math
 from pathlib import Path
 
 import lightning as L
@@ -18,6 +22,8 @@ from torch.distributions import Normal
 from torchvision.utils import make_grid, save_image
 
 from vaelab.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def prior_quantile_grid(steps: int, low: float = 0.05, high: float = 0.95) -> torch.Tensor:
@@ -99,3 +105,36 @@ class SampleGrids(L.Callback):
             if hasattr(logger, "log_image"):
                 logger.log_image(key=f"images/{name}", images=[str(path)],
                                  caption=[f"epoch {trainer.current_epoch}"], step=trainer.global_step)
+
+
+class CollapseMonitor(L.Callback):
+    """Warn in the log when the posterior collapses, the KL explodes or a loss is not finite.
+
+    Reads the epoch's synchronised metrics when validation ends (no extra device syncs):
+    collapse when ``val/active_units`` is 0 or ``val/kl`` < ``min_kl`` nats; explosion when
+    ``val/kl`` > ``max_kl`` nats; non-finite when any logged loss term is NaN or infinite.
+    """
+
+    def __init__(self, min_kl: float = 0.1, max_kl: float = 1000.0):
+        super().__init__()
+        self.min_kl = min_kl
+        self.max_kl = max_kl
+        self.warnings: list[str] = []
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        epoch = trainer.current_epoch
+        found = [f"epoch {epoch}: {key} is {value} (not finite)" for key, value in sorted(metrics.items())
+                 if key.split("/")[-1] in ("loss", "recon", "kl", "elbo") and not math.isfinite(value)]
+        kl, units = metrics.get("val/kl"), metrics.get("val/active_units")
+        if kl is not None and math.isfinite(kl):
+            if units == 0 or kl < self.min_kl:
+                units_text = "" if units is None else f", {units:.0f} active units"
+                found.append(f"epoch {epoch}: posterior collapse: val/kl = {kl:.3f} nats{units_text}")
+            elif kl > self.max_kl:
+                found.append(f"epoch {epoch}: the KL explodes: val/kl = {kl:.1f} nats > {self.max_kl}")
+        for message in found:
+            log.warning(message)
+        self.warnings += found

@@ -14,6 +14,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 
+from vaelab.diagnostics import summarize
 from vaelab.errors import ConfigError
 from vaelab.networks import VAE
 from vaelab.objectives import Objective
@@ -27,11 +28,16 @@ class VAELitModule(L.LightningModule):
     annealing: the ``annealing`` config: the KL schedule's ``_target_`` config.
     image_shape: (C, H, W) of the data.
     num_classes: number of classes in the data (used when ``model.conditional``).
+    data: the ``data`` config, kept in the checkpoint so that evaluation uses the same data.
+    diagnostics: compute KL per dimension, active units and I(x; z) after each validation.
     """
 
-    def __init__(self, model: dict, loss: dict, annealing: dict, image_shape=(1, 28, 28), num_classes: int = 10):
+    def __init__(self, model: dict, loss: dict, annealing: dict, image_shape=(1, 28, 28), num_classes: int = 10,
+                 data: dict | None = None, diagnostics: bool = True):
         super().__init__()
         self.save_hyperparameters()
+        self._posteriors: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.last_diagnostics: dict = {}
         latent_dim = int(model["latent_dim"])
         if latent_dim < 1:
             raise ConfigError(f"model.latent_dim must be >= 1, got {latent_dim}")
@@ -57,6 +63,8 @@ class VAELitModule(L.LightningModule):
         x, y = batch
         out = self.vae(x, y)
         terms = self.objective(x, out.params, out.mean, out.logvar, self.global_step)
+        if stage == "val" and self.hparams.diagnostics:
+            self._posteriors.append((out.mean.detach(), out.logvar.detach()))
         on_step = stage == "train"
         names = terms if on_step else ("recon", "kl", "elbo", "loss")  # the KL weight only in train/
         self.log_dict(
@@ -73,6 +81,24 @@ class VAELitModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         self._shared_step(batch, "val")
+
+    def on_validation_epoch_start(self) -> None:
+        self._posteriors.clear()
+
+    def on_validation_epoch_end(self) -> None:
+        """Log val/active_units, val/mutual_info and val/kl_dim/NN over the whole validation split."""
+        if not (self.hparams.diagnostics and self._posteriors):
+            return
+        mean = torch.cat([m for m, _ in self._posteriors])
+        logvar = torch.cat([v for _, v in self._posteriors])
+        self._posteriors.clear()
+        if self.trainer.world_size > 1:  # every rank sees the whole split
+            mean, logvar = (self.all_gather(t).flatten(0, 1) for t in (mean, logvar))
+        self.last_diagnostics = summarize(mean.float().cpu(), logvar.float().cpu())
+        metrics = {"val/active_units": float(self.last_diagnostics["active_units"]),
+                   "val/mutual_info": self.last_diagnostics["mutual_info"]}
+        metrics.update({f"val/kl_dim/{d:02d}": v for d, v in enumerate(self.last_diagnostics["kl_per_dim"])})
+        self.log_dict(metrics, on_epoch=True, rank_zero_only=True)
 
     def test_step(self, batch, batch_idx):
         self._shared_step(batch, "test")

@@ -14,6 +14,7 @@ All variants (VAE, beta-VAE, CVAE, free bits, capacity) are configuration of ``O
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -126,3 +127,30 @@ class Objective(nn.Module):
             terms["loss"] = recon + weight * kl_term
             terms["beta"] = weight
         return terms
+
+
+def log_importance_weights(vae, likelihood, x: torch.Tensor, y: torch.Tensor | None, k: int) -> torch.Tensor:
+    """log w_i = log p(x | z_i) + log p(z_i) - log q(z_i | x), z_i ~ q(z | x), i = 1..k, all k at once.
+
+    x (B, C, H, W), y (B,) or None -> (B, k) nats. The k samples go through the decoder as one
+    batch of k * B images.
+    """
+    mean, logvar = vae.encode(x, y)
+    posterior = Normal(mean, (0.5 * logvar).exp(), validate_args=False)
+    z = posterior.rsample((k,))  # (k, B, D)
+    batch = x.shape[0]
+    labels = None if y is None else y.repeat(k)
+    params = vae.decode(z.reshape(k * batch, -1), labels)
+    log_px_z = likelihood.log_prob(x.repeat(k, *([1] * (x.dim() - 1))), params).view(k, batch)
+    prior = Normal(torch.zeros_like(mean), torch.ones_like(mean), validate_args=False)
+    log_w = log_px_z + prior.log_prob(z).sum(-1) - posterior.log_prob(z).sum(-1)
+    return log_w.transpose(0, 1)
+
+
+def iwae_bound(log_w: torch.Tensor) -> torch.Tensor:
+    """The importance-weighted bound log (1/k) sum_i w_i (Burda et al. 2015), in float64: (B, k) -> (B,) nats.
+
+    With k = 1 it is a one-sample estimate of the ELBO; as k grows it rises towards log p(x).
+    """
+    k = log_w.shape[-1]
+    return torch.logsumexp(log_w.double(), dim=-1) - math.log(k)

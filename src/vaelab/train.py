@@ -48,6 +48,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             annealing=OmegaConf.to_container(cfg.annealing, resolve=True),
             image_shape=datamodule.image_shape,
             num_classes=datamodule.num_classes,
+            data=OmegaConf.to_container(cfg.data, resolve=True),
         )
         callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
         trainer = instantiate(cfg.trainer, logger=build_loggers(cfg) or False, callbacks=callbacks)

@@ -1,0 +1,57 @@
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from helpers import FAST, compose
+from hydra.utils import instantiate
+
+from vaelab.callbacks import CollapseMonitor, prior_quantile_grid
+from vaelab.train import train
+
+
+def fake_trainer(**metrics):
+    return SimpleNamespace(sanity_checking=False, current_epoch=3,
+                           callback_metrics={k.replace("__", "/"): torch.tensor(v) for k, v in metrics.items()})
+
+
+def test_monitor_flags_non_finite_terms_collapse_and_explosion():
+    monitor = CollapseMonitor(min_kl=0.1, max_kl=500)
+    monitor.on_validation_end(fake_trainer(train__loss=float("nan"), val__kl=2.0, val__active_units=3.0), None)
+    assert monitor.warnings == ["epoch 3: train/loss is nan (not finite)"]
+    monitor.warnings.clear()
+    monitor.on_validation_end(fake_trainer(val__kl=0.01, val__active_units=0.0), None)
+    assert monitor.warnings == ["epoch 3: posterior collapse: val/kl = 0.010 nats, 0 active units"]
+    monitor.warnings.clear()
+    monitor.on_validation_end(fake_trainer(val__kl=900.0, val__active_units=5.0), None)
+    assert monitor.warnings == ["epoch 3: the KL explodes: val/kl = 900.0 nats > 500"]
+    monitor.warnings.clear()
+    monitor.on_validation_end(fake_trainer(val__kl=20.0, val__active_units=5.0, train__loss=100.0), None)
+    assert monitor.warnings == []
+
+
+def test_a_huge_beta_collapses_the_posterior_and_is_reported(tmp_path, data_root, caplog):
+    cfg = compose([*FAST, "trainer.max_epochs=3", "model.beta=500", "logger=none", "test=false"],
+                  output_dir=tmp_path, data_root=data_root)
+    with caplog.at_level("WARNING"):
+        metrics = train(cfg)
+    assert metrics["val/active_units"] == 0.0 and metrics["val/kl"] < 0.1
+    assert "posterior collapse" in caplog.text
+
+
+def test_healthy_run_logs_diagnostics_without_warnings(tmp_path, data_root, caplog):
+    cfg = compose([*FAST, "trainer.max_epochs=2", "model.latent_dim=4", "logger=none", "test=false"],
+                  output_dir=tmp_path, data_root=data_root)
+    with caplog.at_level("WARNING"):
+        metrics = train(cfg)
+    assert metrics["val/active_units"] >= 1
+    assert -0.5 < metrics["val/mutual_info"] <= math.log(40) + 0.1  # at most log N for N = 40 images
+    assert sum(metrics[f"val/kl_dim/{d:02d}"] for d in range(4)) == pytest.approx(metrics["val/kl"], rel=1e-4)
+    assert "posterior collapse" not in caplog.text
+
+
+def test_prior_quantile_grid_is_ordered():
+    grid = prior_quantile_grid(5)
+    assert grid.shape == (25, 2)
+    assert torch.all(grid[:5, 0].diff() > 0) and torch.all(grid[::5, 1].diff() < 0)
+    assert instantiate({"_target_": "vaelab.callbacks.CollapseMonitor"}).min_kl == 0.1

@@ -1,0 +1,74 @@
+"""vaelab-eval on a checkpoint trained inside the test: JSON, stdout, W&B summary, bad checkpoints."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from helpers import FAST, PROJECT_ROOT, compose
+from omegaconf import OmegaConf
+
+from vaelab.evaluate import evaluate_split, load_module
+from vaelab.train import train
+from vaelab.wandb_offline import find_offline_runs, read_offline_run
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, data_root):
+    run_dir = tmp_path_factory.mktemp("run")
+    os.environ.setdefault("WANDB_MODE", "offline")
+    cfg = compose([*FAST, "trainer.max_epochs=2", "model.latent_dim=4"], output_dir=run_dir, data_root=data_root)
+    (run_dir / ".hydra").mkdir()
+    (run_dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    train(cfg)
+    return run_dir
+
+
+def run_eval(args, cwd=PROJECT_ROOT):
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    return subprocess.run([sys.executable, "-m", "vaelab.evaluate", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300, stdin=subprocess.DEVNULL)
+
+
+def test_eval_writes_json_stdout_and_wandb_summary(trained_run, data_root):
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    result = run_eval([f"ckpt={ckpt}", "k=64", f"data_root={data_root}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = json.loads((trained_run / "checkpoints" / "last.eval.json").read_text())
+    assert saved["test/n_images"] == 60 and saved["test/k"] == 64 and saved["binarize"] == "dynamic"
+    assert saved["test/nll"] < -saved["test/elbo"]  # the k = 64 bound is tighter than the ELBO
+    assert saved["test/bits_per_dim"] == pytest.approx(saved["test/nll"] / (784 * 0.6931471805599453))
+    assert 0 <= saved["test/active_units"] <= 4 and len(saved["test/kl_per_dim"]) == 4
+    assert sum(saved["test/kl_per_dim"]) == pytest.approx(saved["test/kl"], rel=1e-4)
+    assert f'"test/nll": {saved["test/nll"]}' in result.stdout
+    runs = [read_offline_run(p) for p in find_offline_runs(trained_run)]
+    assert len({r.run_id for r in runs}) == 1 and len(runs) == 2  # the training run, resumed by id
+    assert runs[-1].summary["test/nll"] == pytest.approx(saved["test/nll"])
+
+
+def test_same_seed_same_numbers(trained_run, data_root):
+    module = load_module(trained_run / "checkpoints" / "last.ckpt")
+    images = torch.rand(10, 1, 28, 28).round()
+    labels = torch.zeros(10, dtype=torch.long)
+    torch.manual_seed(0)
+    first = evaluate_split(module, images, labels, k=32, batch_images=3)
+    torch.manual_seed(0)
+    second = evaluate_split(module, images, labels, k=32, batch_images=3)
+    first.pop("seconds"), second.pop("seconds")
+    assert first == second
+
+
+@pytest.mark.parametrize("kind", ["missing", "garbage", "foreign"])
+def test_bad_checkpoint_is_refused_with_one_line(kind, tmp_path):
+    path = tmp_path / "model.ckpt"
+    if kind == "garbage":
+        path.write_bytes(b"not a checkpoint at all")
+    elif kind == "foreign":
+        torch.save({"state_dict": {"weight": torch.zeros(3)}}, path)
+    result = run_eval([f"ckpt={path}", "k=8", "wandb=false"])
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"ckpt={path}" in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
