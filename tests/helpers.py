@@ -25,15 +25,20 @@ def write_idx_labels(path: Path, labels: np.ndarray) -> None:
     path.write_bytes(struct.pack(">II", 2049, len(labels)) + labels.astype(np.uint8).tobytes())
 
 
-def synthetic_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """n 28x28 images whose class (0-9) decides where a bright 8x8 block sits, plus noise."""
+def synthetic_digits(n: int, seed: int, stripes: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """n 28x28 images with noise, whose class (0-9) decides where a bright 8x8 block sits
+    (or, with ``stripes``, which two rows of bright horizontal stripes they have)."""
     rng = np.random.default_rng(seed)
     labels = np.arange(n) % 10
     rng.shuffle(labels)
     images = rng.integers(0, 40, size=(n, 28, 28))
     for i, label in enumerate(labels):
-        row, col = divmod(int(label), 4)
-        images[i, 2 + 8 * row : 10 + 8 * row, 2 + 6 * col : 10 + 6 * col] = 255
+        if stripes:
+            images[i, 2 + 2 * int(label) : 4 + 2 * int(label), :] = 255
+            images[i, :, 12:16] = 200
+        else:
+            row, col = divmod(int(label), 4)
+            images[i, 2 + 8 * row : 10 + 8 * row, 2 + 6 * col : 10 + 6 * col] = 255
     return images.astype(np.uint8), labels.astype(np.uint8)
 
 
@@ -41,7 +46,7 @@ def write_synthetic_dataset(root: Path, name: str, n_train: int = 240, n_test: i
     raw = root / FOLDERS[name] / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     for prefix, n, seed in (("train", n_train, 1), ("t10k", n_test, 2)):
-        images, labels = synthetic_digits(n, seed)
+        images, labels = synthetic_digits(n, seed, stripes=name == "fashion_mnist")
         write_idx_images(raw / f"{prefix}-images-idx3-ubyte", images)
         write_idx_labels(raw / f"{prefix}-labels-idx1-ubyte", labels)
     return root

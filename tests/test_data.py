@@ -16,7 +16,7 @@ def make(data_root, **kwargs):
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
 def test_loads_synthetic_idx_through_torchvision(data_root, name):
     dm = make(data_root, name=name, binarize="none")
-    images, labels = synthetic_digits(240, seed=1)
+    images, labels = synthetic_digits(240, seed=1, stripes=name == "fashion_mnist")
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (200, 40, 60)
     assert dm.num_classes == 10 and dm.image_shape == (1, 28, 28)
     x, y = next(iter(dm.train_dataloader()))

@@ -24,6 +24,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from vaelab.data import load_split, to_float_images
 from vaelab.diagnostics import summarize
 from vaelab.errors import UserError
 from vaelab.objectives import iwae_bound, log_importance_weights
@@ -64,6 +65,17 @@ def datamodule_for(module, data_root: str | None):
     return datamodule
 
 
+def datamodule_like(datamodule, name: str):
+    """Another data set prepared exactly as the checkpoint's (root, split, binarization, seeds)."""
+    from vaelab.data import VAEDataModule
+
+    other = VAEDataModule(name=name, root=datamodule.root, val_size=datamodule.val_size, binarize=datamodule.binarize,
+                          split_seed=datamodule.split_seed, binarize_seed=datamodule.binarize_seed,
+                          download=datamodule.download)
+    other.setup("test")
+    return other
+
+
 def images_per_forward(k: int, budget: int = 20_000) -> int:
     """How many images to score at once so that about `budget` decoded samples fit in one pass."""
     return max(1, budget // k)
@@ -94,6 +106,55 @@ def evaluate_split(module, images, labels, k: int = 5000, batch_images: int | No
     results["bits_per_dim"] = results["nll"] / (math.prod(images.shape[1:]) * math.log(2))
     results.update(summarize(torch.cat(means), torch.cat(logvars), mi_images))
     results.update(k=k, n_images=n, seconds=round(time.perf_counter() - started, 2))
+    return results
+
+
+@torch.no_grad()
+def per_image_negative_elbo(module, images, labels, samples: int = 1, batch_images: int = 1000) -> torch.Tensor:
+    """Anomaly scores: -ELBO of each image (N,) in nats, averaged over `samples` draws of z."""
+    vae, likelihood = module.vae, module.objective.likelihood
+    scores = []
+    for x, y in zip(images.split(batch_images), labels.split(batch_images), strict=True):
+        x, y = x.to(module.device), (y.to(module.device) if vae.conditional else None)
+        log_w = log_importance_weights(vae, likelihood, x, y, samples)  # (B, S): each a one-sample ELBO
+        scores.append(-log_w.double().mean(1).cpu())
+    return torch.cat(scores)
+
+
+def ood_auroc(scores_in: torch.Tensor, scores_out: torch.Tensor) -> float:
+    """AUROC of telling out-of-distribution images (positives) by a higher score."""
+    from torchmetrics.functional.classification import binary_auroc
+
+    scores = torch.cat([scores_in, scores_out]).double()
+    # min-max to [0, 1]: torchmetrics would squash scores outside [0, 1] with a sigmoid (saturating at ~100 nats)
+    scores = ((scores - scores.min()) / (scores.max() - scores.min()).clamp(min=1e-12)).float()
+    targets = torch.cat([torch.zeros(len(scores_in)), torch.ones(len(scores_out))]).long()
+    return float(binary_auroc(scores, targets))
+
+
+@torch.no_grad()
+def generate_per_class(module, samples_per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel means of samples_per_class prior samples for every class: (K * n, C, H, W), labels (K * n,)."""
+    vae = module.vae
+    labels = torch.arange(vae.num_classes, device=module.device).repeat_interleave(samples_per_class)
+    z = vae.prior(len(labels), device=module.device).sample()
+    return module.generate(z, labels).cpu(), labels.cpu()
+
+
+def generation_quality(module, classifier_path: Path, real_images: torch.Tensor, samples_per_class: int) -> dict:
+    """CVAE class accuracy (per class and overall) and the classifier-feature Fréchet distance to real images."""
+    from vaelab.classifier import accuracy, classifier_fid, load_classifier
+
+    classifier, classifier_accuracy = load_classifier(classifier_path)
+    results = {"classifier_test_accuracy": classifier_accuracy}
+    if module.vae.conditional:
+        images, labels = generate_per_class(module, samples_per_class)
+        predicted = torch.cat([classifier(x).argmax(1) for x in images.split(1000)])
+        per_class = [(predicted[labels == c] == c).float().mean().item() for c in range(module.vae.num_classes)]
+        results.update(cvae_class_accuracy=accuracy(classifier, images, labels), cvae_class_accuracy_per_class=per_class)
+    else:
+        images = module.generate(module.vae.prior(len(real_images), device=module.device).sample()).cpu()
+    results["classifier_fid"] = classifier_fid(classifier, real_images, images)
     return results
 
 
@@ -128,6 +189,20 @@ def run(cfg: DictConfig) -> dict:
     if cfg.get("limit_images"):
         images, labels = images[: cfg.limit_images], labels[: cfg.limit_images]
     results = evaluate_split(module, images, labels, k=cfg.k, batch_images=cfg.get("batch_images"))
+    classifier_path = Path(cfg.classifier_dir) / f"{datamodule.name}.pt"
+    if cfg.get("generation") and classifier_path.is_file():
+        real = to_float_images(load_split(datamodule.name, datamodule.root, train=False)[0])
+        results.update(generation_quality(module, classifier_path, real, cfg.samples_per_class))
+    elif cfg.get("generation"):
+        log.info("no classifier at %s: skipping class accuracy and FID (run vaelab-classifier data=%s)",
+                 classifier_path, datamodule.name)
+    if cfg.get("ood"):
+        other = datamodule_like(datamodule, cfg.ood)
+        other_set = {"val": other.val_set, "test": other.test_set}[cfg.split]
+        count = len(images)
+        scores_in = per_image_negative_elbo(module, images, labels)
+        scores_out = per_image_negative_elbo(module, other_set.images[:count], other_set.labels[:count])
+        results[f"ood_auroc_vs_{cfg.ood}"] = ood_auroc(scores_in, scores_out)
     prefixed = {f"{cfg.split}/{name}": value for name, value in results.items()}
     prefixed.update(ckpt=str(Path(cfg.ckpt).resolve()), data=datamodule.name, binarize=datamodule.binarize)
     out = Path(cfg.out) if cfg.get("out") else Path(cfg.ckpt).with_suffix(".eval.json")
