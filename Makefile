@@ -12,7 +12,7 @@ ifneq ($(wildcard $(SHARED_DATA)/MNIST/raw),)
 export VAELAB_DATA_DIR ?= $(SHARED_DATA)
 endif
 
-.PHONY: install train test test-all lint clean
+.PHONY: install train test test-all lint clean results
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,3 +35,10 @@ lint: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info
+
+# long trainings and evaluations for the README's results table (not part of the tests)
+RECIPES ?= cvae_mnist beta_vae_mnist cvae_fashion_mnist iwae_paper_vae_mnist
+results: install
+	$(PY) -m vaelab.classifier data=mnist
+	$(PY) -m vaelab.classifier data=fashion_mnist
+	$(PY) scripts/results.py $(RECIPES)
