@@ -14,12 +14,14 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from vaelab.errors import UserError
+from vaelab.sweep import in_multirun, sweep_group, write_status
 
 log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = PROJECT_ROOT / "configs"
 
 OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
+OmegaConf.register_new_resolver("vaelab_group", sweep_group, replace=True)
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -72,14 +74,24 @@ def find_user_error(error: BaseException | None) -> UserError | None:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    """One run. In a multirun a failed job is recorded in its status.json and the sweep goes on."""
+    from hydra.core.hydra_config import HydraConfig
+
+    output_dir = HydraConfig.get().runtime.output_dir
     try:
         metrics = train(cfg)
     except Exception as error:
         user_error = find_user_error(error)
+        if in_multirun():
+            message = str(user_error) if user_error else f"{type(error).__name__}: {error}"
+            log.error("job failed: %s", message, exc_info=user_error is None)
+            write_status(output_dir, "failed", error=message.splitlines()[0] if message else type(error).__name__)
+            return None
         if user_error is None:
             raise
         print(f"error: {user_error}", file=sys.stderr)
         raise SystemExit(1) from None
+    write_status(output_dir, "ok", metrics)
     log.info("final metrics (nats per image): %s", {k: round(v, 3) for k, v in sorted(metrics.items())})
     return metrics.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None
 

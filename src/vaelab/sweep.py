@@ -1,0 +1,90 @@
+"""Hydra multirun support: one W&B group per sweep, failed jobs recorded (not fatal), a summary.
+
+- ``sweep_group(default)`` (the ``vaelab_group`` resolver): ``sweep-<sweep folder name>`` in a
+  multirun, ``default`` otherwise, so that every job of a sweep shares one W&B group.
+- Each job writes ``status.json`` (``ok`` with its final metrics, or ``failed`` with the
+  error) into its own folder; a failed job does not stop the sweep.
+- ``SweepSummary``, a Hydra callback, writes ``sweep_summary.csv`` and ``sweep_summary.md``
+  (one row per job: overrides, status, final metrics) into the sweep folder when the sweep
+  ends, lists the failed jobs and exits with status 1 if there were any.
+
+Imports nothing heavy: Hydra loads it before every run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+STATUS_FILE = "status.json"
+SUMMARY_METRICS = ("val/elbo", "val/kl", "val/recon", "val/active_units", "test/elbo", "test/recon", "test/kl")
+
+
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def sweep_group(default: str) -> str:
+    """The W&B group: ``sweep-<sweep folder name>`` in a multirun, ``default`` otherwise."""
+    if in_multirun():
+        return "sweep-" + Path(HydraConfig.get().sweep.dir).name
+    return default
+
+
+def write_status(output_dir: str | Path, status: str, metrics: dict | None = None, error: str | None = None) -> None:
+    path = Path(output_dir) / STATUS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"status": status, "metrics": metrics or {}, "error": error}, indent=2) + "\n")
+
+
+def collect(sweep_dir: Path) -> list[dict]:
+    """One row per job folder under sweep_dir: job number, overrides, status, error, final metrics."""
+    rows = []
+    for overrides_file in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
+        job_dir = overrides_file.parent.parent
+        status_file = job_dir / STATUS_FILE
+        status = json.loads(status_file.read_text()) if status_file.is_file() else {"status": "missing", "metrics": {}}
+        row = {"job": job_dir.name, "overrides": " ".join(OmegaConf.load(overrides_file)), "status": status["status"],
+               "error": status.get("error") or ""}
+        row.update({key: status["metrics"].get(key, "") for key in SUMMARY_METRICS})
+        rows.append(row)
+    return sorted(rows, key=lambda r: int(r["job"].split("_")[0]) if r["job"].split("_")[0].isdigit() else 0)
+
+
+def write_summary(sweep_dir: Path, rows: list[dict]) -> None:
+    columns = ["job", "overrides", "status", *SUMMARY_METRICS, "error"]
+    with open(sweep_dir / "sweep_summary.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+    def cell(value):
+        return f"{value:.3f}" if isinstance(value, float) else str(value).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row[c]) for c in columns) + " |" for row in rows]
+    (sweep_dir / "sweep_summary.md").write_text("\n".join(lines) + "\n")
+
+
+class SweepSummary(Callback):
+    """At the end of a multirun: write the summary, report failed jobs, exit 1 if any failed."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        rows = collect(sweep_dir)
+        write_summary(sweep_dir, rows)
+        failed = [row for row in rows if row["status"] != "ok"]
+        print(f"sweep: {len(rows) - len(failed)} of {len(rows)} jobs ok; summary in {sweep_dir / 'sweep_summary.md'}")
+        if failed:
+            for row in failed:
+                print(f"sweep: job {row['job']} ({row['overrides']}) {row['status']}: {row['error']}", file=sys.stderr)
+            sys.exit(1)

@@ -1,0 +1,38 @@
+"""Hydra multirun: one W&B run per job in one group, failures recorded, a summary file."""
+
+import csv
+import os
+import subprocess
+import sys
+
+from helpers import FAST, PROJECT_ROOT
+
+from vaelab.wandb_offline import find_offline_runs, read_offline_run
+
+
+def test_sweep_keeps_going_past_a_failed_job_and_summarises(tmp_path, data_root):
+    sweep_dir = tmp_path / "sweep"
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    result = subprocess.run(
+        [sys.executable, "train.py", "-m", "model.beta=1,-1,4", "model.latent_dim=2,3", *FAST,
+         "trainer.limit_train_batches=2", "callbacks.sample_grids.every_n_epochs=5", f"data.root={data_root}",
+         f"hydra.sweep.dir={sweep_dir}"],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    assert result.returncode == 1, result.stderr[-3000:]
+    with open(sweep_dir / "sweep_summary.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["status"] for row in rows] == ["ok", "ok", "failed", "failed", "ok", "ok"]
+    assert rows[2]["overrides"].startswith("model.beta=-1") and "model.beta=-1.0 is not allowed" in rows[2]["error"]
+    assert all(float(row["test/elbo"]) < 0 for row in rows if row["status"] == "ok")
+    assert (sweep_dir / "sweep_summary.md").read_text().count("| failed |") == 2
+    assert "sweep: 4 of 6 jobs ok" in result.stdout
+    assert result.stderr.count("sweep: job") == 2
+
+    runs = [read_offline_run(path) for path in find_offline_runs(sweep_dir)]
+    assert len(runs) == 4 and len({run.run_id for run in runs}) == 4
+    assert {run.group for run in runs} == {f"sweep-{sweep_dir.name}"}
+    assert sorted((run.config["model"]["beta"], run.config["model"]["latent_dim"]) for run in runs) == [
+        (1, 2), (1, 3), (4, 2), (4, 3)]
+    for run in runs:  # each run holds only its own job's history
+        assert run.name == f"vae-mnist-z{run.config['model']['latent_dim']}-b{run.config['model']['beta']}-s0"
+        assert len([row for row in run.history if "test/elbo" in row]) == 1
