@@ -1,4 +1,5 @@
-"""Callbacks: image panels (``SampleGrids``) and collapse warnings (``CollapseMonitor``).
+"""Callbacks: image panels (``SampleGrids``), collapse warnings (``CollapseMonitor``) and the
+NaN guard (``NaNGuard``).
 
 Image panels are made at the end of validation, saved as PNG files in the run folder and
 logged as images to every logger that takes images (W&B).
@@ -21,7 +22,7 @@ import torch
 from torch.distributions import Normal
 from torchvision.utils import make_grid, save_image
 
-from vaelab.errors import ConfigError
+from vaelab.errors import ConfigError, NonFiniteError
 
 log = logging.getLogger(__name__)
 
@@ -138,3 +139,40 @@ class CollapseMonitor(L.Callback):
         for message in found:
             log.warning(message)
         self.warnings += found
+
+
+class NaNGuard(L.Callback):
+    """Stop training, before the optimizer step, when the loss or a gradient is not finite.
+
+    The error names the step and the offending term (recon or KL); the checkpoints already
+    written are left as they are. Checks every ``check_every_n_steps`` steps (each check
+    reads a few scalars from the device).
+    """
+
+    def __init__(self, check_every_n_steps: int = 1):
+        super().__init__()
+        if check_every_n_steps < 1:
+            raise ConfigError(f"callbacks.nan_guard.check_every_n_steps must be >= 1, got {check_every_n_steps}")
+        self.check_every_n_steps = check_every_n_steps
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module, optimizer) -> None:
+        step = trainer.global_step
+        if step % self.check_every_n_steps:
+            return
+        terms = {name: pl_module.last_terms[name] for name in ("recon", "kl", "loss") if name in pl_module.last_terms}
+        bad = {name: float(value.detach()) for name, value in terms.items() if not torch.isfinite(value)}
+        if bad:
+            culprits = [name for name in ("recon", "kl") if name in bad] or ["loss"]
+            raise NonFiniteError(f"step {step}: the training loss is not finite ({', '.join(f'{n}={bad[n]}' for n in culprits)}); "
+                                 f"training stopped, the checkpoints written so far are kept{self._last(trainer)}")
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        if grads and not torch.isfinite(torch.stack([g.norm() for g in grads]).sum()):
+            names = [n for n, p in pl_module.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+            raise NonFiniteError(f"step {step}: non-finite gradients in {', '.join(names[:3])}"
+                                 f"{' ...' if len(names) > 3 else ''}; training stopped, the checkpoints written so far are kept"
+                                 f"{self._last(trainer)}")
+
+    @staticmethod
+    def _last(trainer: L.Trainer) -> str:
+        path = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
+        return f" (last: {path})" if path else ""

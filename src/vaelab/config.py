@@ -39,6 +39,7 @@ class DataSchema:
     binarize_seed: int = 0
     download: bool = True
     num_workers: int = 0
+    shuffle_seed: int = 0
 
     def __post_init__(self):
         require(self.name in DATA_NAMES, "data.name", self.name, f"one of {', '.join(DATA_NAMES)}")

@@ -21,7 +21,7 @@ from pathlib import Path
 import lightning as L
 import torch
 import torchvision
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vaelab.errors import ConfigError, UserError
 
@@ -131,6 +131,27 @@ class InMemoryImages(Dataset):
         return x, self.labels[index]
 
 
+class EpochShuffle(Sampler):
+    """A permutation of range(n) drawn from (seed + epoch) alone.
+
+    Lightning calls ``set_epoch`` before every epoch, so an epoch's order is the same
+    whether the run got there uninterrupted or by resuming from a checkpoint.
+    """
+
+    def __init__(self, n: int, seed: int = 0):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.n, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
 class VAEDataModule(L.LightningDataModule):
     """MNIST or Fashion-MNIST: a seeded train/val split of the 60k training images, and the 10k test set.
 
@@ -150,6 +171,7 @@ class VAEDataModule(L.LightningDataModule):
         binarize_seed: int = 0,
         download: bool = True,
         num_workers: int = 0,
+        shuffle_seed: int = 0,
     ):
         super().__init__()
         if name not in DATASETS:
@@ -166,6 +188,7 @@ class VAEDataModule(L.LightningDataModule):
         self.binarize_seed = binarize_seed
         self.download = download
         self.num_workers = num_workers
+        self.shuffle_seed = shuffle_seed
         self.image_shape = (1, 28, 28)
         self.classes: list[str] = list(DATASETS[name].classes)
         self.train_set = self.val_set = self.test_set = None
@@ -203,7 +226,8 @@ class VAEDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=EpochShuffle(len(dataset), self.shuffle_seed) if shuffle else None,
+            generator=torch.Generator().manual_seed(self.shuffle_seed),  # worker seeds: not from the global RNG
             drop_last=False,
             collate_fn=keep_batch,
             num_workers=self.num_workers,

@@ -7,3 +7,7 @@ class UserError(RuntimeError):
 
 class ConfigError(UserError, ValueError):
     """A config value out of range or of the wrong kind; the message names the key."""
+
+
+class NonFiniteError(UserError):
+    """A loss term or gradient became NaN or infinite during training."""

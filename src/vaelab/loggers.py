@@ -44,14 +44,28 @@ def choose_wandb_mode() -> str:
     return "offline"
 
 
-def build_loggers(cfg: DictConfig) -> list:
-    """Instantiate every logger under ``cfg.logger`` and give them the resolved run config."""
+def existing_wandb_run_id(save_dir: str | Path) -> str | None:
+    """The id of the newest W&B run already logged under save_dir/wandb, if any."""
+    runs = sorted(Path(save_dir).glob("wandb/*run-*/run-*.wandb"), key=lambda p: p.stat().st_mtime)
+    return runs[-1].stem.removeprefix("run-") if runs else None
+
+
+def build_loggers(cfg: DictConfig, resuming: bool = False) -> list:
+    """Instantiate every logger under ``cfg.logger`` and give them the resolved run config.
+
+    When ``resuming``, a W&B logger continues the run already in the run folder (same id).
+    """
     loggers = []
     for name, logger_cfg in (cfg.get("logger") or {}).items():
+        extra = {}
         if logger_cfg.get("_target_") == WANDB_TARGET:
             choose_wandb_mode()
             Path(logger_cfg.save_dir).mkdir(parents=True, exist_ok=True)
-        loggers.append(instantiate(logger_cfg))
+            run_id = existing_wandb_run_id(logger_cfg.save_dir) if resuming else None
+            if run_id:
+                extra = {"id": run_id, "resume": "allow"}
+                log.info("W&B: resuming run %s", run_id)
+        loggers.append(instantiate(logger_cfg, **extra))
         log.info("logger %s: %s", name, logger_cfg.get("_target_"))
     config = OmegaConf.to_container(cfg, resolve=True)
     for logger in loggers:

@@ -14,6 +14,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 
+from vaelab.checkpointing import restore_rng_states, rng_states
 from vaelab.diagnostics import summarize
 from vaelab.errors import ConfigError
 from vaelab.networks import VAE
@@ -38,6 +39,8 @@ class VAELitModule(L.LightningModule):
         self.save_hyperparameters()
         self._posteriors: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.last_diagnostics: dict = {}
+        self.last_terms: dict = {}  # the latest training step's terms, for the NaN guard
+        self._rng_to_restore: dict | None = None
         latent_dim = int(model["latent_dim"])
         if latent_dim < 1:
             raise ConfigError(f"model.latent_dim must be >= 1, got {latent_dim}")
@@ -63,9 +66,11 @@ class VAELitModule(L.LightningModule):
         x, y = batch
         out = self.vae(x, y)
         terms = self.objective(x, out.params, out.mean, out.logvar, self.global_step)
+        on_step = stage == "train"
+        if on_step:
+            self.last_terms = terms
         if stage == "val" and self.hparams.diagnostics:
             self._posteriors.append((out.mean.detach(), out.logvar.detach()))
-        on_step = stage == "train"
         names = terms if on_step else ("recon", "kl", "elbo", "loss")  # the KL weight only in train/
         self.log_dict(
             {f"{stage}/{name}": terms[name] for name in names},
@@ -102,6 +107,18 @@ class VAELitModule(L.LightningModule):
 
     def test_step(self, batch, batch_idx):
         self._shared_step(batch, "test")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rng_states"] = rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._rng_to_restore = checkpoint.get("rng_states")
+
+    def on_train_epoch_start(self) -> None:
+        """After a resume, continue the random streams where the checkpoint left them."""
+        if self._rng_to_restore is not None:
+            restore_rng_states(self._rng_to_restore)
+            self._rng_to_restore = None
 
     def configure_optimizers(self):
         make_optimizer = instantiate(self.hparams.model["optimizer"])

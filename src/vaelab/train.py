@@ -22,6 +22,19 @@ CONFIG_DIR = PROJECT_ROOT / "configs"
 
 OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
 OmegaConf.register_new_resolver("vaelab_group", sweep_group, replace=True)
+OmegaConf.register_new_resolver("vaelab_run_dir", lambda resume, default: resume or default, replace=True)
+
+
+def checkpoint_to_resume(cfg: DictConfig) -> str | None:
+    """ckpt_path as given ("last" or a path), or <resume>/checkpoints/last.ckpt with resume=RUN_DIR."""
+    if cfg.get("ckpt_path"):
+        return str(cfg.ckpt_path)
+    if cfg.get("resume"):
+        last = Path(cfg.resume) / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            raise UserError(f"resume={cfg.resume}: there is no checkpoints/last.ckpt in that run folder")
+        return str(last)
+    return None
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -53,8 +66,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
             data=OmegaConf.to_container(cfg.data, resolve=True),
         )
         callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-        trainer = instantiate(cfg.trainer, logger=build_loggers(cfg) or False, callbacks=callbacks)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        ckpt_path = checkpoint_to_resume(cfg)
+        loggers = build_loggers(cfg, resuming=ckpt_path is not None)
+        trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if cfg.get("test", True):
             best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""

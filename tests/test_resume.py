@@ -1,0 +1,94 @@
+"""Crash safety: SIGKILL mid-epoch, resume, same numbers; the NaN guard; atomic checkpoints."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from helpers import FAST, PROJECT_ROOT, compose, write_synthetic_dataset
+
+from vaelab.errors import NonFiniteError
+from vaelab.train import train
+from vaelab.wandb_offline import find_offline_runs, read_offline_run
+
+
+def cli(args, tmp_path):
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    return [sys.executable, "train.py", *args], dict(cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL,
+                                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_killed_run_resumes_to_the_same_metrics_in_the_same_wandb_run(tmp_path):
+    root = write_synthetic_dataset(tmp_path / "data", "mnist", n_train=3000, n_test=100)
+    args = [*FAST, "trainer.max_epochs=3", "trainer.deterministic=true", "data.batch_size=16", "data.val_size=200",
+            "callbacks.sample_grids.every_n_epochs=10", f"data.root={root}"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+
+    command, options = cli([*args, f"hydra.run.dir={whole}"], tmp_path)
+    assert subprocess.run(command, timeout=600, **options).returncode == 0
+    expected = json.loads((whole / "status.json").read_text())["metrics"]
+
+    command, options = cli([*args, f"hydra.run.dir={killed}"], tmp_path)
+    process = subprocess.Popen(command, **options)
+    deadline = time.monotonic() + 300
+    while not (killed / "checkpoints" / "last.ckpt").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.2)  # into the second epoch
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    assert not (killed / "status.json").exists()
+    saved_epoch = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=False)["epoch"]
+    assert saved_epoch < 2  # it was killed before the end
+
+    command, options = cli([*args, f"resume={killed}"], tmp_path)
+    result = subprocess.run(command, timeout=600, **options)
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = json.loads((killed / "status.json").read_text())["metrics"]
+    assert resumed == expected
+    runs = [read_offline_run(path) for path in find_offline_runs(killed)]
+    assert len(runs) == 2 and len({run.run_id for run in runs}) == 1
+
+
+def test_resume_of_a_folder_without_checkpoint_is_one_line(tmp_path):
+    command, options = cli(["logger=none", f"resume={tmp_path / 'nothing'}"], tmp_path)
+    result = subprocess.run(command, timeout=120, **options)
+    assert result.returncode == 1
+    assert f"error: resume={tmp_path / 'nothing'}: there is no checkpoints/last.ckpt" in result.stderr
+
+
+def test_nan_guard_stops_with_the_step_and_the_term_and_keeps_the_last_checkpoint(tmp_path, data_root, monkeypatch):
+    from vaelab.objectives import Objective
+
+    forward = Objective.forward
+
+    def poisoned(self, x, params, mean, logvar, step):
+        terms = forward(self, x, params, mean, logvar, step)
+        if self.training and step == 9:  # an epoch is 7 steps: the first checkpoint exists by then
+            terms["kl"] = terms["kl"] * float("nan")
+            terms["loss"] = terms["recon"] + terms["kl"]
+        return terms
+
+    monkeypatch.setattr(Objective, "forward", poisoned)
+    cfg = compose([*FAST, "trainer.max_epochs=3", "logger=none"], output_dir=tmp_path, data_root=data_root)
+    with pytest.raises(NonFiniteError, match=r"step 9: the training loss is not finite \(kl=nan\)"):
+        train(cfg)
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["global_step"] == 7
+    assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values())
+    assert not list((tmp_path / "checkpoints").glob("*.tmp"))
+
+
+def test_checkpoints_are_written_through_a_temporary_file(tmp_path, monkeypatch):
+    from vaelab.checkpointing import AtomicCheckpointIO
+
+    seen = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (seen.append((str(src), str(dst))), real_replace(src, dst)))
+    AtomicCheckpointIO().save_checkpoint({"x": torch.ones(2)}, tmp_path / "last.ckpt")
+    assert seen == [(str(tmp_path / "last.ckpt.tmp"), str(tmp_path / "last.ckpt"))]
+    assert torch.equal(torch.load(tmp_path / "last.ckpt", weights_only=True)["x"], torch.ones(2))
