@@ -93,7 +93,7 @@ def check(section: str, schema: type, values: DictConfig) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError (one line, naming the key) for the first bad user-facing value."""
-    check("data", DataSchema, cfg.data)
-    check("model", ModelSchema, cfg.model)
     seed = cfg.get("seed")
     require(isinstance(seed, int) and not isinstance(seed, bool), "seed", seed, "an integer")
+    check("data", DataSchema, cfg.data)
+    check("model", ModelSchema, cfg.model)

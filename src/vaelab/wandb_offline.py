@@ -29,6 +29,8 @@ def iter_payloads(path: str | Path):
             offset += room
             continue
         _crc, length, kind = struct.unpack_from("<IHB", data, offset)
+        if offset + 7 + length > len(data):  # a run killed mid-write: the last record is cut short
+            break
         chunk = data[offset + 7 : offset + 7 + length]
         offset += 7 + length
         if kind == 0 and length == 0:

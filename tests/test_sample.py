@@ -1,0 +1,45 @@
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from helpers import FAST, PROJECT_ROOT, compose
+from PIL import Image
+
+from vaelab.errors import ConfigError
+from vaelab.evaluate import load_module
+from vaelab.sample import sample_images
+from vaelab.train import train
+
+
+@pytest.fixture(scope="module")
+def cvae_ckpt(tmp_path_factory, data_root):
+    out = tmp_path_factory.mktemp("cvae")
+    train(compose([*FAST, "model=cvae", "model.latent_dim=3", "logger=none", "test=false"], output_dir=out, data_root=data_root))
+    return out / "checkpoints" / "last.ckpt"
+
+
+def test_label_picks_the_class_of_every_sample(cvae_ckpt):
+    module = load_module(cvae_ckpt)
+    sevens = sample_images(module, 6, label=7, seed=1)
+    z = torch.randn(6, 3, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(sevens, module.generate(z, torch.full((6,), 7)))
+    assert not torch.allclose(sevens, sample_images(module, 6, label=3, seed=1))
+    cycled = sample_images(module, 10, seed=1)
+    torch.testing.assert_close(cycled[7], module.generate(torch.randn(10, 3, generator=torch.Generator().manual_seed(1)),
+                                                          torch.arange(10))[7])
+    with pytest.raises(ConfigError, match=r"label=10 is not allowed"):
+        sample_images(module, 2, label=10)
+
+
+def test_cli_writes_the_grid(cvae_ckpt, tmp_path):
+    out = tmp_path / "sevens.png"
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    result = subprocess.run([sys.executable, "-m", "vaelab.sample", f"ckpt={cvae_ckpt}", "n=16", "label=7", f"out={out}"],
+                            cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert Image.open(out).size == (2 + 4 * 30, 2 + 4 * 30)  # 4 x 4 images of 28 pixels, 2-pixel padding
+    bad = subprocess.run([sys.executable, "-m", "vaelab.sample", f"ckpt={cvae_ckpt}", "label=12", f"out={out}"],
+                         cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "error: label=12 is not allowed" in bad.stderr
