@@ -39,17 +39,20 @@ def test_killed_run_resumes_to_the_same_metrics_in_the_same_wandb_run(tmp_path):
         time.sleep(0.02)
     time.sleep(0.2)  # into the second epoch
     process.send_signal(signal.SIGKILL)
-    process.communicate(timeout=60)
-    assert process.returncode == -signal.SIGKILL
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL, stderr[-2000:]
     assert not (killed / "status.json").exists()
     saved_epoch = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=False)["epoch"]
-    assert saved_epoch < 2  # it was killed before the end
+    assert saved_epoch < 2, f"killed too late: last.ckpt is from epoch {saved_epoch}"
 
     command, options = cli([*args, f"resume={killed}"], tmp_path)
     result = subprocess.run(command, timeout=600, **options)
     assert result.returncode == 0, result.stderr[-3000:]
     resumed = json.loads((killed / "status.json").read_text())["metrics"]
-    assert resumed == expected
+    # equal up to float summation order (a wrong data order or random state moves them by nats)
+    assert resumed.keys() == expected.keys()
+    different = {k: (resumed[k], expected[k]) for k in expected if resumed[k] != pytest.approx(expected[k], rel=1e-5, abs=1e-6)}
+    assert not different, different
     runs = [read_offline_run(path) for path in find_offline_runs(killed)]
     assert len(runs) == 2 and len({run.run_id for run in runs}) == 1
 

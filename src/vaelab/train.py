@@ -107,7 +107,8 @@ def main(cfg: DictConfig) -> float | None:
         print(f"error: {user_error}", file=sys.stderr)
         raise SystemExit(1) from None
     write_status(output_dir, "ok", metrics)
-    log.info("final metrics (nats per image): %s", {k: round(v, 3) for k, v in sorted(metrics.items())})
+    shown = {k: round(v, 3) for k, v in sorted(metrics.items()) if "/kl_dim/" not in k}
+    log.info("final metrics (nats per image): %s", shown)
     return metrics.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None
 
 
