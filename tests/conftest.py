@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from helpers import FOLDERS, REAL_DATA, write_synthetic_dataset
+
+# never online from the tests, even before the per-test fixture below applies (module-scoped fixtures)
+os.environ["WANDB_MODE"] = "offline"
+os.environ["WANDB_SILENT"] = "true"
 
 
 @pytest.fixture(scope="session")

@@ -78,3 +78,12 @@ def compose(overrides: list[str] | None = None, *, output_dir: Path | None = Non
         extra.append(f"data.root={data_root}")
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return hydra_compose(config_name="train", overrides=[*(overrides or []), *extra])
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for a `python train.py` subprocess: W&B offline, and not attached to this
+    process's W&B service (an in-process run exports WANDB_SERVICE, which children would share)."""
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    env["WANDB_MODE"] = "offline"
+    env.update(extra)
+    return env

@@ -1,13 +1,12 @@
 """vaelab-eval on a checkpoint trained inside the test: JSON, stdout, W&B summary, bad checkpoints."""
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 import torch
-from helpers import FAST, PROJECT_ROOT, compose
+from helpers import FAST, PROJECT_ROOT, child_env, compose
 from omegaconf import OmegaConf
 
 from vaelab.evaluate import evaluate_split, load_module
@@ -18,7 +17,6 @@ from vaelab.wandb_offline import find_offline_runs, read_offline_run
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, data_root):
     run_dir = tmp_path_factory.mktemp("run")
-    os.environ.setdefault("WANDB_MODE", "offline")
     cfg = compose([*FAST, "trainer.max_epochs=2", "model.latent_dim=4"], output_dir=run_dir, data_root=data_root)
     (run_dir / ".hydra").mkdir()
     (run_dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
@@ -27,7 +25,7 @@ def trained_run(tmp_path_factory, data_root):
 
 
 def run_eval(args, cwd=PROJECT_ROOT):
-    env = {**os.environ, "WANDB_MODE": "offline"}
+    env = child_env()
     return subprocess.run([sys.executable, "-m", "vaelab.evaluate", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300, stdin=subprocess.DEVNULL)
 

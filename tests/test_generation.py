@@ -1,14 +1,13 @@
 """Classifier, CVAE class accuracy, classifier-feature FID and out-of-distribution AUROC."""
 
 import json
-import os
 import subprocess
 import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import FAST, PROJECT_ROOT, compose, synthetic_digits
+from helpers import FAST, PROJECT_ROOT, child_env, compose, synthetic_digits
 
 from vaelab.classifier import classifier_fid, load_classifier, save_classifier, train_classifier
 from vaelab.evaluate import generation_quality, ood_auroc
@@ -82,7 +81,7 @@ def test_eval_reports_cvae_accuracy_fid_and_ood_auroc(classifier_file, data_root
     cfg = compose([*FAST, "trainer.max_epochs=4", "model=cvae", "model.latent_dim=4", "logger=none", "test=false"],
                   output_dir=tmp_path, data_root=data_root)
     train(cfg)
-    env = {**os.environ, "WANDB_MODE": "offline"}
+    env = child_env()
     result = subprocess.run(
         [sys.executable, "-m", "vaelab.evaluate", f"ckpt={tmp_path / 'checkpoints' / 'last.ckpt'}", "k=16",
          f"data_root={data_root}", f"classifier_dir={classifier_file.parent}", "samples_per_class=20",

@@ -9,7 +9,7 @@ import time
 
 import pytest
 import torch
-from helpers import FAST, PROJECT_ROOT, compose, write_synthetic_dataset
+from helpers import FAST, PROJECT_ROOT, child_env, compose, write_synthetic_dataset
 
 from vaelab.errors import NonFiniteError
 from vaelab.train import train
@@ -17,7 +17,7 @@ from vaelab.wandb_offline import find_offline_runs, read_offline_run
 
 
 def cli(args, tmp_path):
-    env = {**os.environ, "WANDB_MODE": "offline"}
+    env = child_env()
     return [sys.executable, "train.py", *args], dict(cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL,
                                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -1,10 +1,9 @@
-import os
 import subprocess
 import sys
 
 import pytest
 import torch
-from helpers import FAST, PROJECT_ROOT, compose
+from helpers import FAST, PROJECT_ROOT, child_env, compose
 from PIL import Image
 
 from vaelab.errors import ConfigError
@@ -35,7 +34,7 @@ def test_label_picks_the_class_of_every_sample(cvae_ckpt):
 
 def test_cli_writes_the_grid(cvae_ckpt, tmp_path):
     out = tmp_path / "sevens.png"
-    env = {**os.environ, "WANDB_MODE": "offline"}
+    env = child_env()
     result = subprocess.run([sys.executable, "-m", "vaelab.sample", f"ckpt={cvae_ckpt}", "n=16", "label=7", f"out={out}"],
                             cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -1,18 +1,17 @@
 """Hydra multirun: one W&B run per job in one group, failures recorded, a summary file."""
 
 import csv
-import os
 import subprocess
 import sys
 
-from helpers import FAST, PROJECT_ROOT
+from helpers import FAST, PROJECT_ROOT, child_env
 
 from vaelab.wandb_offline import find_offline_runs, read_offline_run
 
 
 def test_sweep_keeps_going_past_a_failed_job_and_summarises(tmp_path, data_root):
     sweep_dir = tmp_path / "sweep"
-    env = {**os.environ, "WANDB_MODE": "offline"}
+    env = child_env()
     result = subprocess.run(
         [sys.executable, "train.py", "-m", "model.beta=1,-1,4", "model.latent_dim=2,3", *FAST,
          "trainer.limit_train_batches=2", "callbacks.sample_grids.every_n_epochs=5", f"data.root={data_root}",

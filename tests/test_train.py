@@ -1,12 +1,11 @@
 """Training end to end: one step of every variant, checkpoints, and a real offline W&B run."""
 
-import os
 import subprocess
 import sys
 
 import pytest
 import torch
-from helpers import FAST, PROJECT_ROOT, compose
+from helpers import FAST, PROJECT_ROOT, child_env, compose
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -81,7 +80,8 @@ def test_checkpoint_round_trip(tmp_path, data_root):
 
 
 def run_cli(args, tmp_path, env_extra=None, timeout=300):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_MODE")}
+    env = child_env()
+    del env["WANDB_MODE"]  # as a user without W&B set up has it
     env.update({"HOME": str(tmp_path / "home"), "NETRC": str(tmp_path / "no-netrc"), **(env_extra or {})})
     env.pop("WANDB_API_KEY", None)
     return subprocess.run([sys.executable, "train.py", *args], cwd=PROJECT_ROOT, env=env, capture_output=True,
