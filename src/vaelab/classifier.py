@@ -11,7 +11,6 @@ Fréchet distance (``classifier_fid``), since Inception weights cannot be downlo
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -22,8 +21,8 @@ from omegaconf import DictConfig
 from torch import nn
 
 from vaelab.data import load_split, to_float_images
-from vaelab.errors import UserError
-from vaelab.train import CONFIG_DIR, find_user_error
+from vaelab.errors import UserError, one_line_errors
+from vaelab.train import CONFIG_DIR
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +67,12 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     return correct / len(labels)
 
 
-def train_classifier(data: str, root: str, epochs: int = 5, batch_size: int = 128, lr: float = 2e-3, seed: int = 0):
+def train_classifier(data: str, root: str, epochs: int = 5, batch_size: int = 128, lr: float = 2e-3, seed: int = 0,
+                     download: bool = True):
     """Train on the 60k training images (Adam, cosine-decayed learning rate); returns (model, test accuracy in [0, 1])."""
     torch.manual_seed(seed)
-    train_images, train_labels, classes = load_split(data, root, train=True)
-    test_images, test_labels, _ = load_split(data, root, train=False)
+    train_images, train_labels, classes = load_split(data, root, train=True, download=download)
+    test_images, test_labels, _ = load_split(data, root, train=False, download=download)
     x, y = to_float_images(train_images), train_labels
     model = SmallCNN(len(classes))
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
@@ -125,22 +125,17 @@ def classifier_fid(classifier: SmallCNN, real: torch.Tensor, fake: torch.Tensor,
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="classifier")
 def main(cfg: DictConfig) -> float:
-    try:
+    with one_line_errors():
         path = Path(cfg.out)
         if path.is_file() and not cfg.retrain:
             model, test_accuracy = load_classifier(path)
             print(f"{cfg.data.name} classifier (cached at {path}): test accuracy {test_accuracy:.4f}")
             return test_accuracy
-        model, test_accuracy = train_classifier(cfg.data.name, cfg.data.root, cfg.epochs, seed=cfg.seed)
+        model, test_accuracy = train_classifier(cfg.data.name, cfg.data.root, cfg.epochs, seed=cfg.seed,
+                                                 download=cfg.data.download)
         save_classifier(model, test_accuracy, cfg.data.name, path)
         print(f"{cfg.data.name} classifier saved to {path}: test accuracy {test_accuracy:.4f}")
         return test_accuracy
-    except Exception as error:
-        user_error = find_user_error(error)
-        if user_error is None:
-            raise
-        print(f"error: {user_error}", file=sys.stderr)
-        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
 """Errors that a user can fix: the command line prints them as one line and exits non-zero."""
 
+import sys
+from contextlib import contextmanager
+
 
 class UserError(RuntimeError):
     """A bad input (missing data, a bad file, ...) with a one-line message saying how to fix it."""
@@ -11,3 +14,24 @@ class ConfigError(UserError, ValueError):
 
 class NonFiniteError(UserError):
     """A loss term or gradient became NaN or infinite during training."""
+
+
+def find_user_error(error: BaseException | None) -> UserError | None:
+    """The UserError behind an exception (hydra.utils.instantiate wraps them), or None."""
+    while error is not None and not isinstance(error, UserError):
+        error = error.__cause__
+    return error
+
+
+@contextmanager
+def one_line_errors():
+    """For command-line entry points: a UserError becomes `error: <message>` on stderr and exit 1;
+    anything else propagates with its traceback."""
+    try:
+        yield
+    except Exception as error:
+        user_error = find_user_error(error)
+        if user_error is None:
+            raise
+        print(f"error: {user_error}", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -26,9 +25,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from vaelab.data import load_split, to_float_images
 from vaelab.diagnostics import summarize
-from vaelab.errors import UserError
+from vaelab.errors import UserError, one_line_errors
 from vaelab.objectives import iwae_bound, log_importance_weights
-from vaelab.train import CONFIG_DIR, find_user_error
+from vaelab.train import CONFIG_DIR
 
 log = logging.getLogger(__name__)
 
@@ -217,14 +216,8 @@ def run(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
 def main(cfg: DictConfig) -> None:
-    try:
+    with one_line_errors():
         run(cfg)
-    except Exception as error:
-        user_error = find_user_error(error)
-        if user_error is None:
-            raise
-        print(f"error: {user_error}", file=sys.stderr)
-        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

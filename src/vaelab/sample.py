@@ -10,15 +10,14 @@ without it, the images cycle through the classes.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import hydra
 import torch
 from omegaconf import DictConfig
 
-from vaelab.errors import ConfigError
-from vaelab.train import CONFIG_DIR, find_user_error
+from vaelab.errors import ConfigError, one_line_errors
+from vaelab.train import CONFIG_DIR
 
 
 @torch.no_grad()
@@ -45,7 +44,7 @@ def main(cfg: DictConfig) -> None:
 
     from vaelab.evaluate import load_module
 
-    try:
+    with one_line_errors():
         module = load_module(cfg.ckpt)
         images = sample_images(module, cfg.n, cfg.get("label"), cfg.seed)
         out = Path(cfg.out)
@@ -53,12 +52,6 @@ def main(cfg: DictConfig) -> None:
         nrow = cfg.get("nrow") or max(1, round(cfg.n**0.5))
         save_image(make_grid(images, nrow=nrow, pad_value=1.0), out)
         print(f"wrote {out} ({cfg.n} samples{'' if cfg.get('label') is None else f' of class {cfg.label}'})")
-    except Exception as error:
-        user_error = find_user_error(error)
-        if user_error is None:
-            raise
-        print(f"error: {user_error}", file=sys.stderr)
-        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

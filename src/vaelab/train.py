@@ -13,7 +13,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from vaelab.errors import UserError
+from vaelab.errors import UserError, find_user_error
 from vaelab.sweep import in_multirun, sweep_group, write_status
 
 log = logging.getLogger(__name__)
@@ -78,13 +78,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
         return metrics
     finally:
         finish_wandb()
-
-
-def find_user_error(error: BaseException | None) -> UserError | None:
-    """The UserError behind an exception (hydra.utils.instantiate wraps them), or None."""
-    while error is not None and not isinstance(error, UserError):
-        error = error.__cause__
-    return error
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
