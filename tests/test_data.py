@@ -3,7 +3,13 @@ import torch
 import torchvision
 from helpers import synthetic_digits, write_synthetic_dataset
 
-from vaelab.data import DataNotFoundError, InMemoryImages, VAEDataModule, load_split
+from vaelab.data import (
+    DataCorruptError,
+    DataNotFoundError,
+    InMemoryImages,
+    VAEDataModule,
+    load_split,
+)
 
 
 def make(data_root, **kwargs):
@@ -135,3 +141,27 @@ def test_real_fashion_mnist(real_data_root):
     dm = make(real_data_root, name="fashion_mnist", val_size=5000)
     assert dm.classes[0] == "T-shirt/top" and len(dm.test_set) == 10000
     assert dm.test_set.labels.bincount().tolist() == [1000] * 10
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    ("truncate", "bytes, but its header promises"),
+    ("magic", "not an uncompressed IDX images file (magic number 2049, expected 2051)"),
+    ("count", "holds 240 images but"),
+    ("empty", "not an uncompressed IDX images file (magic number None"),
+])
+def test_damaged_idx_files_are_named_in_one_line(tmp_path, damage, message):
+    root = write_synthetic_dataset(tmp_path, "mnist")
+    raw = root / "MNIST" / "raw"
+    images, labels = raw / "train-images-idx3-ubyte", raw / "train-labels-idx1-ubyte"
+    if damage == "truncate":
+        images.write_bytes(images.read_bytes()[:-100])
+    elif damage == "magic":
+        images.write_bytes(labels.read_bytes()[:4] + images.read_bytes()[4:])
+    elif damage == "count":
+        labels.write_bytes(labels.read_bytes()[:-10][:4] + (230).to_bytes(4, "big") + labels.read_bytes()[8:-10])
+    else:
+        images.write_bytes(b"")
+    with pytest.raises(DataCorruptError) as error:
+        load_split("mnist", root, train=True, download=False)
+    assert message in str(error.value) and "\n" not in str(error.value)
+    assert str(images) in str(error.value)

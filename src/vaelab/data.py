@@ -14,6 +14,7 @@ Binarization (``binarize``):
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from pathlib import Path
@@ -37,6 +38,43 @@ class DataNotFoundError(UserError):
     """The IDX files are missing and could not be downloaded."""
 
 
+class DataCorruptError(UserError):
+    """An IDX file is truncated, has the wrong magic number, or disagrees with its partner file."""
+
+
+IDX_MAGIC = {"images": 2051, "labels": 2049}  # unsigned bytes, 3 or 1 dimensions
+
+
+def check_idx_file(path: Path, kind: str) -> tuple[int, ...]:
+    """Check an uncompressed IDX file's magic number and size against its header; return its shape."""
+    magic = IDX_MAGIC[kind]
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+        found = int.from_bytes(head, "big") if len(head) == 4 else None
+        if found != magic:
+            raise DataCorruptError(f"{path}: not an uncompressed IDX {kind} file (magic number {found}, expected {magic})")
+        ndim = magic & 0xFF
+        dims_bytes = handle.read(4 * ndim)
+    if len(dims_bytes) < 4 * ndim:
+        raise DataCorruptError(f"{path}: the IDX header is cut short")
+    shape = tuple(int.from_bytes(dims_bytes[4 * i : 4 * i + 4], "big") for i in range(ndim))
+    expected = 4 + 4 * ndim + math.prod(shape)
+    size = path.stat().st_size
+    if size != expected:
+        raise DataCorruptError(f"{path}: {size} bytes, but its header promises {expected} (shape {shape}): "
+                               "the file is truncated or corrupt; replace it")
+    return shape
+
+
+def check_split_files(name: str, root: str | os.PathLike, train: bool) -> None:
+    """Check one split's image and label files, and that they hold the same number of items."""
+    folder, prefix = raw_folder(name, root), "train" if train else "t10k"
+    images, labels = folder / f"{prefix}-images-idx3-ubyte", folder / f"{prefix}-labels-idx1-ubyte"
+    image_shape, label_shape = check_idx_file(images, "images"), check_idx_file(labels, "labels")
+    if image_shape[0] != label_shape[0]:
+        raise DataCorruptError(f"{images} holds {image_shape[0]} images but {labels} holds {label_shape[0]} labels")
+
+
 def raw_folder(name: str, root: str | os.PathLike) -> Path:
     """Where torchvision expects the uncompressed IDX files, e.g. ``root/MNIST/raw``."""
     return Path(root).expanduser().resolve() / DATASETS[name].__name__ / "raw"
@@ -55,6 +93,8 @@ def load_split(name: str, root: str | os.PathLike, train: bool, download: bool =
     """
     cls = DATASETS[name]
     root = str(Path(root).expanduser())
+    if all((raw_folder(name, root) / f).is_file() for f in expected_files(name)):
+        check_split_files(name, root, train)
     try:
         dataset = cls(root, train=train, download=False)
     except RuntimeError as missing:
