@@ -6,7 +6,8 @@ import torch
 from helpers import FAST, compose
 from hydra.utils import instantiate
 
-from vaelab.callbacks import CollapseMonitor, prior_quantile_grid
+from vaelab.callbacks import CollapseMonitor
+from vaelab.panels import prior_quantile_grid
 from vaelab.train import train
 
 

@@ -42,3 +42,30 @@ def test_cli_writes_the_grid(cvae_ckpt, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "vaelab.sample", f"ckpt={cvae_ckpt}", "label=12", f"out={out}"],
                          cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "error: label=12 is not allowed" in bad.stderr
+
+
+@pytest.mark.parametrize("kind, args, size", [
+    ("traversals", ["n=2", "steps=5"], (2 + 5 * 30, 2 + 2 * 30)),  # 2 of the 3 latent dims, by KL
+    ("interpolations", ["n=3", "steps=4", "label=2"], (2 + 4 * 30, 2 + 3 * 30)),  # 3 pairs of test twos
+    ("scatter", ["scatter_images=50"], (500, 500)),
+])
+def test_cli_writes_traversals_interpolations_and_scatter(cvae_ckpt, data_root, tmp_path, kind, args, size):
+    out = tmp_path / f"{kind}.png"
+    result = subprocess.run([sys.executable, "-m", "vaelab.sample", f"ckpt={cvae_ckpt}", f"kind={kind}", *args,
+                             f"data_root={data_root}", f"out={out}"],
+                            cwd=PROJECT_ROOT, env=child_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert Image.open(out).size == size
+    assert f"wrote {out} ({kind}" in result.stdout
+
+
+def test_manifold_needs_two_unconditional_latents(cvae_ckpt, data_root):
+    from omegaconf import OmegaConf
+
+    from vaelab.sample import make_picture
+
+    cfg = OmegaConf.create({"kind": "manifold", "n": 1, "label": None, "nrow": None, "data_root": str(data_root)})
+    with pytest.raises(ConfigError, match=r"kind=manifold needs an unconditional model with latent_dim=2"):
+        make_picture(load_module(cvae_ckpt), cfg)
+    with pytest.raises(ConfigError, match=r"kind=sketch is not allowed"):
+        make_picture(load_module(cvae_ckpt), OmegaConf.merge(cfg, {"kind": "sketch"}))

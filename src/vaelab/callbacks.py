@@ -2,13 +2,8 @@
 NaN guard (``NaNGuard``).
 
 Image panels are made at the end of validation, saved as PNG files in the run folder and
-logged as images to every logger that takes images (W&B).
-
-Panels (each a ``torchvision.utils.make_grid``):
-- ``reconstructions``: the first validation images (top row) above their reconstructions;
-- ``samples``: decoded prior samples, with the same z every epoch;
-- ``class_samples`` (CVAE only): one row per class, one column per shared z;
-- ``manifold`` (latent_dim = 2 only): the decoder over a grid of prior quantiles.
+logged as images to every logger that takes images (W&B). What each panel shows is in
+``vaelab.panels``; which ones are made, and how often, is the ``panels`` setting.
 """
 
 from __future__ import annotations
@@ -19,80 +14,132 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.distributions import Normal
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import save_image
 
+from vaelab import panels as draw
+from vaelab.diagnostics import kl_per_dimension
 from vaelab.errors import ConfigError, NonFiniteError
 
 log = logging.getLogger(__name__)
 
-
-def prior_quantile_grid(steps: int, low: float = 0.05, high: float = 0.95) -> torch.Tensor:
-    """z on a steps x steps grid of N(0, 1) quantiles: (steps * steps, 2), row-major, y decreasing down."""
-    values = Normal(0.0, 1.0).icdf(torch.linspace(low, high, steps))
-    ys, xs = torch.meshgrid(values.flip(0), values, indexing="ij")
-    return torch.stack([xs.flatten(), ys.flatten()], dim=1)
+# panel name -> on (every every_n_epochs), off, or its own interval in validation epochs
+DEFAULT_PANELS = {"reconstructions": True, "samples": True, "class_samples": True, "traversals": True,
+                  "interpolations": True, "manifold": True, "latent_scatter": True}
 
 
 class SampleGrids(L.Callback):
-    """Every ``every_n_epochs`` validation epochs, make the panels, save them to
-    ``<output_dir>/images/<panel>/epoch=NNN.png`` and log them as ``images/<panel>``."""
+    """Make the image panels at the end of validation, save them to
+    ``<output_dir>/images/<panel>/epoch=NNN.png`` and log them as ``images/<panel>``.
 
-    def __init__(self, every_n_epochs: int = 1, num_images: int = 16, num_samples: int = 64,
-                 samples_per_class: int = 10, manifold_steps: int = 15, output_dir: str | None = None, seed: int = 0):
+    Args:
+        every_n_epochs: make the panels that are switched on every this many validation epochs.
+        panels: panel name -> true (every every_n_epochs), false (off) or its own interval
+            in validation epochs (0: off). Names:
+            reconstructions, samples, class_samples (CVAE), traversals, interpolations,
+            manifold (latent_dim = 2, unconditional), latent_scatter.
+        num_images: images in the reconstruction panel.
+        num_samples: prior samples in the samples panel.
+        samples_per_class: columns of the class_samples panel.
+        manifold_steps: the manifold is manifold_steps x manifold_steps images.
+        traversal_steps, traversal_span, traversal_dims: columns, range (prior standard
+            deviations either side of the posterior mean) and most rows of the traversals.
+        interpolation_pairs, interpolation_steps: rows and columns of the interpolations.
+        scatter_images: test images in the latent scatter (0: the whole test split).
+        output_dir: the run folder (default: the trainer's root folder).
+        seed: seeds the prior samples, which are the same every epoch.
+    """
+
+    def __init__(self, every_n_epochs: int = 1, panels: dict | None = None, num_images: int = 16, num_samples: int = 64,
+                 samples_per_class: int = 10, manifold_steps: int = 15, traversal_steps: int = 9,
+                 traversal_span: float = 3.0, traversal_dims: int = 10, interpolation_pairs: int = 5,
+                 interpolation_steps: int = 10, scatter_images: int = 5000, output_dir: str | None = None, seed: int = 0):
         super().__init__()
-        if every_n_epochs < 1:
+        if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
             raise ConfigError(f"callbacks.sample_grids.every_n_epochs must be >= 1, got {every_n_epochs}")
-        self.every_n_epochs = every_n_epochs
+        self.intervals = {}
+        for name, setting in {**DEFAULT_PANELS, **(panels or {})}.items():
+            if name not in DEFAULT_PANELS:
+                raise ConfigError(f"callbacks.sample_grids.panels.{name}: unknown panel; allowed: {', '.join(DEFAULT_PANELS)}")
+            if isinstance(setting, bool) or setting is None:
+                self.intervals[name] = every_n_epochs if setting else 0
+            elif isinstance(setting, int) and setting >= 0:
+                self.intervals[name] = setting
+            else:
+                raise ConfigError(f"callbacks.sample_grids.panels.{name} must be true, false or an interval >= 0, got {setting!r}")
         self.num_images = num_images
         self.num_samples = num_samples
         self.samples_per_class = samples_per_class
         self.manifold_steps = manifold_steps
+        self.traversal_steps = traversal_steps
+        self.traversal_span = traversal_span
+        self.traversal_dims = traversal_dims
+        self.interpolation_pairs = interpolation_pairs
+        self.interpolation_steps = interpolation_steps
+        self.scatter_images = scatter_images
         self.output_dir = output_dir
         self.seed = seed
 
+    def due(self, epoch: int) -> set[str]:
+        """The panels to make after the validation of (0-based) epoch."""
+        return {name for name, every in self.intervals.items() if every and (epoch + 1) % every == 0}
+
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
-        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+        if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        if not trainer.is_global_zero:
+        wanted = self.due(trainer.current_epoch)
+        if not wanted:
             return
         was_training = pl_module.training
         pl_module.eval()
         try:
-            panels = self.make_panels(pl_module, trainer.datamodule)
+            images = self.make_panels(pl_module, trainer.datamodule, wanted)
         finally:
             pl_module.train(was_training)
-        for name, grid in panels.items():
+        for name, grid in images.items():
             path = self.save(name, grid, trainer)
             self.log_image(trainer, name, path)
 
     @torch.no_grad()
-    def make_panels(self, pl_module, datamodule) -> dict[str, torch.Tensor]:
-        """Each panel as a (3, H, W) image grid in [0, 1]."""
+    def make_panels(self, pl_module, datamodule, wanted: set[str] | None = None) -> dict[str, torch.Tensor]:
+        """Each wanted panel (default: all that apply to this model) as a (3, H, W) image in [0, 1]."""
+        wanted = set(DEFAULT_PANELS) if wanted is None else wanted
         vae, device = pl_module.vae, pl_module.device
         generator = torch.Generator().manual_seed(self.seed)  # the same z every epoch
-        panels = {}
-        x, y = datamodule.fixed_batch("val", self.num_images)
-        if len(x) == 0:
-            x, y = datamodule.fixed_batch("train", self.num_images)
-        x, y = x.to(device), y.to(device)
-        recon = pl_module.reconstruct(x, y)
-        panels["reconstructions"] = make_grid(torch.cat([x, recon]), nrow=len(x), pad_value=1.0)
+        split = "val" if len(datamodule.fixed_batch("val", 1)[0]) else "train"
+        n_fixed = max(self.num_images, 2 * self.interpolation_pairs, 1)
+        x, y = (t.to(device) for t in datamodule.fixed_batch(split, n_fixed))
+        y_or_none = y if vae.conditional else None
+        kl_per_dim = pl_module.last_diagnostics.get("kl_per_dim")
+        images = {}
+        if "reconstructions" in wanted:
+            images["reconstructions"] = draw.reconstructions(pl_module, x[: self.num_images],
+                                                             None if y_or_none is None else y_or_none[: self.num_images])
+        if "samples" in wanted:
+            z = torch.randn(self.num_samples, vae.latent_dim, generator=generator).to(device)
+            labels = torch.arange(self.num_samples, device=device) % vae.num_classes if vae.conditional else None
+            images["samples"] = draw.prior_samples(pl_module, z, labels)
+        if "class_samples" in wanted and vae.conditional:
+            images["class_samples"] = draw.class_samples(pl_module, self.samples_per_class, generator)
+        if "traversals" in wanted:
+            images["traversals"] = draw.traversals(pl_module, x[:1], None if y_or_none is None else y_or_none[:1],
+                                                   kl_per_dim, self.traversal_steps, self.traversal_span, self.traversal_dims)
+        pairs = min(self.interpolation_pairs, len(x) // 2)
+        if "interpolations" in wanted and pairs:
+            images["interpolations"] = draw.interpolations(pl_module, x[:pairs], x[pairs:2 * pairs],
+                                                           None if y_or_none is None else y_or_none[:pairs],
+                                                           self.interpolation_steps)
+        if "manifold" in wanted and vae.latent_dim == 2 and not vae.conditional:
+            images["manifold"] = draw.manifold(pl_module, self.manifold_steps)
+        if "latent_scatter" in wanted:
+            images["latent_scatter"] = self.latent_scatter(pl_module, datamodule)
+        return images
 
-        z = torch.randn(self.num_samples, vae.latent_dim, generator=generator).to(device)
-        labels = torch.arange(self.num_samples, device=device) % max(vae.num_classes, 1) if vae.conditional else None
-        panels["samples"] = make_grid(pl_module.generate(z, labels), nrow=int(self.num_samples**0.5), pad_value=1.0)
-
-        if vae.conditional:
-            k, n = vae.num_classes, self.samples_per_class
-            z = torch.randn(n, vae.latent_dim, generator=generator).to(device).repeat(k, 1)  # row = class, column = shared z
-            labels = torch.arange(k, device=device).repeat_interleave(n)
-            panels["class_samples"] = make_grid(pl_module.generate(z, labels), nrow=n, pad_value=1.0)
-
-        if vae.latent_dim == 2 and not vae.conditional:
-            z = prior_quantile_grid(self.manifold_steps).to(device)
-            panels["manifold"] = make_grid(pl_module.generate(z), nrow=self.manifold_steps, padding=0)
-        return panels
+    def latent_scatter(self, pl_module, datamodule) -> torch.Tensor:
+        """The test split's posterior means (the first scatter_images of them), coloured by class."""
+        test_x, test_y = datamodule.fixed_batch("test", self.scatter_images or 10**9)
+        mean, logvar = draw.encode_all(pl_module, test_x, test_y)
+        return draw.latent_scatter(mean, test_y, kl_per_dimension(mean, logvar), datamodule.classes,
+                                   title=f"{datamodule.name} test posterior means")
 
     def save(self, name: str, grid: torch.Tensor, trainer: L.Trainer) -> Path:
         root = Path(self.output_dir or trainer.default_root_dir)
@@ -141,6 +188,11 @@ class CollapseMonitor(L.Callback):
         self.warnings += found
 
 
+def grads_sum(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The sum of every gradient element: non-finite when any element is (cheaper than a norm)."""
+    return torch.stack([g.sum() for g in grads]).sum()
+
+
 class NaNGuard(L.Callback):
     """Stop training, before the optimizer step, when the loss or a gradient is not finite.
 
@@ -160,17 +212,24 @@ class NaNGuard(L.Callback):
         if step % self.check_every_n_steps:
             return
         terms = {name: pl_module.last_terms[name] for name in ("recon", "kl", "loss") if name in pl_module.last_terms}
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        # one fused check and one device sync per step; the details only when something is wrong
+        values = [value.detach().float().reshape(1) for value in terms.values()]
+        if grads:
+            values.append(grads_sum(grads).float().reshape(1))
+        if not values or torch.isfinite(torch.cat(values)).all():
+            return
         bad = {name: float(value.detach()) for name, value in terms.items() if not torch.isfinite(value)}
         if bad:
             culprits = [name for name in ("recon", "kl") if name in bad] or ["loss"]
             raise NonFiniteError(f"step {step}: the training loss is not finite ({', '.join(f'{n}={bad[n]}' for n in culprits)}); "
                                  f"training stopped, the checkpoints written so far are kept{self._last(trainer)}")
-        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
-        if grads and not torch.isfinite(torch.stack([g.norm() for g in grads]).sum()):
-            names = [n for n, p in pl_module.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
-            raise NonFiniteError(f"step {step}: non-finite gradients in {', '.join(names[:3])}"
-                                 f"{' ...' if len(names) > 3 else ''}; training stopped, the checkpoints written so far are kept"
-                                 f"{self._last(trainer)}")
+        names = [n for n, p in pl_module.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+        if not names:  # every gradient finite, only their sum overflows
+            return
+        raise NonFiniteError(f"step {step}: non-finite gradients in {', '.join(names[:3])}"
+                             f"{' ...' if len(names) > 3 else ''}; training stopped, the checkpoints written so far are kept"
+                             f"{self._last(trainer)}")
 
     @staticmethod
     def _last(trainer: L.Trainer) -> str:

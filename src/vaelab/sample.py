@@ -1,11 +1,14 @@
-"""Sample images from a checkpoint into a PNG grid.
+"""Pictures from a checkpoint: prior samples, traversals, interpolations, the 2-D manifold, the latent scatter.
 
     vaelab-sample ckpt=logs/runs/<run>/checkpoints/last.ckpt n=64 out=grid.png
     vaelab-sample ckpt=<a CVAE checkpoint> label=7 n=16 out=sevens.png
+    vaelab-sample ckpt=... kind=traversals out=traversals.png
+    vaelab-sample ckpt=... kind=interpolations n=5 out=interpolations.png
 
-Pixel means of p(x | z) for z ~ N(0, I) (seeded by ``seed``), laid out by
-``torchvision.utils.make_grid``. For a CVAE, ``label`` picks the class of every image;
-without it, the images cycle through the classes.
+``kind=samples`` (default): pixel means of p(x | z) for n prior samples z ~ N(0, I) (seeded by
+``seed``); for a CVAE, ``label`` picks the class of every image, otherwise they cycle through
+the classes. ``traversals``, ``interpolations`` and ``scatter`` encode test images of the
+checkpoint's data set (``data_root`` says where it is); see ``vaelab.panels`` for what each shows.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from omegaconf import DictConfig
 from vaelab.errors import ConfigError, one_line_errors
 from vaelab.train import CONFIG_DIR
 
+KINDS = ("samples", "traversals", "interpolations", "manifold", "scatter")
+
 
 @torch.no_grad()
 def sample_images(module, n: int, label: int | None = None, seed: int = 0) -> torch.Tensor:
@@ -26,10 +31,7 @@ def sample_images(module, n: int, label: int | None = None, seed: int = 0) -> to
     vae = module.vae
     if n < 1:
         raise ConfigError(f"n={n} is not allowed: an integer >= 1")
-    if label is not None and not vae.conditional:
-        raise ConfigError(f"label={label} needs a conditional VAE checkpoint (model=cvae)")
-    if label is not None and not 0 <= label < vae.num_classes:
-        raise ConfigError(f"label={label} is not allowed: an integer in [0, {vae.num_classes})")
+    check_label(module, label)
     z = torch.randn(n, vae.latent_dim, generator=torch.Generator().manual_seed(seed)).to(module.device)
     labels = None
     if vae.conditional:
@@ -38,20 +40,74 @@ def sample_images(module, n: int, label: int | None = None, seed: int = 0) -> to
     return module.generate(z, labels).cpu()
 
 
+def check_label(module, label: int | None) -> None:
+    vae = module.vae
+    if label is not None and not vae.conditional:
+        raise ConfigError(f"label={label} needs a conditional VAE checkpoint (model=cvae)")
+    if label is not None and not 0 <= label < vae.num_classes:
+        raise ConfigError(f"label={label} is not allowed: an integer in [0, {vae.num_classes})")
+
+
+def pick_test_images(module, cfg: DictConfig, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first n test images (and labels) of the checkpoint's data set; only class `label` if given."""
+    from vaelab.evaluate import datamodule_for
+
+    datamodule = datamodule_for(module, cfg.get("data_root"))
+    images, labels = datamodule.test_set.images, datamodule.test_set.labels
+    if cfg.get("label") is not None:
+        keep = labels == cfg.label
+        images, labels = images[keep], labels[keep]
+    return images[:n], labels[:n]
+
+
+def make_picture(module, cfg: DictConfig) -> torch.Tensor:
+    """The picture that ``cfg.kind`` asks for, as a (3, H, W) image in [0, 1]."""
+    from torchvision.utils import make_grid
+
+    from vaelab import panels
+    from vaelab.diagnostics import kl_per_dimension
+
+    kind, n, vae = cfg.kind, cfg.n, module.vae
+    if kind not in KINDS:
+        raise ConfigError(f"kind={kind} is not allowed: one of {', '.join(KINDS)}")
+    if n < 1:
+        raise ConfigError(f"n={n} is not allowed: an integer >= 1")
+    check_label(module, cfg.get("label"))
+    if kind == "samples":
+        nrow = cfg.get("nrow") or max(1, round(n**0.5))
+        return make_grid(sample_images(module, n, cfg.get("label"), cfg.seed), nrow=nrow, pad_value=1.0)
+    if kind == "manifold":
+        if vae.latent_dim != 2 or vae.conditional:
+            raise ConfigError(f"kind=manifold needs an unconditional model with latent_dim=2, this one has latent_dim={vae.latent_dim}")
+        return panels.manifold(module, cfg.get("nrow") or 15)
+    images, labels = pick_test_images(module, cfg, max(2 * n, cfg.scatter_images) if kind == "scatter" else 2 * n)
+    y = labels if vae.conditional else None
+    if kind == "scatter":
+        mean, logvar = panels.encode_all(module, images, labels)
+        return panels.latent_scatter(mean, labels, kl_per_dimension(mean, logvar), title="test posterior means")
+    if kind == "traversals":
+        mean, logvar = panels.encode_all(module, images[:1000], labels[:1000])
+        return panels.traversals(module, images[:1], None if y is None else y[:1], kl_per_dimension(mean, logvar),
+                                 steps=cfg.steps, span=cfg.span, max_dims=n)
+    if len(images) < 2 * n:
+        raise ConfigError(f"n={n} interpolation pairs need {2 * n} test images, the split has {len(images)}")
+    return panels.interpolations(module, images[:n], images[n:2 * n], None if y is None else y[:n], steps=cfg.steps)
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="sample")
 def main(cfg: DictConfig) -> None:
-    from torchvision.utils import make_grid, save_image
+    from torchvision.utils import save_image
 
     from vaelab.evaluate import load_module
 
     with one_line_errors():
         module = load_module(cfg.ckpt)
-        images = sample_images(module, cfg.n, cfg.get("label"), cfg.seed)
+        picture = make_picture(module, cfg)
         out = Path(cfg.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        nrow = cfg.get("nrow") or max(1, round(cfg.n**0.5))
-        save_image(make_grid(images, nrow=nrow, pad_value=1.0), out)
-        print(f"wrote {out} ({cfg.n} samples{'' if cfg.get('label') is None else f' of class {cfg.label}'})")
+        save_image(picture, out)
+        label = "" if cfg.get("label") is None else f", class {cfg.label}"
+        print(f"wrote {out} ({cfg.kind}, n={cfg.n}{label}, {picture.shape[2]}x{picture.shape[1]} pixels)")
 
 
 if __name__ == "__main__":

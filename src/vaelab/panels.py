@@ -1,0 +1,144 @@
+"""Pictures of what a VAE learned, each one image tensor (3, H, W) in [0, 1].
+
+Used by the ``SampleGrids`` callback (during training) and by ``vaelab-sample`` (from a
+checkpoint). Image grids come from ``torchvision.utils.make_grid`` (2-pixel padding unless
+said otherwise); the latent scatter is a matplotlib figure rendered to a tensor.
+
+- ``reconstructions``: inputs (top row) above their reconstructions;
+- ``prior_samples``: decoded prior samples;
+- ``class_samples`` (CVAE): one row per class, one column per shared z;
+- ``traversals``: one row per latent dimension (sorted by KL, largest first), each row
+  moving that dimension of a posterior mean over ``span`` prior standard deviations;
+- ``interpolations``: one row per pair of images, decoding the straight line between their
+  posterior means (the left and right ends are the two encodings);
+- ``manifold`` (latent_dim = 2): the decoder over a grid of prior quantiles, no padding;
+- ``latent_scatter``: posterior means coloured by class, on the two dimensions with the
+  largest KL (the axes say which).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.distributions import Normal
+from torchvision.utils import make_grid
+
+GRID = dict(pad_value=1.0)
+
+
+def prior_quantile_grid(steps: int, low: float = 0.05, high: float = 0.95) -> torch.Tensor:
+    """z on a steps x steps grid of N(0, 1) quantiles: (steps * steps, 2), row-major, y decreasing down."""
+    values = Normal(0.0, 1.0).icdf(torch.linspace(low, high, steps))
+    ys, xs = torch.meshgrid(values.flip(0), values, indexing="ij")
+    return torch.stack([xs.flatten(), ys.flatten()], dim=1)
+
+
+@torch.no_grad()
+def reconstructions(module, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    """x (B, C, H, W): a 2-row grid, inputs above reconstructions."""
+    return make_grid(torch.cat([x, module.reconstruct(x, y)]), nrow=len(x), **GRID)
+
+
+@torch.no_grad()
+def prior_samples(module, z: torch.Tensor, labels: torch.Tensor | None = None, nrow: int | None = None) -> torch.Tensor:
+    """z (N, D): the decoded images, about sqrt(N) per row."""
+    return make_grid(module.generate(z, labels), nrow=nrow or max(1, round(len(z) ** 0.5)), **GRID)
+
+
+@torch.no_grad()
+def class_samples(module, per_class: int, generator: torch.Generator) -> torch.Tensor:
+    """A (num_classes x per_class) grid: row = class, column = one z shared by all rows."""
+    vae, device = module.vae, module.device
+    z = torch.randn(per_class, vae.latent_dim, generator=generator).to(device).repeat(vae.num_classes, 1)
+    labels = torch.arange(vae.num_classes, device=device).repeat_interleave(per_class)
+    return make_grid(module.generate(z, labels), nrow=per_class, **GRID)
+
+
+def dimensions_by_kl(kl_per_dim: torch.Tensor | list[float] | None, latent_dim: int, limit: int | None = None) -> list[int]:
+    """Latent dimensions sorted by KL (nats), largest first; in index order when KL is unknown."""
+    if kl_per_dim is None or len(kl_per_dim) != latent_dim:
+        order = list(range(latent_dim))
+    else:
+        order = torch.as_tensor(kl_per_dim).argsort(descending=True, stable=True).tolist()
+    return order[:limit]
+
+
+@torch.no_grad()
+def traversals(module, x: torch.Tensor, y: torch.Tensor | None, kl_per_dim=None, steps: int = 9,
+               span: float = 3.0, max_dims: int | None = 10) -> torch.Tensor:
+    """x (1, C, H, W): rows = latent dims by decreasing KL (at most max_dims), columns = steps values
+    of that dimension from -span to +span around the posterior mean of x, the other dims fixed."""
+    mean, _ = module.vae.encode(x, y)
+    dims = dimensions_by_kl(kl_per_dim, mean.shape[1], max_dims)
+    values = torch.linspace(-span, span, steps, device=mean.device)
+    z = mean.repeat(len(dims) * steps, 1)
+    for row, dim in enumerate(dims):
+        z[row * steps:(row + 1) * steps, dim] = values
+    labels = y.repeat(len(z)) if y is not None and module.vae.conditional else None
+    return make_grid(module.generate(z, labels), nrow=steps, **GRID)
+
+
+@torch.no_grad()
+def interpolations(module, x_start: torch.Tensor, x_end: torch.Tensor, y_start: torch.Tensor | None = None,
+                   steps: int = 10) -> torch.Tensor:
+    """x_start, x_end (P, C, H, W): one row per pair, steps images along the line between the
+    posterior means. A CVAE decodes the whole row with the start image's label."""
+    conditional = module.vae.conditional
+    mean_a, _ = module.vae.encode(x_start, y_start if conditional else None)
+    mean_b, _ = module.vae.encode(x_end, y_start if conditional else None)
+    t = torch.linspace(0, 1, steps, device=mean_a.device).view(1, steps, 1)
+    z = (mean_a.unsqueeze(1) * (1 - t) + mean_b.unsqueeze(1) * t).flatten(0, 1)  # (P * steps, D), row-major
+    labels = y_start.repeat_interleave(steps) if conditional else None
+    return make_grid(module.generate(z, labels), nrow=steps, **GRID)
+
+
+@torch.no_grad()
+def manifold(module, steps: int = 15) -> torch.Tensor:
+    """latent_dim = 2 only: a steps x steps grid of decoded prior quantiles, no padding."""
+    z = prior_quantile_grid(steps).to(module.device)
+    return make_grid(module.generate(z), nrow=steps, padding=0)
+
+
+def latent_scatter(mean: torch.Tensor, labels: torch.Tensor, kl_per_dim=None, class_names=None,
+                   title: str = "posterior means", size_inches: float = 5.0, dpi: int = 100) -> torch.Tensor:
+    """mean (N, D) posterior means, labels (N,): a scatter of the two dimensions with the largest KL,
+    coloured by class, as a (3, size * dpi, size * dpi) image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mean, labels = mean.detach().float().cpu(), labels.detach().cpu()
+    dims = dimensions_by_kl(kl_per_dim, mean.shape[1], 2)
+    xs = mean[:, dims[0]]
+    ys = mean[:, dims[1]] if len(dims) > 1 else torch.zeros_like(xs)
+    fig, ax = plt.subplots(figsize=(size_inches, size_inches), dpi=dpi)
+    try:
+        points = ax.scatter(xs, ys, c=labels, cmap="tab10", vmin=-0.5, vmax=9.5, s=4, alpha=0.7, linewidths=0)
+        kl_text = lambda d: f", KL {float(kl_per_dim[d]):.2f} nats" if kl_per_dim is not None and len(kl_per_dim) == mean.shape[1] else ""  # noqa: E731
+        ax.set_xlabel(f"z[{dims[0]}] posterior mean{kl_text(dims[0])}")
+        ax.set_ylabel(f"z[{dims[1]}] posterior mean{kl_text(dims[1])}" if len(dims) > 1 else "(one latent dimension)")
+        ax.set_title(f"{title} ({len(mean)} images)")
+        bar = fig.colorbar(points, ax=ax, ticks=range(10))
+        bar.set_label("class")
+        if class_names:
+            bar.set_ticklabels(list(class_names)[:10])
+        fig.tight_layout()
+        fig.canvas.draw()
+        rgba = torch.frombuffer(bytearray(fig.canvas.buffer_rgba()), dtype=torch.uint8)
+        width, height = fig.canvas.get_width_height()
+        return rgba.view(height, width, 4)[..., :3].permute(2, 0, 1).float() / 255
+    finally:
+        plt.close(fig)
+
+
+@torch.no_grad()
+def encode_all(module, images: torch.Tensor, labels: torch.Tensor, batch_images: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior means and log-variances of a whole split, batch by batch: two (N, D) tensors on the CPU."""
+    means, logvars = [], []
+    for start in range(0, len(images), batch_images):
+        x = images[start:start + batch_images].to(module.device)
+        y = labels[start:start + batch_images].to(module.device) if module.vae.conditional else None
+        mean, logvar = module.vae.encode(x, y)
+        means.append(mean.float().cpu())
+        logvars.append(logvar.float().cpu())
+    return torch.cat(means), torch.cat(logvars)
