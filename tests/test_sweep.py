@@ -35,3 +35,11 @@ def test_sweep_keeps_going_past_a_failed_job_and_summarises(tmp_path, data_root)
     for run in runs:  # each run holds only its own job's history
         assert run.name == f"vae-mnist-z{run.config['model']['latent_dim']}-b{run.config['model']['beta']}-s0"
         assert len([row for row in run.history if "test/elbo" in row]) == 1
+
+    # vaelab-compare reads the same sweep back from the offline W&B runs: failed jobs listed, curves from W&B
+    from vaelab.compare import find_run_folders, read_run
+
+    compared = [read_run(folder) for folder in find_run_folders([sweep_dir])]
+    assert [r.status for r in compared] == ["ok", "ok", "failed", "failed", "ok", "ok"]
+    ok = [r for r in compared if r.status == "ok"]
+    assert all(r.curve_source == "wandb" and any("train/elbo" in row for row in r.history) for r in ok)

@@ -1,0 +1,87 @@
+"""vaelab-compare on a tiny 2 x 2 sweep (beta in {1, 4}, latent_dim in {2, 3}) made here with the CSV logger."""
+
+import csv
+import re
+import subprocess
+import sys
+
+import pytest
+from helpers import FAST, PROJECT_ROOT, child_env
+from PIL import Image
+
+from vaelab.compare import compare
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory, data_root):
+    sweep_dir = tmp_path_factory.mktemp("sweep")
+    result = subprocess.run(
+        [sys.executable, "train.py", "-m", "model.beta=1,4", "model.latent_dim=2,3", *FAST, "trainer.max_epochs=2",
+         "logger=csv", "callbacks.sample_grids.every_n_epochs=5", f"data.root={data_root}", f"hydra.sweep.dir={sweep_dir}"],
+        cwd=PROJECT_ROOT, env=child_env(), capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return sweep_dir
+
+
+def test_table_plots_and_report(sweep_dir, tmp_path):
+    out = tmp_path / "compare"
+    written = compare([sweep_dir], out)
+    with open(written["csv"]) as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted((float(r["beta"]), int(r["latent_dim"])) for r in rows) == [(1, 2), (1, 3), (4, 2), (4, 3)]
+    for row in rows:
+        assert row["status"] == "ok" and row["data"] == "mnist"
+        # the plain ELBO is -(recon + KL) on the same (test) images
+        assert float(row["test/elbo"]) == pytest.approx(-(float(row["test/recon"]) + float(row["test/kl"])), rel=1e-4)
+        assert float(row["time/fit_seconds"]) > 0
+    # a larger beta buys a smaller KL at the same latent size
+    kl = {(float(r["beta"]), int(r["latent_dim"])): float(r["test/kl"]) for r in rows}
+    assert kl[(4, 2)] < kl[(1, 2)] and kl[(4, 3)] < kl[(1, 3)]
+    markdown = written["md"].read_text().splitlines()
+    assert len(markdown) == 2 + 4 and "test/elbo" in markdown[0]
+
+    for name, (width, height) in {"rate_distortion": (660, 495), "metrics_vs_latent": (1430, 440), "curves": (1430, 495)}.items():
+        image = Image.open(written[name]).convert("L")
+        assert image.size == (width, height)
+        dark = sum(1 for p in image.getdata() if p < 200) / (width * height)
+        assert dark > 0.01, f"{name} looks empty"
+
+    page = written["html"].read_text()
+    assert len(re.findall(r'src="data:image/png;base64,[A-Za-z0-9+/=]{1000,}"', page)) == 3  # self-contained
+    assert page.count("<tr>") == 1 + 4 and "nats per image" in page
+
+
+def test_curves_come_from_the_csv_logger(sweep_dir):
+    from vaelab.compare import find_run_folders, read_run
+
+    runs = [read_run(folder) for folder in find_run_folders([sweep_dir])]
+    assert len(runs) == 4
+    for run in runs:
+        assert run.curve_source == "csv"
+        val = [row["val/elbo"] for row in run.history if "val/elbo" in row]
+        assert len(val) == 2  # one per epoch
+        assert run.metrics["val/elbo"] == pytest.approx(val[-1], rel=1e-5)
+
+
+def test_cli_and_errors(sweep_dir, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "vaelab.compare", str(sweep_dir), "--out", str(tmp_path / "c")],
+                            cwd=PROJECT_ROOT, env=child_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("compared 4 runs") and (tmp_path / "c" / "report.html").is_file()
+    empty = subprocess.run([sys.executable, "-m", "vaelab.compare", str(tmp_path / "c")],
+                           cwd=PROJECT_ROOT, env=child_env(), capture_output=True, text=True, timeout=120)
+    assert empty.returncode == 1 and empty.stderr.strip().startswith("error: no run folders")
+    assert not (tmp_path / "c" / "compare").exists()  # nothing written on error
+
+
+def test_nll_from_vaelab_eval_joins_the_table(sweep_dir, data_root, tmp_path):
+    job = sorted(p for p in sweep_dir.iterdir() if p.name.startswith("0_"))[0]
+    result = subprocess.run([sys.executable, "-m", "vaelab.evaluate", f"ckpt={job}/checkpoints/last.ckpt", "k=16",
+                             "generation=false", "wandb=false", f"data_root={data_root}"],
+                            cwd=PROJECT_ROOT, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(compare([sweep_dir], tmp_path / "c")["csv"]) as handle:
+        rows = {row["run"]: row for row in csv.DictReader(handle)}
+    evaluated = float(rows[str(job)]["test/nll"])
+    assert 0 < evaluated < -float(rows[str(job)]["test/elbo"]) * 1.05  # about the ELBO, tighter on average
+    assert all(row["test/nll"] == "" for name, row in rows.items() if name != str(job))
