@@ -12,7 +12,7 @@ ifneq ($(wildcard $(SHARED_DATA)/MNIST/raw),)
 export VAELAB_DATA_DIR ?= $(SHARED_DATA)
 endif
 
-.PHONY: install train test test-all lint clean results
+.PHONY: install train test test-slow test-all lint clean results bench
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ train: install
 
 test: install
 	$(PY) -m pytest -m "not slow" $(ARGS)
+
+# the longer tests (DDP with 2 processes, Optuna/joblib/submitit sweeps, torch.compile): a few minutes
+test-slow: install
+	$(PY) -m pytest -m slow $(ARGS)
 
 test-all: install
 	$(PY) -m pytest $(ARGS)
@@ -42,3 +46,7 @@ results: install
 	$(PY) -m vaelab.classifier data=mnist
 	$(PY) -m vaelab.classifier data=fashion_mnist
 	$(PY) scripts/results.py $(RECIPES)
+
+# speed: vaelab through Lightning vs a plain loop vs a torchvision DataLoader; NLL and start-up times
+bench: install
+	$(PY) scripts/bench.py --readme README.md $(ARGS)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -40,7 +41,33 @@ def sweep_group(default: str) -> str:
     return default
 
 
+def is_global_zero() -> bool:
+    """False on the other ranks of a multi-process (DDP) run, which must not write the run's files.
+    Reads the same variables, in the same order, as Lightning's ``rank_zero_only``."""
+    for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        if var in os.environ:
+            return int(os.environ[var]) == 0
+    return True
+
+
+def threads_per_job(cores: int | None = None) -> int | None:
+    """Under ``hydra/launcher=joblib``, n_jobs jobs share the machine: each gets cores // n_jobs
+    torch threads (at least 1), so that n_jobs x threads matches the cores. None otherwise."""
+    if not HydraConfig.initialized():
+        return None
+    launcher = HydraConfig.get().launcher
+    if "joblib" not in str(launcher.get("_target_", "")):
+        return None
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    n_jobs = int(launcher.get("n_jobs") or -1)
+    n_jobs = cores if n_jobs < 1 else n_jobs
+    return max(1, cores // n_jobs)
+
+
 def write_status(output_dir: str | Path, status: str, metrics: dict | None = None, error: str | None = None) -> None:
+    if not is_global_zero():
+        return
     path = Path(output_dir) / STATUS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"status": status, "metrics": metrics or {}, "error": error}, indent=2) + "\n")

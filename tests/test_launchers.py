@@ -1,0 +1,74 @@
+"""Optuna search, the joblib launcher and submitit_local, through real `python train.py -m` runs."""
+
+import csv
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+from helpers import FAST, PROJECT_ROOT, child_env
+from omegaconf import OmegaConf
+
+from vaelab.wandb_offline import find_offline_runs, read_offline_run
+
+pytestmark = pytest.mark.slow  # about 80 s: run by `make test-slow` (and .ci/run)
+
+pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="pip install -e '.[optuna]'")
+pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="pip install -e '.[launchers]'")
+
+QUICK = [*FAST, "trainer.limit_train_batches=3", "callbacks.sample_grids.every_n_epochs=5", "test=false"]
+
+
+def sweep(args, sweep_dir, data_root, timeout=600):
+    return subprocess.run([sys.executable, "train.py", *args, *QUICK, f"data.root={data_root}", f"hydra.sweep.dir={sweep_dir}"],
+                          cwd=PROJECT_ROOT, env=child_env(), capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def summary_rows(sweep_dir):
+    with open(sweep_dir / "sweep_summary.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_optuna_search_of_three_trials(tmp_path, data_root):
+    sweep_dir = tmp_path / "optuna"
+    result = sweep(["hparams_search=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.n_startup_trials=2",
+                    "logger=csv"], sweep_dir, data_root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = summary_rows(sweep_dir)
+    assert len(rows) == 3 and all(row["status"] == "ok" for row in rows)
+    tried = [dict(item.split("=") for item in row["overrides"].split()) for row in rows]
+    assert all({"model.beta", "model.latent_dim", "model.optimizer.lr"} <= set(t) for t in tried)
+    assert all(0.25 <= float(t["model.beta"]) <= 8 and int(t["model.latent_dim"]) in (2, 5, 10, 20, 32) for t in tried)
+    best = OmegaConf.load(sweep_dir / "optimization_results.yaml")
+    values = [float(row["val/elbo"]) for row in rows]
+    assert best.best_value == pytest.approx(max(values))  # maximised the returned validation ELBO
+    winner = tried[values.index(max(values))]
+    assert float(best.best_params["model.beta"]) == pytest.approx(float(winner["model.beta"]))
+
+
+def test_joblib_runs_two_jobs_in_parallel_with_their_own_runs(tmp_path, data_root):
+    sweep_dir = tmp_path / "joblib"
+    result = sweep(["-m", "hydra/launcher=local_parallel", "model.latent_dim=2,3"], sweep_dir, data_root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [row["status"] for row in summary_rows(sweep_dir)] == ["ok", "ok"]
+    runs = [read_offline_run(path) for path in find_offline_runs(sweep_dir)]
+    assert len({run.run_id for run in runs}) == 2 and {run.group for run in runs} == {f"sweep-{sweep_dir.name}"}
+    assert sorted(run.config["model"]["latent_dim"] for run in runs) == [2, 3]
+    threads = max(1, len(os.sched_getaffinity(0)) // 2)
+    for job in sweep_dir.glob("*_vae-*"):
+        assert f"joblib launcher: {threads} torch threads per job" in (job / "train.log").read_text()
+
+
+def test_submitit_local_runs_the_jobs(tmp_path, data_root):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[launchers]'")
+    sweep_dir = tmp_path / "submitit"
+    result = sweep(["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "model.beta=1,-1"],
+                   sweep_dir, data_root)
+    assert result.returncode == 1, result.stderr[-3000:]  # the second job fails on purpose
+    rows = summary_rows(sweep_dir)
+    assert [row["status"] for row in rows] == ["ok", "failed"]
+    assert "model.beta=-1.0 is not allowed" in rows[1]["error"]
+    assert math.isfinite(float(rows[0]["val/elbo"]))
+    assert list(sweep_dir.glob(".submitit/*/*_log.out"))  # ran as submitit jobs
