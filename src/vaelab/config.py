@@ -40,6 +40,7 @@ class DataSchema:
     download: bool = True
     num_workers: int = 0
     shuffle_seed: int = 0
+    data_on_device: bool = True
 
     def __post_init__(self):
         require(self.name in DATA_NAMES, "data.name", self.name, f"one of {', '.join(DATA_NAMES)}")
@@ -81,6 +82,9 @@ class ModelSchema:
         require(lr is None or lr > 0, "model.optimizer.lr", lr, "a number > 0")
 
 
+PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true", "64")
+
+
 def check(section: str, schema: type, values: DictConfig) -> None:
     try:
         resolved = OmegaConf.to_container(values, resolve=True)
@@ -95,5 +99,8 @@ def validate(cfg: DictConfig) -> None:
     """Raise ConfigError (one line, naming the key) for the first bad user-facing value."""
     seed = cfg.get("seed")
     require(isinstance(seed, int) and not isinstance(seed, bool), "seed", seed, "an integer")
+    require(isinstance(cfg.get("compile", False), bool), "compile", cfg.get("compile"), "true or false")
+    precision = str(cfg.get("trainer", {}).get("precision", "32-true"))
+    require(precision in PRECISIONS, "trainer.precision", precision, f"one of {', '.join(PRECISIONS)}")
     check("data", DataSchema, cfg.data)
     check("model", ModelSchema, cfg.model)

@@ -159,12 +159,17 @@ class InMemoryImages(Dataset):
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def to(self, device: torch.device | str) -> InMemoryImages:
+        """Move the tensors (e.g. onto the GPU, so that batches are sliced there). Returns self."""
+        self.images, self.labels = self.images.to(device), self.labels.to(device)
+        return self
+
     def __getitem__(self, index: int):
         x, y = self.__getitems__([index])
         return x[0], y[0]
 
     def __getitems__(self, indices):
-        index = torch.as_tensor(indices, dtype=torch.long)
+        index = torch.as_tensor(indices, dtype=torch.long, device=self.images.device)
         x = self.images[index]
         if self.dynamic_binarize:
             x = torch.bernoulli(x)
@@ -212,6 +217,7 @@ class VAEDataModule(L.LightningDataModule):
         download: bool = True,
         num_workers: int = 0,
         shuffle_seed: int = 0,
+        data_on_device: bool = True,
     ):
         super().__init__()
         if name not in DATASETS:
@@ -229,6 +235,7 @@ class VAEDataModule(L.LightningDataModule):
         self.download = download
         self.num_workers = num_workers
         self.shuffle_seed = shuffle_seed
+        self.data_on_device = data_on_device
         self.image_shape = (1, 28, 28)
         self.classes: list[str] = list(DATASETS[name].classes)
         self.train_set = self.val_set = self.test_set = None
@@ -238,12 +245,21 @@ class VAEDataModule(L.LightningDataModule):
         return len(self.classes)
 
     def prepare_data(self) -> None:
+        if self.train_set is not None:  # already read (train.py reads the data before starting loggers)
+            return
         for train in (True, False):
             load_split(self.name, self.root, train, self.download)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
+        if self.train_set is None:
+            self.load()
+        device = self.accelerator_device()
+        if device is not None:  # MNIST is 200 MB as float32: it fits on any GPU, and batches need no copy
+            for dataset in (self.train_set, self.val_set, self.test_set):
+                dataset.to(device)
+
+    def load(self) -> None:
+        """Read the IDX files, split, binarize: the three in-memory data sets (on the CPU)."""
         train_images, train_labels, self.classes = load_split(self.name, self.root, True, self.download)
         test_images, test_labels, _ = load_split(self.name, self.root, False, self.download)
         if not 0 <= self.val_size < len(train_labels):
@@ -261,6 +277,14 @@ class VAEDataModule(L.LightningDataModule):
         self.train_set = InMemoryImages(train_x, train_labels[train_index], self.binarize == "dynamic")
         self.val_set = InMemoryImages(val_x, train_labels[val_index])
         self.test_set = InMemoryImages(test_x, test_labels)
+
+    def accelerator_device(self) -> torch.device | None:
+        """The trainer's GPU (or other accelerator) when the data should live there, else None."""
+        trainer = getattr(self, "trainer", None)
+        if not (self.data_on_device and self.num_workers == 0 and trainer is not None):
+            return None
+        device = trainer.strategy.root_device
+        return device if device.type != "cpu" else None
 
     def _loader(self, dataset: InMemoryImages, batch_size: int, shuffle: bool) -> DataLoader:
         return DataLoader(

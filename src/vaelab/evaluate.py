@@ -26,7 +26,12 @@ from omegaconf import DictConfig, OmegaConf
 from vaelab.data import load_split, to_float_images
 from vaelab.diagnostics import summarize
 from vaelab.errors import UserError, one_line_errors
-from vaelab.objectives import iwae_bound, log_importance_weights
+from vaelab.objectives import (
+    importance_samples,
+    iwae_bound,
+    kl_standard_normal,
+    log_importance_weights,
+)
 from vaelab.train import CONFIG_DIR
 
 log = logging.getLogger(__name__)
@@ -82,7 +87,10 @@ def images_per_forward(k: int, budget: int = 20_000) -> int:
 
 @torch.no_grad()
 def evaluate_split(module, images, labels, k: int = 5000, batch_images: int | None = None, mi_images: int = 1000) -> dict:
-    """Score images (N, C, H, W) with labels (N,): nats per image, averaged over the N images."""
+    """Score images (N, C, H, W) with labels (N,): nats per image, averaged over the N images.
+
+    One encoder and one decoder pass per batch: nll from the k importance weights, recon as the
+    k-sample mean of -log p(x | z), kl in closed form, elbo = -(recon + kl)."""
     vae, objective = module.vae, module.objective
     device = module.device
     batch_images = batch_images or images_per_forward(k)
@@ -92,14 +100,15 @@ def evaluate_split(module, images, labels, k: int = 5000, batch_images: int | No
     for x, y in zip(images.split(batch_images), labels.split(batch_images), strict=True):
         x, y = x.to(device), y.to(device)
         y = y if vae.conditional else None
-        out = vae(x, y)
-        terms = objective(x, out.params, out.mean, out.logvar, step=0)
-        for name in ("recon", "kl", "elbo"):
-            sums[name] += float(terms[name]) * len(x)
-        log_w = log_importance_weights(vae, objective.likelihood, x, y, k)
+        log_w, log_px_z, mean, logvar = importance_samples(vae, objective.likelihood, x, y, k)
+        recon = -log_px_z.double().mean(1).sum()  # a k-sample estimate of E_q[-log p(x|z)]
+        kl = kl_standard_normal(mean, logvar).double().sum()  # closed form
+        sums["recon"] += float(recon)
+        sums["kl"] += float(kl)
+        sums["elbo"] -= float(recon + kl)
         sums["nll"] -= float(iwae_bound(log_w).sum())
-        means.append(out.mean.cpu())
-        logvars.append(out.logvar.cpu())
+        means.append(mean.cpu())
+        logvars.append(logvar.cpu())
     n = len(images)
     results = {name: value / n for name, value in sums.items()}
     results["bits_per_dim"] = results["nll"] / (math.prod(images.shape[1:]) * math.log(2))

@@ -24,16 +24,19 @@ from torch.distributions import Bernoulli, Independent, Normal
 from vaelab.annealing import Constant, capacity
 from vaelab.errors import ConfigError
 
+LOG_2PI = math.log(2 * math.pi)
+
 
 class BernoulliLikelihood(nn.Module):
     """p(x | z) = prod_pixels Bernoulli(sigmoid(params)): binary cross-entropy with logits, summed per image."""
 
-    def distribution(self, params: torch.Tensor) -> Independent:
-        return Independent(Bernoulli(logits=params, validate_args=False), params.dim() - 1)
+    def distribution(self, params: torch.Tensor, event_dims: int = 3) -> Independent:
+        """One distribution per image: the last event_dims (C, H, W) dimensions are one event."""
+        return Independent(Bernoulli(logits=params, validate_args=False), event_dims)
 
     def log_prob(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        """x, params (B, C, H, W) -> log p(x | z) (B,) in nats."""
-        return self.distribution(params).log_prob(x)
+        """x (B, C, H, W), params (..., B, C, H, W) -> log p(x | z) (..., B) in nats (x broadcasts, no copies)."""
+        return self.distribution(params, x.dim() - 1).log_prob(x)
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         """Pixel means (B, C, H, W) in [0, 1], for pictures."""
@@ -58,13 +61,14 @@ class GaussianLikelihood(nn.Module):
         else:
             self.register_buffer("log_sigma", log_sigma)
 
-    def distribution(self, params: torch.Tensor) -> Independent:
+    def distribution(self, params: torch.Tensor, event_dims: int = 3) -> Independent:
+        """One distribution per image: the last event_dims (C, H, W) dimensions are one event."""
         scale = self.log_sigma.exp().expand_as(params)
-        return Independent(Normal(torch.sigmoid(params), scale, validate_args=False), params.dim() - 1)
+        return Independent(Normal(torch.sigmoid(params), scale, validate_args=False), event_dims)
 
     def log_prob(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        """x, params (B, C, H, W) -> log p(x | z) (B,) in nats."""
-        return self.distribution(params).log_prob(x)
+        """x (B, C, H, W), params (..., B, C, H, W) -> log p(x | z) (..., B) in nats (x broadcasts, no copies)."""
+        return self.distribution(params, x.dim() - 1).log_prob(x)
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(params)
@@ -112,7 +116,10 @@ class Objective(nn.Module):
         return self.beta * self.schedule(step)
 
     def forward(self, x: torch.Tensor, params: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor, step: int) -> dict:
-        """x, params (B, C, H, W); mean, logvar (B, D) -> dict of scalar tensors (nats per image) and floats."""
+        """x, params (B, C, H, W); mean, logvar (B, D) -> dict of scalar tensors (nats per image) and floats.
+
+        The sums run in float32 even under mixed precision (bf16 would round 784-pixel sums)."""
+        params, mean, logvar = params.float(), mean.float(), logvar.float()
         recon = -self.likelihood.log_prob(x, params).mean()
         kl_per_dim = kl_standard_normal(mean, logvar).mean(0)  # (D,) batch-mean KL of each dimension
         kl = kl_per_dim.sum()
@@ -135,16 +142,26 @@ def log_importance_weights(vae, likelihood, x: torch.Tensor, y: torch.Tensor | N
     x (B, C, H, W), y (B,) or None -> (B, k) nats. The k samples go through the decoder as one
     batch of k * B images.
     """
+    return importance_samples(vae, likelihood, x, y, k)[0]
+
+
+def importance_samples(vae, likelihood, x: torch.Tensor, y: torch.Tensor | None, k: int):
+    """One encoder pass and one decoder pass over k samples per image.
+
+    Returns log_w (B, k) and log p(x | z_i) (B, k) in nats, and the posterior mean and
+    log-variance (B, D). z_i = mean + std * eps_i, so log q(z_i | x) needs only eps_i.
+    """
     mean, logvar = vae.encode(x, y)
-    posterior = Normal(mean, (0.5 * logvar).exp(), validate_args=False)
-    z = posterior.rsample((k,))  # (k, B, D)
+    eps = torch.randn((k, *mean.shape), device=mean.device, dtype=mean.dtype)
+    z = mean + (0.5 * logvar).exp() * eps  # (k, B, D)
     batch = x.shape[0]
     labels = None if y is None else y.repeat(k)
-    params = vae.decode(z.reshape(k * batch, -1), labels)
-    log_px_z = likelihood.log_prob(x.repeat(k, *([1] * (x.dim() - 1))), params).view(k, batch)
-    prior = Normal(torch.zeros_like(mean), torch.ones_like(mean), validate_args=False)
-    log_w = log_px_z + prior.log_prob(z).sum(-1) - posterior.log_prob(z).sum(-1)
-    return log_w.transpose(0, 1)
+    params = vae.decode(z.reshape(k * batch, -1), labels).view(k, *x.shape)
+    log_px_z = likelihood.log_prob(x, params)  # (k, B): x broadcasts over the k samples
+    log_pz = -0.5 * (z.pow(2) + LOG_2PI).sum(-1)
+    log_qz = -0.5 * (eps.pow(2) + LOG_2PI + logvar).sum(-1)
+    log_w = log_px_z + log_pz - log_qz
+    return log_w.transpose(0, 1), log_px_z.transpose(0, 1), mean, logvar
 
 
 def iwae_bound(log_w: torch.Tensor) -> torch.Tensor:

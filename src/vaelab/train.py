@@ -14,7 +14,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from vaelab.errors import UserError, find_user_error
-from vaelab.sweep import in_multirun, sweep_group, write_status
+from vaelab.sweep import in_multirun, sweep_group, threads_per_job, write_status
 
 log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -37,8 +37,22 @@ def checkpoint_to_resume(cfg: DictConfig) -> str | None:
     return None
 
 
+def remove_if_empty(run_dir: str | Path, keep: bool = False) -> None:
+    """Delete a run folder that holds only Hydra's bookkeeping (.hydra/, train.log): a run that
+    stopped on a bad input leaves no half-made run behind. Folders with anything else stay."""
+    run_dir = Path(run_dir)
+    if keep or not run_dir.is_dir():
+        return
+    if {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:
+        import shutil
+
+        logging.shutdown()  # close train.log before removing it
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test on the best checkpoint. Returns the final metrics as floats."""
+    import time
     import warnings
 
     from vaelab.config import validate
@@ -47,13 +61,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import lightning as L
     from hydra.utils import instantiate
 
-    from vaelab.loggers import build_loggers, finish_wandb
+    from vaelab.loggers import build_loggers, finish_wandb, write_final_summary
     from vaelab.module import VAELitModule
 
     warnings.filterwarnings("ignore", ".*does not have many workers.*")  # in-memory batches need none
     warnings.filterwarnings("ignore", ".*treespec, LeafSpec.*")  # Lightning vs. newer torch, harmless
     if logging.getLogger().hasHandlers():  # Hydra's handlers print Lightning's messages already
         logging.getLogger("lightning").handlers.clear()
+    threads = threads_per_job()
+    if threads:  # parallel jobs on one machine: do not oversubscribe the cores
+        import torch
+
+        torch.set_num_threads(threads)
+        log.info("joblib launcher: %d torch threads per job", threads)
     L.seed_everything(cfg.seed, workers=True)
     try:
         datamodule = instantiate(cfg.data)
@@ -65,16 +85,24 @@ def train(cfg: DictConfig) -> dict[str, float]:
             num_classes=datamodule.num_classes,
             data=OmegaConf.to_container(cfg.data, resolve=True),
         )
+        if cfg.get("compile"):
+            module.vae.compile()  # in place: the checkpoint's parameter names stay the same
         callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+        if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a bar callback then
+            callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.ProgressBar)]
+        datamodule.setup()  # missing or damaged data fails here, before any logger writes a file
         ckpt_path = checkpoint_to_resume(cfg)
         loggers = build_loggers(cfg, resuming=ckpt_path is not None)
         trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+        started = time.perf_counter()
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        metrics["time/fit_seconds"] = time.perf_counter() - started  # this process only, after a resume
         if cfg.get("test", True):
             best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
             trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+        write_final_summary(loggers, metrics, trainer)
         return metrics
     finally:
         finish_wandb()
@@ -94,9 +122,11 @@ def main(cfg: DictConfig) -> float | None:
             message = str(user_error) if user_error else f"{type(error).__name__}: {error}"
             log.error("job failed: %s", message, exc_info=user_error is None)
             write_status(output_dir, "failed", error=message.splitlines()[0] if message else type(error).__name__)
-            return None
+            return float("nan")  # Optuna records a NaN as a failed trial and goes on
         if user_error is None:
             raise
+        # never delete the folder the user asked to resume
+        remove_if_empty(output_dir, keep=bool(cfg.get("resume")) and Path(cfg.resume).resolve() == Path(output_dir).resolve())
         print(f"error: {user_error}", file=sys.stderr)
         raise SystemExit(1) from None
     write_status(output_dir, "ok", metrics)

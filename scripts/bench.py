@@ -1,0 +1,293 @@
+"""Speed of vaelab against hand-written PyTorch, measured side by side in one process (`make bench`).
+
+    python scripts/bench.py [--epochs 3] [--out logs/bench/bench.json] [--readme README.md]
+
+On the real MNIST training images, the 784-400-20 MLP VAE, batch 128, Adam, dynamic binarization:
+  (a) vaelab: `train.py`'s own configuration (Lightning Trainer, callbacks, offline W&B logger)
+      through `vaelab.train.train`, validation switched off so that only training steps are timed;
+  (b) a plain PyTorch loop over in-memory tensors (the pytorch/examples VAE, batches sliced from
+      one tensor);
+  (c) the same loop fed by torchvision's MNIST dataset with a per-sample ToTensor transform and a
+      DataLoader, as in pytorch/examples.
+Images per second are counted after `--warmup` steps. It also times the importance-sampled NLL
+(k = 5000) of the IWAE-paper MLP through `vaelab.evaluate.evaluate_split` against the same
+batched computation written out by hand, and the start-up time of `python train.py --cfg job`.
+Results go to a JSON file and, with --readme, into the README between the bench markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+BATCH = 128
+README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+class PlainVAE(nn.Module):
+    """The pytorch/examples VAE: 784-400-20, ReLU, Bernoulli logits."""
+
+    def __init__(self, latent_dim: int = 20, hidden: int = 400):
+        super().__init__()
+        self.fc1, self.fc21, self.fc22 = nn.Linear(784, hidden), nn.Linear(hidden, latent_dim), nn.Linear(hidden, latent_dim)
+        self.fc3, self.fc4 = nn.Linear(latent_dim, hidden), nn.Linear(hidden, 784)
+
+    def forward(self, x):
+        h = F.relu(self.fc1(x))
+        mean, logvar = self.fc21(h), self.fc22(h)
+        z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
+        return self.fc4(F.relu(self.fc3(z))), mean, logvar
+
+
+def plain_loss(logits, x, mean, logvar):
+    """Negative ELBO, nats per image: summed over pixels and latents, averaged over the batch."""
+    recon = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+    kl = -0.5 * torch.sum(1 + logvar - mean.pow(2) - logvar.exp())
+    return (recon + kl) / x.shape[0]
+
+
+class Meter:
+    """Images per second over the steps after `warmup`."""
+
+    def __init__(self, warmup: int):
+        self.warmup, self.steps, self.images, self.started = warmup, 0, 0, None
+
+    def step(self, batch_size: int) -> None:
+        self.steps += 1
+        if self.steps == self.warmup:
+            self.started = time.perf_counter()
+        elif self.steps > self.warmup:
+            self.images += batch_size
+        self.ended = time.perf_counter()
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / (self.ended - self.started)
+
+
+def train_loop(batches, epochs: int, warmup: int, max_steps: int | None = None) -> float:
+    """Train a fresh PlainVAE on the batches (a callable returning an iterator of (B, 784) floats)."""
+    torch.manual_seed(0)
+    model = PlainVAE()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    meter = Meter(warmup)
+    for _ in range(epochs):
+        for x in batches():
+            x = torch.bernoulli(x)  # dynamic binarization, per batch
+            logits, mean, logvar = model(x)
+            loss = plain_loss(logits, x, mean, logvar)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            meter.step(len(x))
+            if max_steps and meter.steps >= max_steps:
+                return meter.images_per_second
+    return meter.images_per_second
+
+
+def bench_plain(images: torch.Tensor, epochs: int, warmup: int) -> float:
+    """(b): batches sliced from one in-memory float tensor, reshuffled every epoch."""
+    x_all = images.float().div(255).view(len(images), -1)
+
+    def batches():
+        order = torch.randperm(len(x_all))
+        for start in range(0, len(order), BATCH):
+            yield x_all[order[start:start + BATCH]]
+
+    return train_loop(batches, epochs, warmup)
+
+
+def bench_torchvision(root: str, steps: int, warmup: int) -> float:
+    """(c): torchvision MNIST with a per-sample ToTensor, through a DataLoader (pytorch/examples)."""
+    from torchvision import datasets, transforms
+
+    dataset = datasets.MNIST(root, train=True, download=False, transform=transforms.ToTensor())
+    loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=True)
+    return train_loop(lambda: (x.view(len(x), -1) for x, _ in loader), epochs=10, warmup=warmup, max_steps=steps)
+
+
+class StepTimer(L.Callback):
+    """Feeds a Meter from Lightning's training steps; the last one made is StepTimer.last."""
+
+    last: Meter | None = None
+
+    def __init__(self, warmup: int = 20):
+        self.meter = StepTimer.last = Meter(warmup)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.meter.step(len(batch[0]))
+
+
+def bench_lightning(root: str, epochs: int, warmup: int, work: Path) -> float:
+    """(a): vaelab.train.train with train.py's default config; validation and test off."""
+    from hydra import compose, initialize_config_dir
+
+    from vaelab.train import CONFIG_DIR, train
+
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    overrides = [f"data.root={root}", f"trainer.max_epochs={epochs}", "trainer.limit_val_batches=0", "test=false",
+                 f"paths.output_dir={work}", "+callbacks.bench_timer._target_=__main__.StepTimer",
+                 f"+callbacks.bench_timer.warmup={warmup}"]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    train(cfg)
+    return StepTimer.last.images_per_second
+
+
+@torch.no_grad()
+def bare_iwae_nll(vae, images: torch.Tensor, k: int, batch_images: int) -> float:
+    """The importance-sampled NLL written out: same networks, no torch.distributions. Nats per image."""
+    total = 0.0
+    half_log_2pi = 0.5 * math.log(2 * math.pi)
+    for x in images.split(batch_images):
+        mean, logvar = vae.encode(x)
+        std = (0.5 * logvar).exp()
+        eps = torch.randn(k, *mean.shape)
+        z = mean + std * eps  # (k, B, D)
+        logits = vae.decode(z.reshape(-1, z.shape[-1])).view(k, len(x), -1)
+        log_px_z = -F.binary_cross_entropy_with_logits(logits, x.view(1, len(x), -1).expand_as(logits),
+                                                       reduction="none").sum(-1)
+        log_pz = (-0.5 * z.pow(2) - half_log_2pi).sum(-1)
+        log_qz = (-0.5 * eps.pow(2) - half_log_2pi - 0.5 * logvar).sum(-1)
+        log_w = (log_px_z + log_pz - log_qz).double()
+        total -= float((torch.logsumexp(log_w, 0) - math.log(k)).sum())
+    return total / len(images)
+
+
+def bench_nll(root: str, n_images: int, k: int) -> dict:
+    """Seconds for the test NLL of the first n_images at k samples: vaelab-eval's path and the bare one."""
+    from hydra import compose, initialize_config_dir
+
+    from vaelab.data import VAEDataModule
+    from vaelab.evaluate import evaluate_split, images_per_forward
+    from vaelab.module import VAELitModule
+    from vaelab.train import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["experiment=iwae_paper_vae_mnist", f"data.root={root}"])
+    from omegaconf import OmegaConf
+
+    torch.manual_seed(0)
+    module = VAELitModule(OmegaConf.to_container(cfg.model, resolve=True), OmegaConf.to_container(cfg.loss, resolve=True),
+                          OmegaConf.to_container(cfg.annealing, resolve=True)).eval()
+    datamodule = VAEDataModule(name="mnist", root=root, binarize="dynamic")
+    datamodule.setup("test")
+    images, labels = datamodule.test_set.images[:n_images], datamodule.test_set.labels[:n_images]
+    batch_images = images_per_forward(k)
+    timings = {}
+    for name, run in (("bare", lambda: bare_iwae_nll(module.vae, images, k, batch_images)),
+                      ("vaelab", lambda: evaluate_split(module, images, labels, k=k)["nll"])):
+        run_times = []
+        for _ in range(2):  # the second run is timed warm
+            torch.manual_seed(0)
+            started = time.perf_counter()
+            nll = run()
+            run_times.append(time.perf_counter() - started)
+        timings[name] = {"seconds": min(run_times), "nll": nll}
+    return {"n_images": n_images, "k": k,
+            "vaelab_images_per_second": n_images / timings["vaelab"]["seconds"],
+            "bare_images_per_second": n_images / timings["bare"]["seconds"],
+            "time_ratio_vaelab_over_bare": timings["vaelab"]["seconds"] / timings["bare"]["seconds"],
+            "nll_vaelab": timings["vaelab"]["nll"], "nll_bare": timings["bare"]["nll"]}
+
+
+def bench_startup(repeats: int = 5) -> float:
+    """Median seconds of `python train.py --cfg job` in a fresh process."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, str(ROOT / "train.py"), "--cfg", "job"], cwd=ROOT, check=True,
+                       capture_output=True)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def readme_table(results: dict) -> str:
+    t, nll = results["training"], results["nll"]
+    lines = [
+        README_START,
+        f"Measured by `{results['command']}` on {results['machine']} ({results['date']}); images/s are the best of "
+        f"{len(results['training']['runs']['a'])} interleaved runs of each:",
+        "",
+        "| what | images/s | ratio |",
+        "|---|---|---|",
+        f"| (a) vaelab through Lightning, `train.py`'s config | {t['vaelab_lightning']:,.0f} | |",
+        f"| (b) plain PyTorch loop, in-memory tensors | {t['plain_loop']:,.0f} | (a)/(b) = **{t['a_over_b']:.2f}** (target ≥ 0.9) |",
+        f"| (c) torchvision dataset + DataLoader, per-sample ToTensor | {t['torchvision_loader']:,.0f} | (a)/(c) = **{t['a_over_c']:.1f}** (target ≥ 5) |",
+        f"| NLL, k = {nll['k']}, IWAE-paper MLP: `vaelab-eval`'s `evaluate_split` | {nll['vaelab_images_per_second']:.1f} | "
+        f"time ÷ bare loop = **{nll['time_ratio_vaelab_over_bare']:.2f}** (target ≤ 1.3) |",
+        f"| NLL, the same computation as a bare loop | {nll['bare_images_per_second']:.1f} | |",
+        "",
+        f"`python train.py --cfg job`: **{results['startup_seconds']:.2f} s** (median of 5; target < 1.5 s).",
+        README_END,
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-root", default=os.environ.get("VAELAB_DATA_DIR", str(ROOT / "data")))
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs for (a) and (b)")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each, interleaved; the best counts")
+    parser.add_argument("--warmup", type=int, default=20, help="steps not timed")
+    parser.add_argument("--torchvision-steps", type=int, default=300, help="steps of (c), which is slow")
+    parser.add_argument("--nll-images", type=int, default=50)
+    parser.add_argument("--k", type=int, default=5000)
+    parser.add_argument("--out", type=Path, default=ROOT / "logs" / "bench" / "bench.json")
+    parser.add_argument("--readme", type=Path, help="replace the table between the bench markers in this file")
+    args = parser.parse_args()
+
+    from vaelab.data import load_split
+
+    images, _, _ = load_split("mnist", args.data_root, train=True, download=False)
+    a_runs, b_runs, c_runs = [], [], []
+    for _ in range(args.repeats):  # interleaved, so that a slow spell of the machine hits all three
+        with tempfile.TemporaryDirectory() as work:
+            a_runs.append(bench_lightning(args.data_root, args.epochs, args.warmup, Path(work)))
+        b_runs.append(bench_plain(images, args.epochs, args.warmup))
+        c_runs.append(bench_torchvision(args.data_root, args.torchvision_steps, args.warmup))
+    a, b, c = max(a_runs), max(b_runs), max(c_runs)  # the best of the repeats: the least disturbed
+    results = {
+        "command": "make bench",
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
+                   f"{torch.get_num_threads()} threads",
+        "training": {"vaelab_lightning": a, "plain_loop": b, "torchvision_loader": c, "a_over_b": a / b, "a_over_c": a / c,
+                     "epochs": args.epochs, "batch_size": BATCH, "warmup_steps": args.warmup,
+                     "runs": {"a": a_runs, "b": b_runs, "c": c_runs}},
+        "nll": bench_nll(args.data_root, args.nll_images, args.k),
+        "startup_seconds": bench_startup(),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    table = readme_table(results)
+    print(table)
+    print(f"wrote {args.out}")
+    if args.readme:
+        text = args.readme.read_text()
+        if README_START not in text or README_END not in text:
+            raise SystemExit(f"error: {args.readme} has no {README_START} ... {README_END} block")
+        head, rest = text.split(README_START, 1)
+        args.readme.write_text(head + table + rest.split(README_END, 1)[1])
+        print(f"updated {args.readme}")
+
+
+if __name__ == "__main__":
+    main()
