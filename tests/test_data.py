@@ -165,3 +165,22 @@ def test_damaged_idx_files_are_named_in_one_line(tmp_path, damage, message):
         load_split("mnist", root, train=True, download=False)
     assert message in str(error.value) and "\n" not in str(error.value)
     assert str(images) in str(error.value)
+
+
+def test_fast_path_equals_torchvisions_per_sample_to_tensor(data_root):
+    """The in-memory tensors are what pytorch/examples' torchvision MNIST + ToTensor gives, image by image,
+    and the per-batch dynamic binarization draws each pixel with its grey level as probability."""
+    from torchvision import datasets, transforms
+
+    dm = make(data_root, binarize="none")
+    reference = datasets.MNIST(str(data_root), train=False, download=False, transform=transforms.ToTensor())
+    assert torch.equal(dm.test_set.images, torch.stack([reference[i][0] for i in range(len(reference))]))
+    assert dm.test_set.labels.tolist() == [reference[i][1] for i in range(len(reference))]
+
+    grey = dm.test_set.images[:8]
+    dynamic = InMemoryImages(grey, dm.test_set.labels[:8], dynamic_binarize=True)
+    torch.manual_seed(0)
+    draws = torch.stack([dynamic.__getitems__(list(range(8)))[0] for _ in range(400)])
+    assert set(draws.unique().tolist()) <= {0.0, 1.0}
+    assert (draws.mean(0) - grey).abs().max() < 0.1  # 400 draws: standard error <= 0.025 per pixel
+    assert draws.mean().item() == pytest.approx(grey.mean().item(), rel=0.02)

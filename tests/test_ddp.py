@@ -5,12 +5,12 @@ import subprocess
 import sys
 
 import pytest
-
-pytestmark = pytest.mark.slow  # about 100 s: run by `make test-slow` (and .ci/run)
 from helpers import FAST, PROJECT_ROOT, child_env, compose
 
 from vaelab.train import train
 from vaelab.wandb_offline import find_offline_runs, read_offline_run
+
+pytestmark = pytest.mark.slow  # about 100 s: run by `make test-slow` (and .ci/run)
 
 TWO_CPUS = ["trainer.accelerator=cpu", "trainer.devices=2", "callbacks.sample_grids.panels.latent_scatter=false"]
 
