@@ -41,7 +41,7 @@ clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info
 
 # long trainings and evaluations for the README's results table (not part of the tests)
-RECIPES ?= cvae_mnist beta_vae_mnist cvae_fashion_mnist iwae_paper_vae_mnist
+RECIPES ?= cvae_mnist beta_vae_mnist cvae_fashion_mnist best_cpu_vae_mnist best_cpu_vae_fashion_mnist iwae_paper_vae_mnist iwae_paper_vae_fashion_mnist
 results: install
 	$(PY) -m vaelab.classifier data=mnist
 	$(PY) -m vaelab.classifier data=fashion_mnist

@@ -2,6 +2,7 @@
 
     python scripts/results.py cvae_mnist beta_vae_mnist      # or: make results RECIPES="..."
     python scripts/results.py --k 5000 --epochs 5 cvae_mnist  # shorter runs
+    python scripts/results.py --k 1000 best_cpu_vae_mnist     # fewer importance samples
 
 Each recipe runs as `python train.py experiment=<name>` in logs/results/<name>/, then
 `python -m vaelab.evaluate ckpt=<run>/checkpoints/last.ckpt k=<k>`; the table goes to
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("recipes", nargs="+", help="names of configs/experiment/*.yaml")
     parser.add_argument("--k", type=int, default=5000, help="importance samples for the NLL")
     parser.add_argument("--epochs", type=int, default=None, help="override trainer.max_epochs")
+    parser.add_argument("--limit-images", type=int, default=None, help="score only the first N test images")
     parser.add_argument("--out", type=Path, default=ROOT / "logs" / "results")
     args = parser.parse_args()
     rows = []
@@ -43,16 +45,18 @@ def main() -> None:
         train_seconds = run([sys.executable, "train.py", *overrides, f"hydra.run.dir={run_dir}",
                              "trainer.enable_progress_bar=false"])
         ckpt = run_dir / "checkpoints" / "last.ckpt"
-        eval_seconds = run([sys.executable, "-m", "vaelab.evaluate", f"ckpt={ckpt}", f"k={args.k}"])
+        eval_seconds = run([sys.executable, "-m", "vaelab.evaluate", f"ckpt={ckpt}", f"k={args.k}"]
+                           + ([f"limit_images={args.limit_images}"] if args.limit_images else []))
         results = json.loads(ckpt.with_suffix(".eval.json").read_text())
         rows.append((name, overrides, results, train_seconds, eval_seconds))
     machine = f"{platform.machine()}, {subprocess.getoutput('nproc')} cores"
     lines = ["| recipe | command | test NLL (k) | test ELBO | active units | CVAE class acc. | train time | eval time |",
              "|---|---|---|---|---|---|---|---|"]
+    subset = f", first {args.limit_images} images" if args.limit_images else ""
     for name, overrides, r, train_s, eval_s in rows:
         accuracy = r.get("test/cvae_class_accuracy")
         lines.append(
-            f"| {name} | `python train.py {' '.join(overrides)}` | {r['test/nll']:.2f} (k={r['test/k']}) | "
+            f"| {name} | `python train.py {' '.join(overrides)}` | {r['test/nll']:.2f} (k={r['test/k']}{subset}) | "
             f"{r['test/elbo']:.2f} | {r['test/active_units']} | {'' if accuracy is None else f'{accuracy:.2%}'} | "
             f"{train_s / 60:.1f} min | {eval_s / 60:.1f} min |")
     lines.append(f"\nMachine: {machine}. Nats per image on the {rows[0][2].get('data', '')} test split.")

@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import pytest
@@ -6,7 +7,14 @@ import torch.nn.functional as F
 from torch.distributions import Normal, kl_divergence
 
 from vaelab.annealing import Linear
-from vaelab.objectives import BernoulliLikelihood, GaussianLikelihood, Objective, kl_standard_normal
+from vaelab.networks import MaskedConv2d
+from vaelab.objectives import (
+    BernoulliLikelihood,
+    GaussianLikelihood,
+    LocalAutoregressiveBernoulli,
+    Objective,
+    kl_standard_normal,
+)
 
 
 def test_kl_matches_torch_distributions():
@@ -97,3 +105,58 @@ def test_capacity_control_penalises_distance_to_the_ramped_target():
 def test_objective_rejects_negative_weights(kwargs):
     with pytest.raises(ValueError, match="model."):
         Objective(BernoulliLikelihood(), **kwargs)
+
+
+def test_masked_convolution_sees_only_earlier_pixels():
+    torch.manual_seed(0)
+    for mask in ("A", "B"):
+        conv = MaskedConv2d(1, 4, 5, mask)
+        x = torch.randn(1, 1, 6, 6, requires_grad=True)
+        conv(x)[0, :, 3, 2].sum().backward()  # output pixel (3, 2)
+        seen = x.grad[0, 0] != 0
+        rows, cols = torch.meshgrid(torch.arange(6), torch.arange(6), indexing="ij")
+        earlier = (rows < 3) | ((rows == 3) & (cols < 2))
+        allowed = earlier | ((rows == 3) & (cols == 2)) if mask == "B" else earlier
+        assert not (seen & ~allowed).any()  # nothing at or after the pixel (A), after it (B)
+        assert seen[3, 1] and seen[1, 2] and seen[3, 2] == (mask == "B")
+
+
+def test_autoregressive_bernoulli_sums_to_one_over_every_binary_image():
+    torch.manual_seed(0)
+    likelihood = LocalAutoregressiveBernoulli(channels=3, kernel_size=3)
+    every = torch.tensor(list(itertools.product([0.0, 1.0], repeat=9))).view(512, 1, 3, 3)
+    params = torch.randn(1, 1, 3, 3).expand(512, 1, 3, 3)  # one z
+    with torch.no_grad():
+        total = likelihood.log_prob(every, params).double().exp().sum()
+    torch.testing.assert_close(total, torch.tensor(1.0, dtype=torch.float64), atol=1e-5, rtol=0)
+
+
+def test_autoregressive_bernoulli_shares_the_context_across_samples():
+    torch.manual_seed(0)
+    likelihood = LocalAutoregressiveBernoulli(channels=4)
+    x, params = torch.rand(3, 1, 28, 28).round(), torch.randn(5, 3, 1, 28, 28)  # 5 samples of z per image
+    with torch.no_grad():
+        broadcast = likelihood.log_prob(x, params)
+        one_by_one = torch.stack([likelihood.log_prob(x, p) for p in params])
+    assert broadcast.shape == (5, 3)
+    torch.testing.assert_close(broadcast, one_by_one)
+    context = likelihood.context(x)  # blocks of 6 samples (two copies of the batch) give the same logits
+    with torch.no_grad():
+        torch.testing.assert_close(likelihood.logits(context, params, block=6), likelihood.logits(context, params, block=10**6))
+
+
+def test_autoregressive_pictures_are_the_probabilities_of_a_sequential_sample():
+    torch.manual_seed(0)
+    likelihood = LocalAutoregressiveBernoulli(channels=4)
+    params = torch.randn(2, 1, 12, 10)
+    torch.manual_seed(1)
+    probs = likelihood.mean(params)
+    torch.manual_seed(1)  # the same draws again, to recover the sampled image
+    sample = torch.zeros_like(params)
+    for row in range(12):
+        for col in range(10):
+            sample[..., row, col] = torch.bernoulli(probs[..., row, col])
+    with torch.no_grad():  # the strip-by-strip probabilities equal the whole-image ones for that image
+        whole = torch.sigmoid(likelihood.logits(likelihood.context(sample), params))
+    torch.testing.assert_close(probs, whole)
+    assert probs.min() >= 0 and probs.max() <= 1

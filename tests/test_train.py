@@ -19,6 +19,7 @@ VARIANTS = [
     ["model=vae", "model/net=conv"], ["model=cvae", "model/net=conv", "data=fashion_mnist"],
     ["loss=gaussian"], ["loss=gaussian", "loss.learn_sigma=true"],
     ["annealing=linear"], ["annealing=cyclical"], ["annealing=sigmoid"], ["model.free_bits=0.5"],
+    ["loss=ar_bernoulli"], ["loss=ar_bernoulli", "model/net=conv", "model=cvae"],
 ]
 
 
@@ -56,6 +57,13 @@ def test_training_lowers_the_loss(tmp_path, data_root):
     val = [float(r.split(",")[header.index("val/elbo")]) for r in rows[1:] if r.split(",")[header.index("val/elbo")]]
     assert len(val) == 3 and val[-1] > val[0] + 20  # the ELBO rises by many nats on the synthetic blocks
     assert metrics["val/elbo"] == pytest.approx(val[-1])
+
+
+def test_a_callback_set_to_null_is_off(tmp_path, data_root):
+    train(compose([*FAST, "logger=csv", "callbacks.sample_grids=null", "callbacks.nan_guard=null", "test=false"],
+                  output_dir=tmp_path, data_root=data_root))
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()  # the other callbacks still run
+    assert not (tmp_path / "images").exists()  # no image panels
 
 
 def test_same_seed_same_metrics(tmp_path, data_root):

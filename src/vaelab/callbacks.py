@@ -1,5 +1,5 @@
-"""Callbacks: image panels (``SampleGrids``), collapse warnings (``CollapseMonitor``) and the
-NaN guard (``NaNGuard``).
+"""Callbacks: image panels (``SampleGrids``), collapse warnings (``CollapseMonitor``), the
+NaN guard (``NaNGuard``) and the W&B run summary (``FinalSummary``).
 
 Image panels are made at the end of validation, saved as PNG files in the run folder and
 logged as images to every logger that takes images (W&B). What each panel shows is in
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from pathlib import Path
 
 import lightning as L
@@ -235,3 +236,39 @@ class NaNGuard(L.Callback):
     def _last(trainer: L.Trainer) -> str:
         path = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
         return f" (last: {path})" if path else ""
+
+
+class FinalSummary(L.Callback):
+    """Put the final metrics (nats per image), the epoch and step counts, the fit time, the best
+    checkpoint and the world size into the W&B run summary, at the end of fit and of test, so
+    that W&B's tables and parallel-coordinates panels compare runs with no set-up.
+
+    It runs where the W&B run lives: on global rank 0, inside the spawned process under
+    ``ddp_spawn`` (a write from the parent process after the ranks have finished can be lost)."""
+
+    def __init__(self):
+        self.fit_started: float | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
+        self.fit_started = time.perf_counter()
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:
+        extra = {"time/fit_seconds": time.perf_counter() - self.fit_started} if self.fit_started else {}
+        self.write(trainer, extra)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module) -> None:
+        self.write(trainer, {})
+
+    @staticmethod
+    def write(trainer: L.Trainer, extra: dict) -> None:
+        if not trainer.is_global_zero:
+            return
+        runs = [logger.experiment for logger in trainer.loggers if type(logger).__name__ == "WandbLogger"]
+        if not runs:
+            return
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        final = {name: float(value) for name, value in trainer.callback_metrics.items()}
+        final.update(extra, epochs=trainer.current_epoch, global_step=trainer.global_step, best_checkpoint=best,
+                     world_size=trainer.world_size)
+        for run in runs:
+            run.summary.update(final)

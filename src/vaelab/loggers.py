@@ -73,21 +73,6 @@ def build_loggers(cfg: DictConfig, resuming: bool = False) -> list:
     return loggers
 
 
-def write_final_summary(loggers: list, metrics: dict[str, float], trainer) -> None:
-    """Put the final metrics (nats per image), the epoch and step counts and the best checkpoint
-    into the W&B run summary, so that W&B's tables, scatter and parallel-coordinates panels
-    compare runs with no set-up. Only rank 0 holds the W&B run."""
-    if not trainer.is_global_zero:
-        return
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    final = {**metrics, "epochs": trainer.current_epoch, "global_step": trainer.global_step, "best_checkpoint": best,
-             "world_size": trainer.world_size}
-    for logger in loggers:
-        run = getattr(logger, "experiment", None) if type(logger).__name__ == "WandbLogger" else None
-        if run is not None and hasattr(run, "summary"):
-            run.summary.update(final)
-
-
 def finish_wandb() -> None:
     """Close the active W&B run, so that the next multirun job starts a run of its own."""
     import sys

@@ -119,6 +119,28 @@ class ConvDecoder(nn.Module):
         return self.deconv(self.body(with_condition(z, c)).view(-1, *self.grid))
 
 
+class MaskedConv2d(nn.Conv2d):
+    """A PixelCNN convolution (van den Oord et al. 2016) over one-channel images, raster order.
+
+    Output pixel (r, c) sees the input pixels above row r and, in row r, those left of column c;
+    mask "A" excludes (r, c) itself (the first layer), mask "B" includes it (later layers, whose
+    input at (r, c) already depends only on earlier pixels). Shapes: (N, C_in, H, W) -> (N, C_out, H, W).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, mask: str):
+        if mask not in ("A", "B") or kernel_size % 2 == 0:
+            raise ConfigError(f"MaskedConv2d needs mask 'A' or 'B' and an odd kernel size, got {mask!r}, {kernel_size}")
+        super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+        centre = kernel_size // 2
+        weight_mask = torch.ones_like(self.weight)
+        weight_mask[:, :, centre, centre + (mask == "B"):] = 0
+        weight_mask[:, :, centre + 1:] = 0
+        self.register_buffer("weight_mask", weight_mask)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight * self.weight_mask, self.bias, padding=self.padding)
+
+
 @dataclass
 class VAEOutput:
     """One forward pass: posterior mean/logvar (B, D), a sample z (B, D), decoder output (B, C, H, W)."""

@@ -61,7 +61,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import lightning as L
     from hydra.utils import instantiate
 
-    from vaelab.loggers import build_loggers, finish_wandb, write_final_summary
+    from vaelab.callbacks import FinalSummary
+    from vaelab.loggers import build_loggers, finish_wandb
     from vaelab.module import VAELitModule
 
     warnings.filterwarnings("ignore", ".*does not have many workers.*")  # in-memory batches need none
@@ -87,9 +88,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         )
         if cfg.get("compile"):
             module.vae.compile()  # in place: the checkpoint's parameter names stay the same
-        callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+        # a callback set to null (callbacks.nan_guard=null) is off
+        callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
         if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a bar callback then
             callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.ProgressBar)]
+        callbacks.append(FinalSummary())  # final metrics into the W&B run summary, from global rank 0
         datamodule.setup()  # missing or damaged data fails here, before any logger writes a file
         ckpt_path = checkpoint_to_resume(cfg)
         loggers = build_loggers(cfg, resuming=ckpt_path is not None)
@@ -102,7 +105,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
             best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
             trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
-        write_final_summary(loggers, metrics, trainer)
         return metrics
     finally:
         finish_wandb()
