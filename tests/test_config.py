@@ -21,6 +21,9 @@ BAD = [
     (["data.val_size=-1"], "data.val_size=-1"),
     (["data.name=cifar"], "data.name='cifar'"),
     (["seed=abc"], "seed='abc'"),
+    (["model.lr_scheduler={step_size:3}"], "model.lr_scheduler._target_=None is not allowed"),
+    (["model.lr_scheduler={_target_:torch.optim.lr_scheduler.StepLR,step_size:3,interval:batch}"],
+     "model.lr_scheduler.interval='batch' is not allowed: epoch or step"),
 ]
 
 

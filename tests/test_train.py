@@ -66,6 +66,39 @@ def test_a_callback_set_to_null_is_off(tmp_path, data_root):
     assert not (tmp_path / "images").exists()  # no image panels
 
 
+def logged(csv_file, key: str) -> dict[int, float]:
+    """{epoch: value} of one column of a CSVLogger metrics.csv (the last value of each epoch)."""
+    rows = csv_file.read_text().splitlines()
+    header = rows[0].split(",")
+    values = {}
+    for row in rows[1:]:
+        cells = row.split(",")
+        if cells[header.index(key)]:
+            values[int(cells[header.index("epoch")])] = float(cells[header.index(key)])
+    return values
+
+
+HALVE_LR_EVERY_EPOCH = "model.lr_scheduler={_target_:torch.optim.lr_scheduler.StepLR,_partial_:true,step_size:1,gamma:0.5}"
+
+
+def test_lr_schedule_steps_every_epoch_and_survives_a_resume(tmp_path, data_root):
+    args = [*FAST, "logger=csv", "callbacks.sample_grids=null", "test=false", HALVE_LR_EVERY_EPOCH]
+    train(compose([*args, "trainer.max_epochs=2"], output_dir=tmp_path, data_root=data_root))
+    train(compose([*args, "trainer.max_epochs=4", f"resume={tmp_path}"], output_dir=tmp_path, data_root=data_root))
+    lr = logged(tmp_path / "csv" / "metrics.csv", "train/lr")
+    assert lr == pytest.approx({epoch: 1e-3 * 0.5**epoch for epoch in range(4)})  # epochs 2 and 3 after the resume
+
+
+def test_lr_schedule_per_step(tmp_path, data_root):
+    per_step = HALVE_LR_EVERY_EPOCH.replace("}", ",interval:step}")
+    train(compose([*FAST, "logger=csv", "callbacks=none", "test=false", "trainer.limit_train_batches=3", per_step],
+                  output_dir=tmp_path, data_root=data_root))
+    rows = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()
+    column = rows[0].split(",").index("train/lr")
+    lr = [float(r.split(",")[column]) for r in rows[1:] if r.split(",")[column]]
+    assert lr == pytest.approx([1e-3, 5e-4, 2.5e-4])
+
+
 def test_same_seed_same_metrics(tmp_path, data_root):
     def run(name):
         metrics = train(compose([*FAST, "logger=none", "callbacks=none", "seed=7"], output_dir=tmp_path / name,

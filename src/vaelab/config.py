@@ -73,6 +73,7 @@ class ModelSchema:
     capacity: CapacitySchema | None = None
     net: Any = field(default_factory=dict)
     optimizer: Any = field(default_factory=dict)
+    lr_scheduler: Any = None
 
     def __post_init__(self):
         require(self.latent_dim >= 1, "model.latent_dim", self.latent_dim, "an integer >= 1")
@@ -80,6 +81,10 @@ class ModelSchema:
         require(self.free_bits >= 0, "model.free_bits", self.free_bits, "a number >= 0 (nats per latent dimension)")
         lr = (self.optimizer or {}).get("lr")
         require(lr is None or lr > 0, "model.optimizer.lr", lr, "a number > 0")
+        if self.lr_scheduler:
+            require("_target_" in self.lr_scheduler, "model.lr_scheduler._target_", None, "a torch.optim.lr_scheduler class")
+            interval = self.lr_scheduler.get("interval", "epoch")
+            require(interval in ("epoch", "step"), "model.lr_scheduler.interval", interval, "epoch or step")
 
 
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true", "64")

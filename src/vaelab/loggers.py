@@ -6,6 +6,7 @@ logged offline (sync them later with ``wandb sync <run folder>``).
 
 from __future__ import annotations
 
+import csv
 import logging
 import netrc
 import os
@@ -17,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 WANDB_TARGET = "lightning.pytorch.loggers.WandbLogger"
+CSV_TARGET = "lightning.pytorch.loggers.CSVLogger"
 
 
 def has_wandb_credentials() -> bool:
@@ -50,26 +52,50 @@ def existing_wandb_run_id(save_dir: str | Path) -> str | None:
     return runs[-1].stem.removeprefix("run-") if runs else None
 
 
-def build_loggers(cfg: DictConfig, resuming: bool = False) -> list:
+def csv_rows_before(metrics_csv: Path, step: int) -> tuple[list[str], list[dict]]:
+    """The header and the rows of a CSVLogger metrics.csv logged before global step ``step``."""
+    if not metrics_csv.is_file():
+        return [], []
+    with metrics_csv.open(newline="") as file:
+        reader = csv.DictReader(file)
+        rows = [row for row in reader if not row.get("step") or int(float(row["step"])) < step]
+        return list(reader.fieldnames or []), rows
+
+
+def build_loggers(cfg: DictConfig, resume_step: int | None = None) -> list:
     """Instantiate every logger under ``cfg.logger`` and give them the resolved run config.
 
-    When ``resuming``, a W&B logger continues the run already in the run folder (same id).
+    When resuming from a checkpoint taken at global step ``resume_step``, a W&B logger
+    continues the run already in the run folder (same id), and a CSV logger keeps the rows of
+    metrics.csv logged before that step (Lightning's CSVLogger would delete the file; rows the
+    interrupted run logged after its last checkpoint are logged again by the resumed run).
     """
-    loggers = []
+    loggers, kept_csv = [], {}
     for name, logger_cfg in (cfg.get("logger") or {}).items():
         extra = {}
         if logger_cfg.get("_target_") == WANDB_TARGET:
             choose_wandb_mode()
             Path(logger_cfg.save_dir).mkdir(parents=True, exist_ok=True)
-            run_id = existing_wandb_run_id(logger_cfg.save_dir) if resuming else None
+            run_id = existing_wandb_run_id(logger_cfg.save_dir) if resume_step is not None else None
             if run_id:
                 extra = {"id": run_id, "resume": "allow"}
                 log.info("W&B: resuming run %s", run_id)
-        loggers.append(instantiate(logger_cfg, **extra))
+        logger = instantiate(logger_cfg, **extra)
+        if logger_cfg.get("_target_") == CSV_TARGET and resume_step is not None:
+            kept_csv[len(loggers)] = csv_rows_before(Path(logger.log_dir) / "metrics.csv", resume_step)
+        loggers.append(logger)
         log.info("logger %s: %s", name, logger_cfg.get("_target_"))
     config = OmegaConf.to_container(cfg, resolve=True)
     for logger in loggers:
-        logger.log_hyperparams(config)
+        logger.log_hyperparams(config)  # a CSV logger's writer starts here (and deletes metrics.csv)
+    for index, (header, rows) in kept_csv.items():
+        writer = loggers[index].experiment
+        if header and hasattr(writer, "metrics_file_path"):  # rank 0 only
+            with open(writer.metrics_file_path, "w", newline="") as file:
+                table = csv.DictWriter(file, fieldnames=header)
+                table.writeheader()
+                table.writerows(rows)
+            writer.metrics_keys = sorted(header)
     return loggers
 
 

@@ -5,7 +5,7 @@ enough to rebuild it: ``VAELitModule.load_from_checkpoint(path)``.
 
 Logged metrics, all in nats per image (sum over pixels / latent dims, mean over the batch):
 ``{train,val,test}/recon``, ``/kl``, ``/elbo`` (beta = 1), ``/loss`` (the weighted training
-objective) and ``train/beta`` (the current KL weight, beta * schedule(step)).
+objective), ``train/beta`` (the current KL weight, beta * schedule(step)) and ``train/lr``.
 """
 
 from __future__ import annotations
@@ -74,8 +74,11 @@ class VAELitModule(L.LightningModule):
         if on_step and not self._logging_step():
             return terms["loss"]
         names = terms if on_step else ("recon", "kl", "elbo", "loss")  # the KL weight only in train/
+        metrics = {f"{stage}/{name}": terms[name] for name in names}
+        if on_step and self._trainer is not None and self.trainer.optimizers:
+            metrics["train/lr"] = self.trainer.optimizers[0].param_groups[0]["lr"]
         self.log_dict(
-            {f"{stage}/{name}": terms[name] for name in names},
+            metrics,
             on_step=on_step,
             on_epoch=not on_step,
             batch_size=x.shape[0],
@@ -133,8 +136,16 @@ class VAELitModule(L.LightningModule):
             self._rng_to_restore = None
 
     def configure_optimizers(self):
-        make_optimizer = instantiate(self.hparams.model["optimizer"])
-        return make_optimizer(self.parameters())
+        """The ``model.optimizer``, and the ``model.lr_scheduler`` when one is set.
+
+        The scheduler is stepped every epoch (``interval: epoch``) or every optimizer step
+        (``interval: step``); Lightning keeps its state in the checkpoint, so it survives a resume."""
+        optimizer = instantiate(self.hparams.model["optimizer"])(self.parameters())
+        scheduler = dict(self.hparams.model.get("lr_scheduler") or {})
+        if not scheduler:
+            return optimizer
+        interval = scheduler.pop("interval", "epoch")
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": instantiate(scheduler)(optimizer), "interval": interval}}
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:

@@ -25,6 +25,15 @@ OmegaConf.register_new_resolver("vaelab_group", sweep_group, replace=True)
 OmegaConf.register_new_resolver("vaelab_run_dir", lambda resume, default: resume or default, replace=True)
 
 
+def checkpoint_step(path: str) -> int:
+    """The global step at which a checkpoint was saved (sys.maxsize when ``path`` is not a file, e.g. "last")."""
+    import torch
+
+    if not Path(path).is_file():
+        return sys.maxsize
+    return int(torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("global_step", 0))
+
+
 def checkpoint_to_resume(cfg: DictConfig) -> str | None:
     """ckpt_path as given ("last" or a path), or <resume>/checkpoints/last.ckpt with resume=RUN_DIR."""
     if cfg.get("ckpt_path"):
@@ -95,7 +104,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         callbacks.append(FinalSummary())  # final metrics into the W&B run summary, from global rank 0
         datamodule.setup()  # missing or damaged data fails here, before any logger writes a file
         ckpt_path = checkpoint_to_resume(cfg)
-        loggers = build_loggers(cfg, resuming=ckpt_path is not None)
+        loggers = build_loggers(cfg, resume_step=checkpoint_step(ckpt_path) if ckpt_path else None)
         trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
         started = time.perf_counter()
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
@@ -132,7 +141,7 @@ def main(cfg: DictConfig) -> float | None:
         print(f"error: {user_error}", file=sys.stderr)
         raise SystemExit(1) from None
     write_status(output_dir, "ok", metrics)
-    shown = {k: round(v, 3) for k, v in sorted(metrics.items()) if "/kl_dim/" not in k}
+    shown = {k: float(f"{v:.6g}") for k, v in sorted(metrics.items()) if "/kl_dim/" not in k}
     log.info("final metrics (nats per image): %s", shown)
     return metrics.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None
 
