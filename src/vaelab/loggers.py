@@ -10,6 +10,7 @@ import csv
 import logging
 import netrc
 import os
+import warnings
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -86,8 +87,11 @@ def build_loggers(cfg: DictConfig, resume_step: int | None = None) -> list:
         loggers.append(logger)
         log.info("logger %s: %s", name, logger_cfg.get("_target_"))
     config = OmegaConf.to_container(cfg, resolve=True)
-    for logger in loggers:
-        logger.log_hyperparams(config)  # a CSV logger's writer starts here (and deletes metrics.csv)
+    with warnings.catch_warnings():
+        if kept_csv:  # Lightning warns that it deletes metrics.csv; the rows are written back below
+            warnings.filterwarnings("ignore", message="Experiment logs directory")
+        for logger in loggers:
+            logger.log_hyperparams(config)  # a CSV logger's writer starts here (and deletes metrics.csv)
     for index, (header, rows) in kept_csv.items():
         writer = loggers[index].experiment
         if header and hasattr(writer, "metrics_file_path"):  # rank 0 only
