@@ -3,9 +3,10 @@
     python scripts/results.py cvae_mnist beta_vae_mnist      # or: make results RECIPES="..."
     python scripts/results.py --k 5000 --epochs 5 cvae_mnist  # shorter runs
     python scripts/results.py --k 1000 best_cpu_vae_mnist     # fewer importance samples
+    python scripts/results.py --checkpoint best static_vae_mnist  # the best checkpoint on val/elbo
 
 Each recipe runs as `python train.py experiment=<name>` in logs/results/<name>/, then
-`python -m vaelab.evaluate ckpt=<run>/checkpoints/last.ckpt k=<k>`; the table goes to
+`python -m vaelab.evaluate ckpt=<run>/checkpoints/last.ckpt k=<k>` (or the best checkpoint); the table goes to
 logs/results/results.md with the exact commands and wall times.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shlex
 import subprocess
@@ -30,6 +32,16 @@ def run(command: list[str]) -> float:
     return time.perf_counter() - started
 
 
+def pick_checkpoint(folder: Path, which: str) -> Path:
+    """``last.ckpt``, or the one ``best-epoch-NNN.ckpt`` that ModelCheckpoint kept (save_top_k=1)."""
+    if which == "last":
+        return folder / "last.ckpt"
+    best = sorted(folder.glob("best-epoch-*.ckpt"))
+    if len(best) != 1:
+        raise SystemExit(f"error: expected one best-epoch-*.ckpt in {folder}, found {len(best)}")
+    return best[0]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipes", nargs="+", help="names of configs/experiment/*.yaml")
@@ -37,6 +49,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="override trainer.max_epochs")
     parser.add_argument("--limit-images", type=int, default=None, help="score only the first N test images")
     parser.add_argument("--out", type=Path, default=ROOT / "logs" / "results")
+    parser.add_argument("--checkpoint", choices=("last", "best"), default="last",
+                        help="score the last checkpoint, or the best one on the validation ELBO")
     args = parser.parse_args()
     rows = []
     for name in args.recipes:
@@ -44,12 +58,12 @@ def main() -> None:
         overrides = [f"experiment={name}"] + ([f"trainer.max_epochs={args.epochs}"] if args.epochs else [])
         train_seconds = run([sys.executable, "train.py", *overrides, f"hydra.run.dir={run_dir}",
                              "trainer.enable_progress_bar=false"])
-        ckpt = run_dir / "checkpoints" / "last.ckpt"
+        ckpt = pick_checkpoint(run_dir / "checkpoints", args.checkpoint)
         eval_seconds = run([sys.executable, "-m", "vaelab.evaluate", f"ckpt={ckpt}", f"k={args.k}"]
                            + ([f"limit_images={args.limit_images}"] if args.limit_images else []))
         results = json.loads(ckpt.with_suffix(".eval.json").read_text())
         rows.append((name, overrides, results, train_seconds, eval_seconds))
-    machine = f"{platform.machine()}, {subprocess.getoutput('nproc')} cores"
+    machine = f"{platform.machine()}, {os.cpu_count()} cores"
     lines = ["| recipe | command | test NLL (k) | test ELBO | active units | CVAE class acc. | train time | eval time |",
              "|---|---|---|---|---|---|---|---|"]
     subset = f", first {args.limit_images} images" if args.limit_images else ""

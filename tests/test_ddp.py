@@ -21,7 +21,7 @@ def assert_one_run_from_rank_zero(run_dir, world_size=2):
     if world_size is not None:
         assert runs[0].summary["world_size"] == world_size
     checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
-    assert checkpoints == ["best-epoch=000.ckpt", "last.ckpt"]  # one set, no rank-suffixed copies
+    assert checkpoints == ["best-epoch-000.ckpt", "last.ckpt"]  # one set, no rank-suffixed copies
     assert len(list((run_dir / "images" / "samples").glob("*.png"))) == 1
     return runs[0]
 

@@ -46,6 +46,14 @@ def test_eval_writes_json_stdout_and_wandb_summary(trained_run, data_root):
     assert runs[-1].summary["test/nll"] == pytest.approx(saved["test/nll"])
 
 
+def test_best_checkpoint_path_is_a_valid_override(trained_run, data_root):
+    """The best checkpoint's file name has no '=', which Hydra's override grammar would refuse."""
+    (best,) = (trained_run / "checkpoints").glob("best-*.ckpt")
+    result = run_eval([f"ckpt={best}", "k=2", "generation=false", f"data_root={data_root}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(best.with_suffix(".eval.json").read_text())["test/k"] == 2
+
+
 def test_same_seed_same_numbers(trained_run, data_root):
     module = load_module(trained_run / "checkpoints" / "last.ckpt")
     images = torch.rand(10, 1, 28, 28).round()

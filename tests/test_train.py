@@ -114,7 +114,7 @@ def test_checkpoint_round_trip(tmp_path, data_root):
     train(cfg)
     checkpoints = tmp_path / "checkpoints"
     assert (checkpoints / "last.ckpt").is_file()
-    assert [p.name for p in checkpoints.glob("best-*.ckpt")] == ["best-epoch=000.ckpt"]
+    assert [p.name for p in checkpoints.glob("best-*.ckpt")] == ["best-epoch-000.ckpt"]
     loaded = VAELitModule.load_from_checkpoint(checkpoints / "last.ckpt", map_location="cpu")
     state = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     assert loaded.vae.conditional and loaded.vae.latent_dim == 3
@@ -159,7 +159,7 @@ def test_cli_logs_an_offline_wandb_run_without_credentials(tmp_path, data_root):
     assert run.summary["test/elbo"] == pytest.approx(-(run.summary["test/recon"] + run.summary["test/kl"]), rel=1e-5)
     # the final metrics in the summary, for W&B's run table and parallel coordinates
     assert run.summary["val/active_units"] >= 0 and run.summary["epochs"] == 2 and run.summary["time/fit_seconds"] > 0
-    assert run.summary["best_checkpoint"].endswith(".ckpt") and "best-epoch=" in run.summary["best_checkpoint"]
+    assert run.summary["best_checkpoint"].endswith(".ckpt") and "best-epoch-" in run.summary["best_checkpoint"]
 
 
 def test_manifold_panel_for_two_latents(tmp_path, data_root):
