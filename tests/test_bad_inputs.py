@@ -67,6 +67,11 @@ ROWS = {
                                   "label=3 needs a conditional VAE checkpoint"),
     "sample unknown kind": (lambda t, d, c: ["-m", "vaelab.sample", f"ckpt={c}", "kind=sketch", f"out={t / 'out.png'}"],
                             "kind=sketch is not allowed"),
+    "eval k=0": (lambda t, d, c: ["-m", "vaelab.evaluate", f"ckpt={c}", "k=0"], "k=0 is not allowed: an integer >= 1"),
+    "eval unknown split": (lambda t, d, c: ["-m", "vaelab.evaluate", f"ckpt={c}", "split=train"],
+                           "split='train' is not allowed: test or val"),
+    "eval unknown ood data": (lambda t, d, c: ["-m", "vaelab.evaluate", f"ckpt={c}", "ood=cifar10"],
+                              "ood='cifar10' is not allowed"),
     "sample n=0": (lambda t, d, c: ["-m", "vaelab.sample", f"ckpt={c}", "n=0", f"out={t / 'out.png'}"], "n=0 is not allowed"),
     "compare nothing": (lambda t, d, c: ["-m", "vaelab.compare", str(t / "nowhere"), "--out", str(t / "cmp")], "no such folder"),
 }

@@ -66,6 +66,20 @@ def test_same_seed_same_numbers(trained_run, data_root):
     assert first == second
 
 
+def test_long_pass_reports_progress(trained_run, caplog):
+    """A progress line after every batch when progress_seconds=0, none after the last one."""
+    module = load_module(trained_run / "checkpoints" / "last.ckpt")
+    images = torch.rand(10, 1, 28, 28).round()
+    with caplog.at_level("INFO", logger="vaelab.evaluate"):
+        results = evaluate_split(module, images, torch.zeros(10, dtype=torch.long), k=8, batch_images=3,
+                                 progress_seconds=0)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("NLL at k=8")]
+    assert [line.split(":")[1].split(",")[0].strip() for line in lines] == ["3 of 10 images", "6 of 10 images",
+                                                                            "9 of 10 images"]
+    so_far = [float(line.rsplit("so far ", 1)[1].split()[0]) for line in lines]
+    assert all(abs(value - results["nll"]) < 0.5 * abs(results["nll"]) for value in so_far)
+
+
 @pytest.mark.parametrize("kind", ["missing", "garbage", "foreign"])
 def test_bad_checkpoint_is_refused_with_one_line(kind, tmp_path):
     path = tmp_path / "model.ckpt"

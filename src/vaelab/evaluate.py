@@ -23,6 +23,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from vaelab.config import DATA_NAMES, require
 from vaelab.data import load_split, to_float_images
 from vaelab.diagnostics import summarize
 from vaelab.errors import UserError, one_line_errors
@@ -85,18 +86,28 @@ def images_per_forward(k: int, budget: int = 20_000) -> int:
     return max(1, budget // k)
 
 
+def report_progress(done: int, total: int, k: int, seconds: float, nll_so_far: float) -> None:
+    """One log line on a long NLL pass: images done, images/s, minutes left, running NLL."""
+    rate = done / seconds
+    log.info("NLL at k=%d: %d of %d images, %.1f images/s, about %.1f min left, NLL so far %.2f nats",
+             k, done, total, rate, (total - done) / rate / 60, nll_so_far)
+
+
 @torch.no_grad()
-def evaluate_split(module, images, labels, k: int = 5000, batch_images: int | None = None, mi_images: int = 1000) -> dict:
+def evaluate_split(module, images, labels, k: int = 5000, batch_images: int | None = None, mi_images: int = 1000,
+                   progress_seconds: float = 60.0) -> dict:
     """Score images (N, C, H, W) with labels (N,): nats per image, averaged over the N images.
 
     One encoder and one decoder pass per batch: nll from the k importance weights, recon as the
-    k-sample mean of -log p(x | z), kl in closed form, elbo = -(recon + kl)."""
+    k-sample mean of -log p(x | z), kl in closed form, elbo = -(recon + kl). Every
+    `progress_seconds` a log line tells the images done, the rate and the time left."""
     vae, objective = module.vae, module.objective
     device = module.device
     batch_images = batch_images or images_per_forward(k)
     sums = {"recon": 0.0, "kl": 0.0, "elbo": 0.0, "nll": 0.0}
     means, logvars = [], []
-    started = time.perf_counter()
+    started = last_report = time.perf_counter()
+    done = 0
     for x, y in zip(images.split(batch_images), labels.split(batch_images), strict=True):
         x, y = x.to(device), y.to(device)
         y = y if vae.conditional else None
@@ -109,6 +120,10 @@ def evaluate_split(module, images, labels, k: int = 5000, batch_images: int | No
         sums["nll"] -= float(iwae_bound(log_w).sum())
         means.append(mean.cpu())
         logvars.append(logvar.cpu())
+        done += len(x)
+        if time.perf_counter() - last_report >= progress_seconds and done < len(images):
+            last_report = time.perf_counter()
+            report_progress(done, len(images), k, last_report - started, sums["nll"] / done)
     n = len(images)
     results = {name: value / n for name, value in sums.items()}
     results["bits_per_dim"] = results["nll"] / (math.prod(images.shape[1:]) * math.log(2))
@@ -187,7 +202,28 @@ def update_wandb_summary(run_dir: Path, results: dict) -> str | None:
     return run_id
 
 
+def is_count(value, allow_null: bool = False) -> bool:
+    """An integer >= 1 (not a bool), or None when allowed."""
+    return (value is None and allow_null) or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+
+
+def validate_eval_config(cfg: DictConfig) -> None:
+    """Raise ConfigError (one line naming the key) for a bad vaelab-eval value, before anything loads."""
+    require(is_count(cfg.k), "k", cfg.k, "an integer >= 1")
+    require(cfg.split in ("test", "val"), "split", cfg.split, "test or val")
+    for key in ("batch_images", "limit_images"):
+        require(is_count(cfg.get(key), allow_null=True), key, cfg.get(key), "null or an integer >= 1")
+    progress = cfg.get("progress_seconds", 60)
+    require(isinstance(progress, int | float) and not isinstance(progress, bool) and progress >= 0,
+            "progress_seconds", progress, "a number >= 0")
+    require(cfg.device in ("auto", "cpu", "cuda") or str(cfg.device).startswith("cuda:"), "device", cfg.device,
+            "auto, cpu, cuda or cuda:N")
+    require(cfg.get("ood") in (None, *DATA_NAMES), "ood", cfg.get("ood"), f"null or one of {', '.join(DATA_NAMES)}")
+    require(is_count(cfg.samples_per_class), "samples_per_class", cfg.samples_per_class, "an integer >= 1")
+
+
 def run(cfg: DictConfig) -> dict:
+    validate_eval_config(cfg)
     torch.manual_seed(cfg.seed)
     device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device)
     module = load_module(cfg.ckpt, device)
@@ -196,7 +232,8 @@ def run(cfg: DictConfig) -> dict:
     images, labels = dataset.images, dataset.labels
     if cfg.get("limit_images"):
         images, labels = images[: cfg.limit_images], labels[: cfg.limit_images]
-    results = evaluate_split(module, images, labels, k=cfg.k, batch_images=cfg.get("batch_images"))
+    results = evaluate_split(module, images, labels, k=cfg.k, batch_images=cfg.get("batch_images"),
+                             progress_seconds=cfg.get("progress_seconds", 60))
     classifier_path = Path(cfg.classifier_dir) / f"{datamodule.name}.pt"
     if cfg.get("generation") and classifier_path.is_file():
         real = to_float_images(load_split(datamodule.name, datamodule.root, train=False)[0])
