@@ -95,3 +95,15 @@ def test_checkpoints_are_written_through_a_temporary_file(tmp_path, monkeypatch)
     AtomicCheckpointIO().save_checkpoint({"x": torch.ones(2)}, tmp_path / "last.ckpt")
     assert seen == [(str(tmp_path / "last.ckpt.tmp"), str(tmp_path / "last.ckpt"))]
     assert torch.equal(torch.load(tmp_path / "last.ckpt", weights_only=True)["x"], torch.ones(2))
+
+
+def test_last_checkpoint_is_rewritten_every_epoch_whether_or_not_the_best_one_is(tmp_path, data_root):
+    # mode=min: the rising validation ELBO is never "better" after the first validation (epoch 1),
+    # and with validation every 2 epochs epoch 4 ends between validations
+    cfg = compose([*FAST, "trainer.max_epochs=5", "trainer.check_val_every_n_epoch=2", "logger=none", "test=false",
+                   "callbacks.model_checkpoint.mode=min"], output_dir=tmp_path, data_root=data_root)
+    train(cfg)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best-epoch-001.ckpt", "last.ckpt"]
+    best = torch.load(tmp_path / "checkpoints" / "best-epoch-001.ckpt", weights_only=False)
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["epoch"] == 4 and last["global_step"] == 5 * best["global_step"] // 2

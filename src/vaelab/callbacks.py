@@ -234,8 +234,10 @@ class NaNGuard(L.Callback):
 
     @staticmethod
     def _last(trainer: L.Trainer) -> str:
-        path = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
-        return f" (last: {path})" if path else ""
+        """The newest checkpoint written: last.ckpt (callbacks.last_checkpoint) or Lightning's save_last."""
+        paths = [path for cb in trainer.checkpoint_callbacks for path in (cb.last_model_path, cb.best_model_path)
+                 if path and Path(path).stem == "last"]
+        return f" (last: {paths[0]})" if paths else ""
 
 
 class FinalSummary(L.Callback):
