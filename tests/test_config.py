@@ -21,6 +21,10 @@ BAD = [
     (["data.val_size=-1"], "data.val_size=-1"),
     (["data.name=cifar"], "data.name='cifar'"),
     (["seed=abc"], "seed='abc'"),
+    (["model.importance_samples=0"], "model.importance_samples=0 is not allowed: an integer >= 1"),
+    (["model=iwae", "model.free_bits=0.5"], "model.importance_samples=5 cannot be combined with model.free_bits"),
+    (["model=beta_vae_capacity", "model.importance_samples=2"], "model.importance_samples=2 cannot be combined"),
+    (["model.dreg=true"], "model.dreg=True is not allowed: true only with model.importance_samples > 1"),
     (["model.lr_scheduler={step_size:3}"], "model.lr_scheduler._target_=None is not allowed"),
     (["model.lr_scheduler={_target_:torch.optim.lr_scheduler.StepLR,step_size:3,interval:batch}"],
      "model.lr_scheduler.interval='batch' is not allowed: epoch or step"),
@@ -36,6 +40,7 @@ def test_bad_value_names_the_key(overrides, message, tmp_path):
 
 
 @pytest.mark.parametrize("overrides", [[], ["model=cvae", "data=fashion_mnist"], ["model=beta_vae_capacity"],
-                                       ["experiment=beta_vae_mnist"], ["model/net=conv", "loss=gaussian"]])
+                                       ["experiment=beta_vae_mnist"], ["model/net=conv", "loss=gaussian"],
+                                       ["model=iwae", "model.dreg=true", "annealing=linear"]])
 def test_good_configs_pass(overrides, tmp_path):
     validate(compose(overrides, output_dir=tmp_path))

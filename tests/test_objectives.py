@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.distributions import Normal, kl_divergence
 
 from vaelab.annealing import Linear
@@ -160,3 +161,109 @@ def test_autoregressive_pictures_are_the_probabilities_of_a_sequential_sample():
         whole = torch.sigmoid(likelihood.logits(likelihood.context(sample), params))
     torch.testing.assert_close(probs, whole)
     assert probs.min() >= 0 and probs.max() <= 1
+
+
+def iwae_inputs(k=5, seed=0):
+    """x (8, 1, 28, 28), decoder logits (k, 8, 1, 28, 28), codes z (k, 8, 6) and the posterior (8, 6)."""
+    g = torch.Generator().manual_seed(seed)
+    x, _, mean, logvar = batch(seed)
+    z = mean + (0.5 * logvar).exp() * torch.randn(k, 8, 6, generator=g)
+    return x, torch.randn(k, 8, 1, 28, 28, generator=g), z, mean, logvar
+
+
+def test_iwae_loss_is_minus_the_importance_weighted_bound():
+    x, params, z, mean, logvar = iwae_inputs(k=5)
+    terms = Objective(BernoulliLikelihood(), importance_samples=5)(x, params, mean, logvar, step=0, z=z)
+    log_px_z = -F.binary_cross_entropy_with_logits(params, x.expand_as(params), reduction="none").sum((2, 3, 4))
+    log_pz = Normal(0.0, 1.0).log_prob(z).sum(-1)
+    log_qz = Normal(mean, (0.5 * logvar).exp()).log_prob(z).sum(-1)
+    bound = torch.logsumexp(log_px_z + log_pz - log_qz, 0) - math.log(5)  # (8,)
+    torch.testing.assert_close(terms["loss"], -bound.mean())
+    torch.testing.assert_close(terms["iwae"], bound.mean())
+    torch.testing.assert_close(terms["recon"], -log_px_z.mean())  # the mean over all k samples
+    torch.testing.assert_close(terms["kl"], kl_standard_normal(mean, logvar).sum() / 8)
+    torch.testing.assert_close(terms["elbo"], -(terms["recon"] + terms["kl"]))
+
+
+def test_iwae_bound_is_at_least_the_mean_log_weight_and_anneals_the_prior_ratio():
+    x, params, z, mean, logvar = iwae_inputs(k=5)
+    objective = Objective(BernoulliLikelihood(), importance_samples=5, schedule=Linear(warmup_steps=100))
+    at_0, at_100 = objective(x, params, mean, logvar, step=0, z=z), objective(x, params, mean, logvar, step=100, z=z)
+    log_px_z = BernoulliLikelihood().log_prob(x, params)  # (5, 8)
+    # beta_t = 0: the weights are p(x | z_i) alone
+    torch.testing.assert_close(at_0["loss"], -(torch.logsumexp(log_px_z, 0) - math.log(5)).mean())
+    assert at_0["beta"] == 0.0 and at_100["beta"] == 1.0
+    torch.testing.assert_close(at_0["iwae"], at_100["iwae"])  # the logged bound is always at beta = 1
+    torch.testing.assert_close(at_100["iwae"], -at_100["loss"])
+    # Jensen: log-mean-exp of the weights >= their mean (the ELBO's Monte-Carlo estimate on the same samples)
+    log_w = log_px_z + Normal(0.0, 1.0).log_prob(z).sum(-1) - Normal(mean, (0.5 * logvar).exp()).log_prob(z).sum(-1)
+    assert at_100["iwae"] >= log_w.mean()
+
+
+@pytest.mark.parametrize(("kwargs", "key"), [
+    ({"importance_samples": 0}, "model.importance_samples"),
+    ({"importance_samples": 5, "free_bits": 0.5}, "model.importance_samples"),
+    ({"importance_samples": 5, "capacity": {"gamma": 1.0, "max_nats": 5.0, "ramp_steps": 10}}, "model.importance_samples"),
+    ({"dreg": True}, "model.dreg"),
+])
+def test_iwae_settings_that_do_not_fit_are_refused(kwargs, key):
+    with pytest.raises(ValueError, match=key):
+        Objective(BernoulliLikelihood(), **kwargs)
+
+
+def dreg_setup(k, copies, dtype=torch.float64):
+    """A linear-Gaussian decoder p(x | z) = N(W z, 0.5^2 I) and a posterior off the exact one, on
+    ``copies`` copies of one x: each row's gradient is an independent estimate of the same gradient."""
+    g = torch.Generator().manual_seed(3)
+    W = torch.randn(4, 2, generator=g, dtype=dtype)
+    x = torch.randn(1, 4, generator=g, dtype=dtype).expand(copies, 4)
+    mean = torch.full((copies, 2), 0.3, dtype=dtype, requires_grad=True)
+    logvar = torch.full((copies, 2), -1.0, dtype=dtype, requires_grad=True)
+    eps = torch.randn(k, copies, 2, generator=g, dtype=dtype)
+    return W, x, mean, logvar, eps
+
+
+class GaussianOfMean(nn.Module):
+    """p(x | z) = N(params, 0.5^2 I) over the last dimension."""
+
+    def log_prob(self, x, params):
+        return Normal(params, 0.5).log_prob(x).sum(-1)
+
+
+def encoder_gradients(dreg, k=8, copies=4000):
+    """Per-copy gradients of the loss (times the batch size) with respect to mean and logvar: (copies, 4)."""
+    W, x, mean, logvar, eps = dreg_setup(k, copies)
+    z = mean + (0.5 * logvar).exp() * eps
+    objective = Objective(GaussianOfMean(), importance_samples=k, dreg=dreg)
+    params = (z @ W.T).float()
+    terms = objective(x.float(), params, mean.float(), logvar.float(), step=0, z=z)
+    mean_grad, logvar_grad = torch.autograd.grad(terms["loss"] * copies, (mean, logvar))
+    return torch.cat([mean_grad, logvar_grad], dim=1).double()
+
+
+def test_dreg_matches_its_surrogate_and_leaves_the_decoder_gradient_alone():
+    """DReG's encoder gradient is -sum_i w~_i^2 d log w_i / dz_i dz_i/dphi with q's parameters held
+    fixed in log w_i (Tucker et al. 2019); the decoder's is the IWAE gradient -sum_i w~_i d log w_i / dtheta."""
+    k, copies = 5, 3
+    W, x, mean, logvar, eps = dreg_setup(k, copies)
+    W = W.clone().requires_grad_(True)
+    z = mean + (0.5 * logvar).exp() * eps
+    log_w = (GaussianOfMean().log_prob(x, z @ W.T) + Normal(0.0, 1.0).log_prob(z).sum(-1)
+             - Normal(mean.detach(), (0.5 * logvar).exp().detach()).log_prob(z).sum(-1))
+    weights = torch.softmax(log_w.detach(), 0)
+    surrogate_encoder = -(weights.square() * log_w).sum(0).mean()
+    expected_enc = torch.autograd.grad(surrogate_encoder, (mean, logvar), retain_graph=True)
+    expected_dec = torch.autograd.grad(-(weights * log_w).sum(0).mean(), W)[0]
+
+    z = mean + (0.5 * logvar).exp() * eps
+    terms = Objective(GaussianOfMean(), importance_samples=k, dreg=True)(x, z @ W.T, mean, logvar, step=0, z=z)
+    *got_enc, got_dec = torch.autograd.grad(terms["loss"], (mean, logvar, W))
+    for got, expected in zip([*got_enc, got_dec], [*expected_enc, expected_dec], strict=True):
+        torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_dreg_is_unbiased_with_less_variance_than_the_iwae_encoder_gradient():
+    iwae, dreg = encoder_gradients(dreg=False), encoder_gradients(dreg=True)
+    standard_error = (iwae.var(0) / len(iwae) + dreg.var(0) / len(dreg)).sqrt()
+    assert ((iwae.mean(0) - dreg.mean(0)).abs() < 4 * standard_error).all()  # the same expected gradient
+    assert (dreg.var(0) < 0.5 * iwae.var(0)).all()  # and a much less noisy one

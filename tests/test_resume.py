@@ -69,8 +69,8 @@ def test_nan_guard_stops_with_the_step_and_the_term_and_keeps_the_last_checkpoin
 
     forward = Objective.forward
 
-    def poisoned(self, x, params, mean, logvar, step):
-        terms = forward(self, x, params, mean, logvar, step)
+    def poisoned(self, x, params, mean, logvar, step, **kwargs):
+        terms = forward(self, x, params, mean, logvar, step, **kwargs)
         if self.training and step == 9:  # an epoch is 7 steps: the first checkpoint exists by then
             terms["kl"] = terms["kl"] * float("nan")
             terms["loss"] = terms["recon"] + terms["kl"]

@@ -20,6 +20,8 @@ VARIANTS = [
     ["loss=gaussian"], ["loss=gaussian", "loss.learn_sigma=true"],
     ["annealing=linear"], ["annealing=cyclical"], ["annealing=sigmoid"], ["model.free_bits=0.5"],
     ["loss=ar_bernoulli"], ["loss=ar_bernoulli", "model/net=conv", "model=cvae"],
+    ["model=iwae"], ["model=iwae", "model.dreg=true", "annealing=linear"],
+    ["model=iwae", "model.conditional=true", "model/net=conv", "loss=ar_bernoulli"],
 ]
 
 
@@ -45,6 +47,8 @@ def test_one_training_step_updates_every_parameter(overrides, tmp_path, data_roo
     assert {"train/loss", "train/recon", "train/kl", "train/elbo", "val/elbo"} <= set(metrics)
     assert all(torch.isfinite(v) for v in metrics.values())
     torch.testing.assert_close(metrics["val/elbo"], -(metrics["val/recon"] + metrics["val/kl"]))
+    if module.objective.importance_samples > 1:  # the k-sample bound, logged beside the ELBO
+        assert {"train/iwae", "val/iwae"} <= set(metrics)
     unchanged = [name for name, p in module.named_parameters() if torch.equal(p, before[name])]
     assert unchanged == []
 

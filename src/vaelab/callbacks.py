@@ -176,7 +176,7 @@ class CollapseMonitor(L.Callback):
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         epoch = trainer.current_epoch
         found = [f"epoch {epoch}: {key} is {value} (not finite)" for key, value in sorted(metrics.items())
-                 if key.split("/")[-1] in ("loss", "recon", "kl", "elbo") and not math.isfinite(value)]
+                 if key.split("/")[-1] in ("loss", "recon", "kl", "elbo", "iwae") and not math.isfinite(value)]
         kl, units = metrics.get("val/kl"), metrics.get("val/active_units")
         if kl is not None and math.isfinite(kl):
             if units == 0 or kl < self.min_kl:

@@ -71,6 +71,8 @@ class ModelSchema:
     conditional: bool = False
     free_bits: float = 0.0
     capacity: CapacitySchema | None = None
+    importance_samples: int = 1
+    dreg: bool = False
     net: Any = field(default_factory=dict)
     optimizer: Any = field(default_factory=dict)
     lr_scheduler: Any = None
@@ -79,6 +81,12 @@ class ModelSchema:
         require(self.latent_dim >= 1, "model.latent_dim", self.latent_dim, "an integer >= 1")
         require(self.beta >= 0, "model.beta", self.beta, "a number >= 0")
         require(self.free_bits >= 0, "model.free_bits", self.free_bits, "a number >= 0 (nats per latent dimension)")
+        require(self.importance_samples >= 1, "model.importance_samples", self.importance_samples, "an integer >= 1")
+        if self.importance_samples > 1 and (self.free_bits > 0 or self.capacity is not None):
+            raise ConfigError(f"model.importance_samples={self.importance_samples} cannot be combined with "
+                              "model.free_bits or model.capacity: the IWAE bound has no per-dimension KL term")
+        require(not self.dreg or self.importance_samples > 1, "model.dreg", self.dreg,
+                "true only with model.importance_samples > 1")
         lr = (self.optimizer or {}).get("lr")
         require(lr is None or lr > 0, "model.optimizer.lr", lr, "a number > 0")
         if self.lr_scheduler:

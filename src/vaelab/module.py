@@ -5,7 +5,7 @@ enough to rebuild it: ``VAELitModule.load_from_checkpoint(path)``.
 
 Logged metrics, all in nats per image (sum over pixels / latent dims, mean over the batch):
 ``{train,val,test}/recon``, ``/kl``, ``/elbo`` (beta = 1), ``/loss`` (the weighted training
-objective), ``train/beta`` (the current KL weight, beta * schedule(step)) and ``train/lr``.
+objective), ``/iwae`` (the k-sample IWAE bound, when ``model.importance_samples`` > 1), ``train/beta`` (the current KL weight, beta * schedule(step)) and ``train/lr``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from vaelab.objectives import Objective
 
 class VAELitModule(L.LightningModule):
     """Args:
-    model: the ``model`` config: latent_dim, beta, conditional, free_bits, capacity,
+    model: the ``model`` config: latent_dim, beta, conditional, free_bits, capacity, importance_samples, dreg,
         ``net.encoder``, ``net.decoder`` and ``optimizer`` ``_target_`` configs.
     loss: the ``loss`` config: the likelihood's ``_target_`` config.
     annealing: the ``annealing`` config: the KL schedule's ``_target_`` config.
@@ -53,6 +53,8 @@ class VAELitModule(L.LightningModule):
             schedule=instantiate(annealing),
             free_bits=model.get("free_bits", 0.0),
             capacity=model.get("capacity"),
+            importance_samples=model.get("importance_samples", 1),
+            dreg=model.get("dreg", False),
         )
 
     @property
@@ -64,8 +66,8 @@ class VAELitModule(L.LightningModule):
 
     def _shared_step(self, batch, stage: str) -> torch.Tensor:
         x, y = batch
-        out = self.vae(x, y)
-        terms = self.objective(x, out.params, out.mean, out.logvar, self.global_step)
+        out = self.vae(x, y, samples=self.objective.importance_samples)
+        terms = self.objective(x, out.params, out.mean, out.logvar, self.global_step, z=out.z)
         on_step = stage == "train"
         if on_step:
             self.last_terms = terms
@@ -73,7 +75,7 @@ class VAELitModule(L.LightningModule):
             self._posteriors.append((out.mean.detach(), out.logvar.detach()))
         if on_step and not self._logging_step():
             return terms["loss"]
-        names = terms if on_step else ("recon", "kl", "elbo", "loss")  # the KL weight only in train/
+        names = terms if on_step else [n for n in ("recon", "kl", "elbo", "loss", "iwae") if n in terms]  # the KL weight only in train/
         metrics = {f"{stage}/{name}": terms[name] for name in names}
         if on_step and self._trainer is not None and self.trainer.optimizers:
             metrics["train/lr"] = self.trainer.optimizers[0].param_groups[0]["lr"]

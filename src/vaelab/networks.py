@@ -143,7 +143,8 @@ class MaskedConv2d(nn.Conv2d):
 
 @dataclass
 class VAEOutput:
-    """One forward pass: posterior mean/logvar (B, D), a sample z (B, D), decoder output (B, C, H, W)."""
+    """One forward pass: posterior mean/logvar (B, D), z (B, D) and decoder output (B, C, H, W),
+    or with k samples per image z (k, B, D) and decoder output (k, B, C, H, W)."""
 
     mean: torch.Tensor
     logvar: torch.Tensor
@@ -183,11 +184,21 @@ class VAE(nn.Module):
     def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return self.decoder(z, self.condition(y))
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> VAEOutput:
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, samples: int = 1) -> VAEOutput:
+        """One encoder pass, then ``samples`` reparameterized draws of z through the decoder.
+
+        samples = 1: z (B, D), params (B, C, H, W). samples = k > 1: z (k, B, D) and params
+        (k, B, C, H, W), the k * B codes decoded as one batch (for the IWAE bound)."""
         c = self.condition(y)
         mean, logvar = self.encoder(x, c)
-        z = Normal(mean, torch.exp(0.5 * logvar), validate_args=False).rsample()  # reparameterized
-        return VAEOutput(mean, logvar, z, self.decoder(z, c))
+        posterior = Normal(mean, torch.exp(0.5 * logvar), validate_args=False)
+        if samples == 1:
+            z = posterior.rsample()
+            return VAEOutput(mean, logvar, z, self.decoder(z, c))
+        z = posterior.rsample((samples,))
+        labels = None if c is None else c.repeat(samples, 1)
+        params = self.decoder(z.flatten(0, 1), labels)
+        return VAEOutput(mean, logvar, z, params.unflatten(0, (samples, len(x))))
 
     def prior(self, n: int, device=None) -> Normal:
         """p(z) = N(0, I) with batch shape (n, D)."""

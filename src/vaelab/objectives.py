@@ -7,9 +7,11 @@ latent dimensions), then a mean over the batch.
 - ``kl``    = KL(q(z | x) || p(z)), in closed form.
 - ``elbo``  = -(recon + kl): the plain ELBO at beta = 1, a lower bound on log p(x).
 - ``loss``  = the training objective: recon + beta_t * kl (with free bits applied to the
-  KL term), or recon + gamma * |kl - C_t| with capacity control.
+  KL term), or recon + gamma * |kl - C_t| with capacity control, or with k > 1 importance
+  samples minus the IWAE bound of Burda et al. (2015).
+- ``iwae``  = with k > 1 samples: the k-sample IWAE bound at beta = 1, between the ELBO and log p(x).
 
-All variants (VAE, beta-VAE, CVAE, free bits, capacity) are configuration of ``Objective``.
+All variants (VAE, beta-VAE, CVAE, free bits, capacity, IWAE) are configuration of ``Objective``.
 """
 
 from __future__ import annotations
@@ -159,6 +161,14 @@ class Objective(nn.Module):
             dimension's batch-mean KL counts at least lambda in the loss (0 = off).
         capacity: None, or dict(gamma, max_nats, ramp_steps) for Burgess et al. (2018):
             loss = recon + gamma * |KL - C_t|, C_t ramping linearly from 0 to max_nats.
+        importance_samples: k. With k = 1 the loss is the (weighted) negative ELBO with the KL
+            in closed form; with k > 1 it is minus the IWAE bound log (1/k) sum_i w_i over k
+            samples z_i ~ q(z | x), with log w_i = log p(x | z_i) + beta_t (log p(z_i) - log q(z_i | x))
+            (beta_t = 1 is Burda et al.'s IWAE; a KL warm-up anneals the prior-to-posterior ratio).
+        dreg: with k > 1, the doubly reparameterized gradient of Tucker et al. (2019) for the
+            encoder: q's parameters are held fixed in log q(z_i | x) and the gradient reaching
+            z_i is weighted by its normalized importance weight once more. The decoder's
+            gradient is the IWAE gradient either way. Unbiased for the bound at beta_t = 1.
     """
 
     def __init__(
@@ -168,33 +178,50 @@ class Objective(nn.Module):
         schedule: Callable[[int], float] | None = None,
         free_bits: float = 0.0,
         capacity: dict | None = None,
+        importance_samples: int = 1,
+        dreg: bool = False,
     ):
         super().__init__()
         if beta < 0:
             raise ConfigError(f"model.beta must be >= 0, got {beta}")
         if free_bits < 0:
             raise ConfigError(f"model.free_bits must be >= 0, got {free_bits}")
+        if importance_samples < 1:
+            raise ConfigError(f"model.importance_samples must be >= 1, got {importance_samples}")
+        if importance_samples > 1 and (free_bits > 0 or capacity):
+            raise ConfigError("model.importance_samples > 1 (the IWAE bound) has no per-dimension KL term: "
+                              "set model.free_bits=0 and model.capacity=null")
+        if dreg and importance_samples == 1:
+            raise ConfigError("model.dreg=true needs model.importance_samples > 1")
         self.likelihood = likelihood
         self.beta = float(beta)
         self.schedule = schedule or Constant()
         self.free_bits = float(free_bits)
         self.capacity = dict(capacity) if capacity else None
+        self.importance_samples = int(importance_samples)
+        self.dreg = bool(dreg)
 
     def kl_weight(self, step: int) -> float:
         """beta * schedule(step): a Python float, no device sync."""
         return self.beta * self.schedule(step)
 
-    def forward(self, x: torch.Tensor, params: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor, step: int) -> dict:
-        """x, params (B, C, H, W); mean, logvar (B, D) -> dict of scalar tensors (nats per image) and floats.
+    def forward(self, x: torch.Tensor, params: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor, step: int,
+                z: torch.Tensor | None = None) -> dict:
+        """x (B, C, H, W), params (B, C, H, W), mean, logvar (B, D) -> dict of scalar tensors (nats per
+        image) and floats. With k = importance_samples > 1: params (k, B, C, H, W) and the codes z
+        (k, B, D) they were decoded from; recon is then the mean over the k samples.
 
         The sums run in float32 even under mixed precision (bf16 would round 784-pixel sums)."""
         params, mean, logvar = params.float(), mean.float(), logvar.float()
-        recon = -self.likelihood.log_prob(x, params).mean()
+        log_px_z = self.likelihood.log_prob(x, params)  # (B,) or (k, B)
+        recon = -log_px_z.mean()
         kl_per_dim = kl_standard_normal(mean, logvar).mean(0)  # (D,) batch-mean KL of each dimension
         kl = kl_per_dim.sum()
         kl_term = kl_per_dim.clamp(min=self.free_bits).sum() if self.free_bits > 0 else kl
         terms = {"recon": recon, "kl": kl, "elbo": -(recon + kl)}
-        if self.capacity:
+        if self.importance_samples > 1:
+            terms.update(self.importance_weighted(log_px_z, z, mean, logvar, step))
+        elif self.capacity:
             target = capacity(step, self.capacity["max_nats"], self.capacity["ramp_steps"])
             terms["loss"] = recon + self.capacity["gamma"] * (kl_term - target).abs()
             terms["capacity"] = target
@@ -203,6 +230,26 @@ class Objective(nn.Module):
             terms["loss"] = recon + weight * kl_term
             terms["beta"] = weight
         return terms
+
+    def importance_weighted(self, log_px_z: torch.Tensor, z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor,
+                            step: int) -> dict:
+        """log p(x | z_i) (k, B), z (k, B, D), mean, logvar (B, D) -> loss (minus the IWAE bound on the
+        beta_t-weighted weights), iwae (the bound at beta = 1), beta: batch means, nats per image."""
+        k = log_px_z.shape[0]
+        posterior = Normal(mean, (0.5 * logvar).exp(), validate_args=False)
+        if self.dreg:  # q's parameters reach the loss only through z
+            posterior = Normal(posterior.loc.detach(), posterior.scale.detach(), validate_args=False)
+        z32 = z.float()
+        log_ratio = (-0.5 * (z32.square() + LOG_2PI)).sum(-1) - posterior.log_prob(z32).sum(-1)  # log p(z) - log q(z | x)
+        weight = self.kl_weight(step)
+        log_w = log_px_z + weight * log_ratio
+        bound = torch.logsumexp(log_w, 0) - math.log(k)
+        if self.dreg and z.requires_grad:
+            normalized = torch.softmax(log_w.detach(), 0).unsqueeze(-1).to(z.dtype)  # (k, B, 1)
+            z.register_hook(lambda grad: grad * normalized)
+        plain = log_w if weight == 1.0 else log_px_z + log_ratio
+        iwae = torch.logsumexp(plain.detach(), 0) - math.log(k)
+        return {"loss": -bound.mean(), "iwae": iwae.mean(), "beta": weight}
 
 
 def log_importance_weights(vae, likelihood, x: torch.Tensor, y: torch.Tensor | None, k: int) -> torch.Tensor:
