@@ -29,6 +29,8 @@ from omegaconf import OmegaConf
 
 TABLE_METRICS = ("test/nll", "test/elbo", "test/recon", "test/kl", "val/elbo", "val/recon", "val/kl",
                  "val/active_units", "val/mutual_info", "time/fit_seconds")
+# logged only by runs trained on the IWAE bound (model.importance_samples > 1): columns when a run has them
+IWAE_METRICS = ("val/iwae", "test/iwae")
 
 
 @dataclass
@@ -121,11 +123,12 @@ def read_run(folder: Path) -> Run:
 
 
 def table_rows(runs: list[Run]) -> list[dict]:
+    iwae = [key for key in IWAE_METRICS if any(key in run.metrics for run in runs)]
     rows = []
     for run in runs:
         row = {"run": str(run.folder), "model": run.model, "data": run.data, "beta": run.beta,
                "latent_dim": run.latent_dim, "seed": run.seed, "status": run.status}
-        row.update({key: run.metrics.get(key, "") for key in TABLE_METRICS})
+        row.update({key: run.metrics.get(key, "") for key in (*TABLE_METRICS, *iwae)})
         rows.append(row)
     return rows
 

@@ -28,6 +28,8 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger(__name__)
 STATUS_FILE = "status.json"
 SUMMARY_METRICS = ("val/elbo", "val/kl", "val/recon", "val/active_units", "test/elbo", "test/recon", "test/kl")
+# logged only by runs trained on the IWAE bound (model.importance_samples > 1): columns when a job has them
+IWAE_METRICS = ("val/iwae", "test/iwae")
 
 
 def in_multirun() -> bool:
@@ -82,15 +84,16 @@ def collect(sweep_dir: Path) -> list[dict]:
         status = json.loads(status_file.read_text()) if status_file.is_file() else {"status": "missing", "metrics": {}}
         row = {"job": job_dir.name, "overrides": " ".join(OmegaConf.load(overrides_file)), "status": status["status"],
                "error": status.get("error") or ""}
-        row.update({key: status["metrics"].get(key, "") for key in SUMMARY_METRICS})
+        row.update({key: status["metrics"].get(key, "") for key in (*SUMMARY_METRICS, *IWAE_METRICS)})
         rows.append(row)
     return sorted(rows, key=lambda r: int(r["job"].split("_")[0]) if r["job"].split("_")[0].isdigit() else 0)
 
 
 def write_summary(sweep_dir: Path, rows: list[dict]) -> None:
-    columns = ["job", "overrides", "status", *SUMMARY_METRICS, "error"]
+    iwae = [key for key in IWAE_METRICS if any(row.get(key, "") != "" for row in rows)]
+    columns = ["job", "overrides", "status", *SUMMARY_METRICS, *iwae, "error"]
     with open(sweep_dir / "sweep_summary.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
 
