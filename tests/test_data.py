@@ -8,6 +8,7 @@ from vaelab.data import (
     DataNotFoundError,
     InMemoryImages,
     VAEDataModule,
+    draw_bits,
     load_split,
 )
 
@@ -85,6 +86,16 @@ def test_dynamic_binarization_redraws_training_bits_with_the_right_mean():
     assert set(x1.unique().tolist()) == {0.0, 1.0}
     assert not torch.equal(x1, x2)
     assert x1.mean().item() == pytest.approx(0.3, abs=0.003)
+
+
+def test_dynamic_bits_are_bernoulli_at_every_grey_level():
+    levels = torch.tensor([0.0, 1 / 255, 0.1, 0.5, 0.9, 254 / 255, 1.0])
+    probs = levels.view(1, -1).expand(200_000, -1).contiguous()
+    bits = draw_bits(probs)
+    assert bits.dtype == probs.dtype and set(bits.unique().tolist()) <= {0.0, 1.0}
+    assert bits[:, 0].sum() == 0 and bits[:, -1].sum() == len(bits)  # p = 0 never, p = 1 always
+    standard_error = (levels * (1 - levels) / len(bits)).sqrt()
+    assert ((bits.mean(0) - levels).abs() <= 5 * standard_error + 1e-9).all(), bits.mean(0) - levels
 
 
 def test_dynamic_binarization_fixes_val_and_test(data_root):

@@ -1,6 +1,7 @@
 """Training end to end: one step of every variant, checkpoints, and a real offline W&B run."""
 
 import math
+import os
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ from helpers import FAST, PROJECT_ROOT, child_env, compose
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from vaelab.module import VAELitModule
+from vaelab.module import VAELitModule, skip_nvml_cuda_probe
 from vaelab.train import train
 from vaelab.wandb_offline import find_offline_runs, read_offline_run
 
@@ -51,6 +52,37 @@ def test_one_training_step_updates_every_parameter(overrides, tmp_path, data_roo
         assert {"train/iwae", "val/iwae"} <= set(metrics)
     unchanged = [name for name, p in module.named_parameters() if torch.equal(p, before[name])]
     assert unchanged == []
+
+
+def test_nvml_cuda_probe_is_off_only_without_a_gpu(monkeypatch):
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    skip_nvml_cuda_probe()
+    assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "1"  # a GPU: CUDA must stay fork-safe
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    skip_nvml_cuda_probe()
+    assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "0"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the NVML probe stays on")
+def test_training_steps_do_not_probe_nvml_without_a_gpu(monkeypatch, tmp_path, data_root):
+    import lightning as L
+
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # as `import lightning` sets it
+    probes = []
+    nvml_count = torch.cuda._device_count_nvml
+    monkeypatch.setattr(torch.cuda, "_device_count_nvml", lambda: probes.append(1) or nvml_count())
+    probes_at_start = []
+    when_training_starts = L.Callback()
+    when_training_starts.on_train_start = lambda *_: probes_at_start.append(len(probes))
+    _, datamodule, module = build([], tmp_path, data_root)
+    trainer = L.Trainer(max_steps=12, limit_val_batches=0, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
+                        callbacks=[when_training_starts])
+    trainer.fit(module, datamodule=datamodule)
+    assert trainer.global_step == 12
+    assert probes_at_start[0] >= 1  # the trainer's set-up asked NVML (Lightning's flag was on)
+    assert len(probes) == probes_at_start[0]  # and none of the 12 Adam steps did
 
 
 def test_training_lowers_the_loss(tmp_path, data_root):
