@@ -83,31 +83,40 @@ class Meter:
         return self.images / (self.ended - self.started)
 
 
-def train_loop(batches, epochs: int, warmup: int, max_steps: int | None = None, fused: bool | None = None) -> float:
-    """Train a fresh PlainVAE on the batches (a callable returning an iterator of (B, 784) floats).
-
-    fused=None is torch's default Adam, as pytorch/examples writes it (the per-tensor loop on a CPU)."""
+def plain_model(fused: bool | None) -> tuple[PlainVAE, torch.optim.Optimizer]:
+    """A fresh PlainVAE and its Adam. fused=None is torch's default Adam, as pytorch/examples writes
+    it (the per-tensor loop on a CPU); fused=True is the fused kernel that vaelab's configs use."""
     torch.manual_seed(0)
     model = PlainVAE()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused)
+    return model, torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused)
+
+
+def plain_step(model: PlainVAE, optimizer: torch.optim.Optimizer, x: torch.Tensor) -> int:
+    """One training step on a batch of grey levels (B, 784); returns the batch size."""
+    x = torch.bernoulli(x)  # dynamic binarization, per batch
+    logits, mean, logvar = model(x)
+    loss = plain_loss(logits, x, mean, logvar)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return len(x)
+
+
+def train_loop(batches, epochs: int, warmup: int, max_steps: int | None = None, fused: bool | None = None) -> float:
+    """Train a fresh PlainVAE on the batches (a callable returning an iterator of (B, 784) floats)."""
+    model, optimizer = plain_model(fused)
     meter = Meter(warmup)
     for _ in range(epochs):
         for x in batches():
-            x = torch.bernoulli(x)  # dynamic binarization, per batch
-            logits, mean, logvar = model(x)
-            loss = plain_loss(logits, x, mean, logvar)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            meter.step(len(x))
+            meter.step(plain_step(model, optimizer, x))
             if max_steps and meter.steps >= max_steps:
                 return meter.images_per_second
     return meter.images_per_second
 
 
-def bench_plain(images: torch.Tensor, epochs: int, warmup: int, fused: bool | None = None) -> float:
-    """(b): batches sliced from one in-memory float tensor, reshuffled every epoch.
-    With fused=True, (b'): the same loop with the fused Adam that vaelab's configs use."""
+def in_memory_batches(images: torch.Tensor):
+    """A callable returning the batches of one epoch: (B, 784) slices of one in-memory float
+    tensor, in a new random order every epoch."""
     x_all = images.float().div(255).view(len(images), -1)
 
     def batches():
@@ -115,7 +124,12 @@ def bench_plain(images: torch.Tensor, epochs: int, warmup: int, fused: bool | No
         for start in range(0, len(order), BATCH):
             yield x_all[order[start:start + BATCH]]
 
-    return train_loop(batches, epochs, warmup, fused=fused)
+    return batches
+
+
+def bench_plain(images: torch.Tensor, epochs: int, warmup: int, fused: bool | None = None) -> float:
+    """(b): batches sliced from in-memory tensors. With fused=True, (b'): vaelab's fused Adam."""
+    return train_loop(in_memory_batches(images), epochs, warmup, fused=fused)
 
 
 def bench_torchvision(root: str, steps: int, warmup: int) -> float:
@@ -139,20 +153,85 @@ class StepTimer(L.Callback):
         self.meter.step(len(batch[0]))
 
 
-def bench_lightning(root: str, epochs: int, warmup: int, work: Path) -> float:
-    """(a): vaelab.train.train with train.py's default config; validation and test off."""
+class Lockstep(L.Callback):
+    """After each of vaelab's training steps, one step of (b) and one of (b'), each timed.
+
+    The three paths then run under the same machine conditions, step by step, which a shared
+    machine's slow spells (seconds to minutes long) cannot tilt. (a)'s time is the interval
+    between its batch starts minus the plain steps inside it, so it keeps the data fetch, the
+    logging steps, the progress bar and the epoch-end checkpoint. Set Lockstep.images first;
+    the last one made is Lockstep.last."""
+
+    images: torch.Tensor | None = None
+    last: Lockstep | None = None
+
+    def __init__(self, warmup: int = 20):
+        self.warmup, self.steps, self.started, self.inside = warmup, 0, None, 0.0
+        self.loops = {"b": plain_model(fused=None), "b_fused": plain_model(fused=True)}
+        self.batches = {name: self.endless(in_memory_batches(Lockstep.images)) for name in self.loops}
+        self.seconds = dict.fromkeys(("a", "b", "b_fused"), 0.0)
+        self.timed_steps = dict.fromkeys(("a", "b", "b_fused"), 0)
+        Lockstep.last = self
+
+    @staticmethod
+    def endless(batches):
+        while True:
+            yield from batches()
+
+    def count(self, name: str, seconds: float) -> None:
+        if self.steps > self.warmup:
+            self.seconds[name] += seconds
+            self.timed_steps[name] += 1
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        if self.started is not None:
+            self.count("a", now - self.started - self.inside)
+        self.started, self.inside = now, 0.0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.steps += 1
+        for name, (model, optimizer) in self.loops.items():
+            started = time.perf_counter()
+            plain_step(model, optimizer, next(self.batches[name]))
+            seconds = time.perf_counter() - started
+            self.inside += seconds
+            self.count(name, seconds)
+
+    def images_per_second(self) -> dict[str, float]:
+        return {name: BATCH * self.timed_steps[name] / self.seconds[name] for name in self.seconds}
+
+
+def lightning_overrides(root: str, epochs: int, work: Path) -> list[str]:
+    """train.py's default config with validation and test off, for `epochs` epochs."""
+    return [f"data.root={root}", f"trainer.max_epochs={epochs}", "trainer.limit_val_batches=0", "test=false",
+            f"paths.output_dir={work}"]
+
+
+def run_train(overrides: list[str]) -> None:
     from hydra import compose, initialize_config_dir
 
     from vaelab.train import CONFIG_DIR, train
 
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
-    overrides = [f"data.root={root}", f"trainer.max_epochs={epochs}", "trainer.limit_val_batches=0", "test=false",
-                 f"paths.output_dir={work}", "+callbacks.bench_timer._target_=__main__.StepTimer",
-                 f"+callbacks.bench_timer.warmup={warmup}"]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     train(cfg)
+
+
+def bench_lockstep(images: torch.Tensor, root: str, epochs: int, warmup: int, work: Path) -> dict[str, float]:
+    """(a), (b) and (b') in turn, one step each, for `epochs` epochs of (a): images/s of each."""
+    Lockstep.images = images
+    run_train([*lightning_overrides(root, epochs, work), "+callbacks.lockstep._target_=__main__.Lockstep",
+               f"+callbacks.lockstep.warmup={warmup}"])
+    return Lockstep.last.images_per_second()
+
+
+def bench_lightning(root: str, epochs: int, warmup: int, work: Path) -> float:
+    """(a): vaelab.train.train with train.py's default config; validation and test off."""
+    run_train([*lightning_overrides(root, epochs, work), "+callbacks.bench_timer._target_=__main__.StepTimer",
+               f"+callbacks.bench_timer.warmup={warmup}"])
     return StepTimer.last.images_per_second
 
 
@@ -225,25 +304,29 @@ def bench_startup(repeats: int = 5) -> float:
 
 
 def readme_table(results: dict) -> str:
-    t, nll = results["training"], results["nll"]
+    t, step, nll = results["training"], results["lockstep"], results["nll"]
     lines = [
         README_START,
-        f"Measured by `{results['command']}` on {results['machine']} ({results['date']}); images/s are the best of "
-        f"{len(results['training']['runs']['a'])} interleaved runs of each:",
+        f"Measured by `{results['command']}` on {results['machine']} ({results['date']}). Lockstep: one step of (a), "
+        f"(b) and (b') in turn for {step['epochs']} epochs, so that all three see the same machine; alone: the best "
+        f"of {len(t['runs']['a'])} interleaved runs of each.",
         "",
-        "| what | images/s | ratio |",
+        "| what | images/s, lockstep | images/s, alone |",
         "|---|---|---|",
-        f"| (a) vaelab through Lightning, `train.py`'s config | {t['vaelab_lightning']:,.0f} | |",
-        f"| (b) plain PyTorch loop, in-memory tensors, default Adam (pytorch/examples) | {t['plain_loop']:,.0f} | "
-        f"(a)/(b) = **{t['a_over_b']:.2f}** (target ≥ 0.9) |",
-        f"| (b') the same loop with vaelab's fused Adam | {t['plain_loop_fused_adam']:,.0f} | "
-        f"(a)/(b') = **{t['a_over_b_fused']:.2f}**: the cost of Lightning and vaelab's callbacks alone |",
-        f"| (c) torchvision dataset + DataLoader, per-sample ToTensor | {t['torchvision_loader']:,.0f} | (a)/(c) = **{t['a_over_c']:.1f}** (target ≥ 5) |",
-        f"| NLL, k = {nll['k']}, IWAE-paper MLP: `vaelab-eval`'s `evaluate_split` | {nll['vaelab_images_per_second']:.1f} | "
-        f"time ÷ bare loop = **{nll['time_ratio_vaelab_over_bare']:.2f}** (target ≤ 1.3) |",
-        f"| NLL, the same computation as a bare loop | {nll['bare_images_per_second']:.1f} | |",
+        f"| (a) vaelab through Lightning, `train.py`'s config | {step['a']:,.0f} | {t['vaelab_lightning']:,.0f} |",
+        f"| (b) plain PyTorch loop, in-memory tensors, default Adam (pytorch/examples) | {step['b']:,.0f} | {t['plain_loop']:,.0f} |",
+        f"| (b') the same loop with vaelab's fused Adam | {step['b_fused']:,.0f} | {t['plain_loop_fused_adam']:,.0f} |",
+        f"| (c) torchvision dataset + DataLoader, per-sample ToTensor | | {t['torchvision_loader']:,.0f} |",
+        f"| NLL, k = {nll['k']}, IWAE-paper MLP: `vaelab-eval`'s `evaluate_split` | | {nll['vaelab_images_per_second']:.1f} |",
+        f"| NLL, the same computation as a bare loop | | {nll['bare_images_per_second']:.1f} |",
         "",
-        f"`python train.py --cfg job`: **{results['startup_seconds']:.2f} s** (median of 5; target < 1.5 s).",
+        f"- (a)/(b) = **{step['a_over_b']:.2f}** in lockstep, {t['a_over_b']:.2f} alone (target ≥ 0.9).",
+        f"- (a)/(b') = **{step['a_over_b_fused']:.2f}** in lockstep, {t['a_over_b_fused']:.2f} alone: Lightning, vaelab's "
+        f"model code and callbacks add {step['overhead_ms_per_step']:.1f} ms to the plain loop's "
+        f"{step['plain_ms_per_step']:.1f} ms step.",
+        f"- (a)/(c) = **{t['a_over_c']:.1f}** (alone; target ≥ 5).",
+        f"- NLL: vaelab's time ÷ the bare loop's = **{nll['time_ratio_vaelab_over_bare']:.2f}** (target ≤ 1.3).",
+        f"- `python train.py --cfg job`: **{results['startup_seconds']:.2f} s** (median of 5; target < 1.5 s).",
         README_END,
     ]
     return "\n".join(lines)
@@ -263,8 +346,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from vaelab.data import load_split
+    from vaelab.errors import UserError
 
-    images, _, _ = load_split("mnist", args.data_root, train=True, download=False)
+    try:
+        images, _, _ = load_split("mnist", args.data_root, train=True, download=False)
+    except UserError as error:  # no MNIST: one line that says where to put it
+        raise SystemExit(f"error: {error}") from None
     a_runs, b_runs, bf_runs, c_runs = [], [], [], []
     for _ in range(args.repeats):  # interleaved, so that a slow spell of the machine hits all of them
         with tempfile.TemporaryDirectory() as work:
@@ -272,6 +359,8 @@ def main() -> None:
         b_runs.append(bench_plain(images, args.epochs, args.warmup))
         bf_runs.append(bench_plain(images, args.epochs, args.warmup, fused=True))
         c_runs.append(bench_torchvision(args.data_root, args.torchvision_steps, args.warmup))
+    with tempfile.TemporaryDirectory() as work:
+        lockstep = bench_lockstep(images, args.data_root, args.epochs, args.warmup, Path(work))
     # the best of the repeats: the least disturbed by the other tenants of the machine
     a, b, bf, c = max(a_runs), max(b_runs), max(bf_runs), max(c_runs)
     results = {
@@ -281,8 +370,14 @@ def main() -> None:
                    f"{torch.get_num_threads()} threads",
         "training": {"vaelab_lightning": a, "plain_loop": b, "torchvision_loader": c, "plain_loop_fused_adam": bf,
                      "a_over_b": a / b, "a_over_b_fused": a / bf, "a_over_c": a / c,
+                     "plain_ms_per_step": 1000 * BATCH / bf, "overhead_ms_per_step": 1000 * BATCH * (1 / a - 1 / bf),
                      "epochs": args.epochs, "batch_size": BATCH, "warmup_steps": args.warmup,
                      "runs": {"a": a_runs, "b": b_runs, "b_fused": bf_runs, "c": c_runs}},
+        "lockstep": {**lockstep, "a_over_b": lockstep["a"] / lockstep["b"],
+                     "a_over_b_fused": lockstep["a"] / lockstep["b_fused"],
+                     "plain_ms_per_step": 1000 * BATCH / lockstep["b_fused"],
+                     "overhead_ms_per_step": 1000 * BATCH * (1 / lockstep["a"] - 1 / lockstep["b_fused"]),
+                     "epochs": args.epochs},
         "nll": bench_nll(args.data_root, args.nll_images, args.k),
         "startup_seconds": bench_startup(),
     }
