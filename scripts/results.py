@@ -28,7 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def run(command: list[str]) -> float:
     print("+", shlex.join(command), flush=True)
     started = time.perf_counter()
-    subprocess.run(command, cwd=ROOT, check=True, stdin=subprocess.DEVNULL)
+    code = subprocess.run(command, cwd=ROOT, stdin=subprocess.DEVNULL).returncode
+    if code:  # the command has printed its own error above; stop with one line, not a traceback
+        raise SystemExit(f"error: `{shlex.join(command)}` exited with code {code}; the recipes before it are in their folders")
     return time.perf_counter() - started
 
 
