@@ -8,6 +8,7 @@ from vaelab.data import (
     DataNotFoundError,
     InMemoryImages,
     VAEDataModule,
+    bits_from_noise,
     draw_bits,
     load_split,
 )
@@ -96,6 +97,15 @@ def test_dynamic_bits_are_bernoulli_at_every_grey_level():
     assert bits[:, 0].sum() == 0 and bits[:, -1].sum() == len(bits)  # p = 0 never, p = 1 always
     standard_error = (levels * (1 - levels) / len(bits)).sqrt()
     assert ((bits.mean(0) - levels).abs() <= 5 * standard_error + 1e-9).all(), bits.mean(0) - levels
+
+
+def test_bits_have_the_grey_level_as_probability_to_within_2_to_the_minus_17():
+    """Every grey level g / 255 against every one of the 65536 noise values: the exact probability."""
+    noise = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(-1, 1)
+    levels = (torch.arange(256, dtype=torch.float32) / 255).view(1, -1)
+    probability = bits_from_noise(noise, levels.expand(len(noise), -1)).double().mean(0)
+    assert probability[0] == 0 and probability[-1] == 1
+    assert (probability - levels.double().view(-1)).abs().max() <= 2**-17
 
 
 def test_dynamic_binarization_fixes_val_and_test(data_root):

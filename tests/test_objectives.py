@@ -40,6 +40,18 @@ def test_bernoulli_log_prob_is_minus_bce_summed_per_image():
     torch.testing.assert_close(log_prob, expected)
 
 
+def test_bernoulli_log_prob_equals_the_torch_distribution_and_broadcasts_over_samples():
+    torch.manual_seed(0)
+    likelihood = BernoulliLikelihood()
+    x, logits = torch.rand(5, 1, 28, 28).round(), torch.randn(3, 5, 1, 28, 28, requires_grad=True)
+    log_prob = likelihood.log_prob(x, logits)
+    expected = likelihood.distribution(logits, event_dims=3).log_prob(x)
+    assert log_prob.shape == (3, 5)
+    torch.testing.assert_close(log_prob, expected)
+    grad, = torch.autograd.grad(log_prob.sum(), logits)
+    torch.testing.assert_close(grad, x - torch.sigmoid(logits.detach()))  # d/dlogit log Bernoulli = x - p
+
+
 def test_gaussian_log_prob_is_scaled_mse_plus_constant():
     torch.manual_seed(0)
     sigma, x, params = 0.3, torch.rand(3, 1, 28, 28), torch.randn(3, 1, 28, 28)
