@@ -1,0 +1,38 @@
+"""scripts/bench.py's table logic (its timings are not tested: they belong to `make bench`)."""
+
+import importlib.util
+
+from helpers import PROJECT_ROOT
+
+spec = importlib.util.spec_from_file_location("bench", PROJECT_ROOT / "scripts" / "bench.py")
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+
+
+def results(floor: float, overrides=()) -> dict:
+    training = {"vaelab_lightning": 20_000, "plain_loop": 22_000, "plain_loop_fused_adam": 28_000,
+                "torchvision_loader": 10_000, "compute_floor": floor, "a_over_b": 20 / 22, "a_over_b_fused": 20 / 28,
+                "a_over_c": 2.0, "runs": {"a": [20_000]}}
+    lockstep = {"a": 19_000, "b": 21_000, "b_fused": 27_000, "a_over_b": 19 / 21, "a_over_b_fused": 19 / 27,
+                "plain_ms_per_step": 4.7, "overhead_ms_per_step": 2.0, "epochs": 2}
+    nll = {"k": 5000, "vaelab_images_per_second": 29.0, "bare_images_per_second": 26.0, "time_ratio_vaelab_over_bare": 0.9}
+    return {"command": "make bench", "machine": "2 CPU cores", "date": "2026-12-01", "overrides": list(overrides),
+            "training": training, "lockstep": lockstep, "nll": nll, "startup_seconds": 0.3}
+
+
+def test_table_says_whether_five_times_the_torchvision_path_is_within_the_floor():
+    out_of_reach = bench.readme_table(results(floor=40_000))
+    assert "5 × (c) = 50,000 images/s is beyond the floor itself" in out_of_reach
+    within = bench.readme_table(results(floor=65_000))
+    assert "needs a step that takes at most 1.30 × the floor's time" in within
+    assert "(b') takes 2.3 ×" in within and "itself 2.8 × (c)" in within
+    assert within.startswith(bench.README_START) and within.endswith(bench.README_END)
+
+
+def test_table_names_the_overrides_of_a():
+    table = bench.readme_table(results(floor=65_000, overrides=["compile=true"]))
+    assert "(a) vaelab through Lightning, `train.py`'s config `compile=true` | 19,000 | 20,000 |" in table
+
+
+def test_compute_floor_runs_the_step_work():
+    assert bench.bench_compute_floor(repeats=3) > 0
