@@ -43,6 +43,8 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+from vaelab.errors import one_line_errors  # noqa: E402
+
 BATCH = 128
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
 
@@ -238,16 +240,30 @@ def lightning_overrides(root: str, epochs: int, work: Path, extra: list[str] = (
             f"paths.output_dir={work}", *extra]
 
 
-def run_train(overrides: list[str]) -> None:
+def compose_train_config(overrides: list[str]):
+    """train.py's config with the overrides, its values checked; a bad override is a UserError."""
     from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
 
-    from vaelab.train import CONFIG_DIR, train
+    from vaelab.config import validate
+    from vaelab.errors import UserError
+    from vaelab.train import CONFIG_DIR
+
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(config_name="train", overrides=overrides)
+    except HydraException as error:
+        raise UserError(f"--override: {str(error).splitlines()[0]}") from None
+    validate(cfg)
+    return cfg
+
+
+def run_train(overrides: list[str]) -> None:
+    from vaelab.train import train
 
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
-    train(cfg)
+    train(compose_train_config(overrides))
 
 
 def bench_lockstep(images: torch.Tensor, root: str, epochs: int, warmup: int, work: Path,
@@ -288,16 +304,13 @@ def bare_iwae_nll(vae, images: torch.Tensor, k: int, batch_images: int) -> float
 
 def bench_nll(root: str, n_images: int, k: int) -> dict:
     """Seconds for the test NLL of the first n_images at k samples: vaelab-eval's path and the bare one."""
-    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
 
     from vaelab.data import VAEDataModule
     from vaelab.evaluate import evaluate_split, images_per_forward
     from vaelab.module import VAELitModule
-    from vaelab.train import CONFIG_DIR
 
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["experiment=iwae_paper_vae_mnist", f"data.root={root}"])
-    from omegaconf import OmegaConf
+    cfg = compose_train_config(["experiment=iwae_paper_vae_mnist", f"data.root={root}"])
 
     torch.manual_seed(0)
     module = VAELitModule(OmegaConf.to_container(cfg.model, resolve=True), OmegaConf.to_container(cfg.loss, resolve=True),
@@ -391,13 +404,15 @@ def main() -> None:
         suffix = "".join(f"-{o}" for o in args.override).replace("/", "_")
         args.out = ROOT / "logs" / "bench" / f"bench{suffix}.json"
 
-    from vaelab.data import load_split
-    from vaelab.errors import UserError
+    with one_line_errors():  # no MNIST, or a bad --override: one line that says what to fix
+        measure(args)
 
-    try:
-        images, _, _ = load_split("mnist", args.data_root, train=True, download=False)
-    except UserError as error:  # no MNIST: one line that says where to put it
-        raise SystemExit(f"error: {error}") from None
+
+def measure(args: argparse.Namespace) -> None:
+    from vaelab.data import load_split
+
+    compose_train_config(args.override)
+    images, _, _ = load_split("mnist", args.data_root, train=True, download=False)
     a_runs, b_runs, bf_runs, c_runs, floor_runs = [], [], [], [], []
     for _ in range(args.repeats):  # interleaved, so that a slow spell of the machine hits all of them
         with tempfile.TemporaryDirectory() as work:

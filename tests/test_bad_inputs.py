@@ -74,7 +74,16 @@ ROWS = {
                               "ood='cifar10' is not allowed"),
     "sample n=0": (lambda t, d, c: ["-m", "vaelab.sample", f"ckpt={c}", "n=0", f"out={t / 'out.png'}"], "n=0 is not allowed"),
     "compare nothing": (lambda t, d, c: ["-m", "vaelab.compare", str(t / "nowhere"), "--out", str(t / "cmp")], "no such folder"),
+    "bench bad override value": (lambda t, d, c: bench_cmd(d, t, "--override", "model.beta=-1"),
+                                 "model.beta=-1.0 is not allowed: a number >= 0"),
+    "bench unknown override key": (lambda t, d, c: bench_cmd(d, t, "--override", "model.bet=4"),
+                                   "--override: Could not override 'model.bet'"),
+    "bench missing data": (lambda t, d, c: bench_cmd(t / "nowhere", t), "mnist data not found in"),
 }
+
+
+def bench_cmd(data_root, tmp: Path, *args):
+    return ["scripts/bench.py", "--data-root", str(data_root), "--out", str(tmp / "bench.json"), *args]
 
 
 def garbage(tmp: Path) -> Path:
@@ -114,6 +123,6 @@ def test_bad_input(row, tmp_path, data_root, ckpt):
     assert "Traceback" not in result.stderr
     # nothing half-made: no run folder, no results file, no picture, no report; the good checkpoint's folder untouched
     assert not run_dir.exists(), sorted(p.name for p in run_dir.rglob("*"))
-    assert not (tmp_path / "out.png").exists() and not (tmp_path / "cmp").exists()
+    assert not (tmp_path / "out.png").exists() and not (tmp_path / "cmp").exists() and not (tmp_path / "bench.json").exists()
     assert not list(tmp_path.glob("*.eval.json")) and sorted(ckpt.parent.iterdir()) == ckpt_files
     shutil.rmtree(tmp_path / "wandb_home", ignore_errors=True)
