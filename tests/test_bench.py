@@ -32,7 +32,3 @@ def test_table_says_whether_five_times_the_torchvision_path_is_within_the_floor(
 def test_table_names_the_overrides_of_a():
     table = bench.readme_table(results(floor=65_000, overrides=["compile=true"]))
     assert "(a) vaelab through Lightning, `train.py`'s config `compile=true` | 19,000 | 20,000 |" in table
-
-
-def test_compute_floor_runs_the_step_work():
-    assert bench.bench_compute_floor(repeats=3) > 0
