@@ -85,3 +85,39 @@ def test_nll_from_vaelab_eval_joins_the_table(sweep_dir, data_root, tmp_path):
     evaluated = float(rows[str(job)]["test/nll"])
     assert 0 < evaluated < -float(rows[str(job)]["test/elbo"]) * 1.05  # about the ELBO, tighter on average
     assert all(row["test/nll"] == "" for name, row in rows.items() if name != str(job))
+
+
+def test_damaged_run_folders_are_skipped_with_a_warning_naming_them(sweep_dir, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep_dir, copy)
+    jobs = sorted(p for p in copy.iterdir() if (p / ".hydra").is_dir())
+    status = jobs[0] / "status.json"
+    status.write_text(status.read_text()[:20])  # truncated
+    (jobs[1] / ".hydra" / "config.yaml").write_text("")  # empty
+    (jobs[2] / "csv" / "metrics.csv").write_bytes(b"\xff\xfe\x00bad")  # not UTF-8
+    written = compare([copy], tmp_path / "out")
+    with open(written["csv"]) as handle:
+        assert [row["run"] for row in csv.DictReader(handle)] == [str(jobs[3])]
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 3 and all(str(job) in line for job, line in zip(jobs, warnings, strict=False))
+
+
+def test_a_resumed_wandb_run_is_read_as_one_run(tmp_path, data_root):
+    from helpers import compose
+
+    from vaelab.compare import read_run
+    from vaelab.runs import save_run_config
+    from vaelab.train import train
+
+    run_dir = tmp_path / "run"
+    for epochs in (1, 2):
+        cfg = compose([*FAST, f"trainer.max_epochs={epochs}", "test=false", "callbacks.sample_grids.every_n_epochs=5",
+                       *([f"resume={run_dir}"] if epochs == 2 else [])], output_dir=run_dir, data_root=data_root)
+        train(cfg)
+    save_run_config(run_dir, cfg, [])
+    run = read_run(run_dir)
+    steps = sorted({int(row["step"]) for row in run.history if "train/elbo" in row})
+    assert run.curve_source == "wandb" and steps[0] < 7 <= steps[-1]  # both segments (7 steps an epoch)
+    assert len(steps) == len(set(steps)) and sorted(row["epoch"] for row in run.history if "val/elbo" in row) == [0, 1]

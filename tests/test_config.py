@@ -1,5 +1,7 @@
 """Bad config values: one line naming the key, before anything heavy starts."""
 
+import re
+
 import pytest
 from helpers import compose
 
@@ -28,6 +30,18 @@ BAD = [
     (["model.lr_scheduler={step_size:3}"], "model.lr_scheduler._target_=None is not allowed"),
     (["model.lr_scheduler={_target_:torch.optim.lr_scheduler.StepLR,step_size:3,interval:batch}"],
      "model.lr_scheduler.interval='batch' is not allowed: epoch or step"),
+    (["model.optimizer.lr=null"], "model.optimizer.lr=None is not allowed: a number > 0"),
+    (["model.optimizer.lr=abc"], "model.optimizer.lr='abc' is not allowed: a number > 0"),
+    (["model.beta=1e400"], "model.beta=inf is not allowed"),
+    (["model.latent_dim=100000"], "model.latent_dim=100000 is not allowed: an integer in [1, 4096]"),
+    (["model=cvae", "model.conditional=false"], "model.conditional=False is not allowed: model.name='cvae'"),
+    (["data.val_size=70000"], "data.val_size=70000 is not allowed"),
+    (["trainer.max_epochs=abc"], "trainer.max_epochs: Value 'abc'"),
+    (["trainer.max_epochs=0"], "trainer.max_epochs=0 is not allowed: an integer >= 1, or -1 for no limit"),
+    (["trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches=0 is not allowed"),
+    (["trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val=-1.0 is not allowed"),
+    (["trainer.precision=fp8"], "trainer.precision='fp8' is not allowed"),
+    (["compile=maybe"], "compile='maybe' is not allowed: true or false"),
 ]
 
 
@@ -44,3 +58,43 @@ def test_bad_value_names_the_key(overrides, message, tmp_path):
                                        ["model=iwae", "model.dreg=true", "annealing=linear"]])
 def test_good_configs_pass(overrides, tmp_path):
     validate(compose(overrides, output_dir=tmp_path))
+
+
+@pytest.mark.parametrize("precision", ["16-true", "bf16", "16", "64", "transformer-engine"])
+def test_every_precision_lightning_accepts_passes(precision, tmp_path):
+    validate(compose([f"trainer.precision={precision}"], output_dir=tmp_path))
+
+
+def app_config(name: str, overrides: list[str]):
+    from helpers import CONFIG_DIR
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return hydra_compose(config_name=name, overrides=overrides)
+
+
+COMMAND_BAD = [
+    ("eval", ["k=0"], "k=0 is not allowed: an integer >= 1"),
+    ("eval", ["split=train"], "split='train' is not allowed: test or val"),
+    ("eval", ["ood=cifar10"], "ood='cifar10' is not allowed"),
+    ("eval", ["device=tpu"], "device='tpu' is not allowed"),
+    ("eval", ["limit_images=0"], "limit_images=0 is not allowed"),
+    ("sample", ["kind=sketch"], "kind='sketch' is not allowed"),
+    ("sample", ["n=0"], "n=0 is not allowed: an integer >= 1"),
+    ("sample", ["steps=1"], "steps=1 is not allowed: an integer >= 2"),
+    ("sample", ["span=-1"], "span=-1 is not allowed: a number > 0"),
+    ("sample", ["nrow=0"], "nrow=0 is not allowed"),
+    ("sample", ["label=abc"], "label='abc' is not allowed"),
+]
+
+
+@pytest.mark.parametrize(("command", "overrides", "message"), COMMAND_BAD,
+                         ids=[f"{c} {' '.join(o)}" for c, o, _ in COMMAND_BAD])
+def test_bad_eval_or_sample_value_names_the_key(command, overrides, message):
+    from vaelab.evaluate import validate_eval_config
+    from vaelab.sample import validate_sample_config
+
+    validator = {"eval": validate_eval_config, "sample": validate_sample_config}[command]
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validator(app_config(command, ["ckpt=x.ckpt", *overrides]))

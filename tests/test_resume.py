@@ -22,6 +22,7 @@ def cli(args, tmp_path):
                                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_metrics_in_the_same_wandb_run(tmp_path):
     root = write_synthetic_dataset(tmp_path / "data", "mnist", n_train=3000, n_test=100)
     args = [*FAST, "trainer.max_epochs=3", "trainer.deterministic=true", "data.batch_size=16", "data.val_size=200",
@@ -42,7 +43,7 @@ def test_killed_run_resumes_to_the_same_metrics_in_the_same_wandb_run(tmp_path):
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == -signal.SIGKILL, stderr[-2000:]
     assert not (killed / "status.json").exists()
-    saved_epoch = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=False)["epoch"]
+    saved_epoch = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["epoch"]
     assert saved_epoch < 2, f"killed too late: last.ckpt is from epoch {saved_epoch}"
 
     command, options = cli([*args, f"resume={killed}"], tmp_path)
@@ -80,7 +81,7 @@ def test_nan_guard_stops_with_the_step_and_the_term_and_keeps_the_last_checkpoin
     cfg = compose([*FAST, "trainer.max_epochs=3", "logger=none"], output_dir=tmp_path, data_root=data_root)
     with pytest.raises(NonFiniteError, match=r"step 9: the training loss is not finite \(kl=nan\)"):
         train(cfg)
-    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 7
     assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values())
     assert not list((tmp_path / "checkpoints").glob("*.tmp"))
@@ -104,6 +105,6 @@ def test_last_checkpoint_is_rewritten_every_epoch_whether_or_not_the_best_one_is
                    "callbacks.model_checkpoint.mode=min"], output_dir=tmp_path, data_root=data_root)
     train(cfg)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best-epoch-001.ckpt", "last.ckpt"]
-    best = torch.load(tmp_path / "checkpoints" / "best-epoch-001.ckpt", weights_only=False)
-    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    best = torch.load(tmp_path / "checkpoints" / "best-epoch-001.ckpt", weights_only=True)
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["epoch"] == 4 and last["global_step"] == 5 * best["global_step"] // 2

@@ -3,7 +3,7 @@ import sys
 
 import pytest
 import torch
-from helpers import FAST, PROJECT_ROOT, child_env, compose
+from helpers import CONFIG_DIR, FAST, PROJECT_ROOT, child_env, compose
 from PIL import Image
 
 from vaelab.errors import ConfigError
@@ -64,8 +64,9 @@ def test_manifold_needs_two_unconditional_latents(cvae_ckpt, data_root):
 
     from vaelab.sample import make_picture
 
-    cfg = OmegaConf.create({"kind": "manifold", "n": 1, "label": None, "nrow": None, "data_root": str(data_root)})
+    defaults = OmegaConf.load(CONFIG_DIR / "sample.yaml")  # vaelab-sample's own defaults
+    cfg = OmegaConf.merge(defaults, {"ckpt": str(cvae_ckpt), "kind": "manifold", "n": 1, "data_root": str(data_root)})
     with pytest.raises(ConfigError, match=r"kind=manifold needs an unconditional model with latent_dim=2"):
         make_picture(load_module(cvae_ckpt), cfg)
-    with pytest.raises(ConfigError, match=r"kind=sketch is not allowed"):
+    with pytest.raises(ConfigError, match=r"kind='sketch' is not allowed"):
         make_picture(load_module(cvae_ckpt), OmegaConf.merge(cfg, {"kind": "sketch"}))

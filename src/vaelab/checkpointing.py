@@ -2,6 +2,11 @@
 
 - ``AtomicCheckpointIO`` writes each checkpoint to ``<path>.tmp`` and renames it over
   ``<path>``: a run killed during a save never leaves a half-written ``last.ckpt``.
+- ``check_fits`` refuses, in one line, a checkpoint whose parameters have other shapes than
+  the model a run builds, naming the config keys that differ.
+- ``RemoveStaleCheckpoints`` deletes best-checkpoint files that a run killed during a save
+  left beside the one its ModelCheckpoint keeps.
+- ``describe`` says what a checkpoint holds, in a few lines, without building anything from it.
 - ``rng_states`` / ``restore_rng_states`` carry the Python, NumPy and torch random states
   in the checkpoint, so that a resumed run draws the same batches, bits and z samples as an
   uninterrupted one.
@@ -15,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
@@ -50,3 +56,79 @@ def restore_rng_states(states: dict) -> None:
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+SHAPE_KEYS = ("model.latent_dim", "model.conditional", "model.net", "loss", "data.name")
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, object]:
+    """{"a.b.c": value} for every leaf of a nested dict."""
+    flat = {}
+    for key, value in config.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        flat.update(flatten(value, path) if isinstance(value, dict) else {path: value})
+    return flat
+
+
+def check_fits(module, checkpoint: dict, source: str) -> None:
+    """Raise CheckpointError unless the checkpoint's parameters have the names and shapes of ``module``'s.
+
+    The message names the first parameter that differs and the shape-giving config keys
+    (latent size, conditioning, networks, likelihood, data set) whose values differ."""
+    from vaelab.safe_load import CheckpointError
+
+    here = {name: tuple(t.shape) for name, t in module.state_dict().items()}
+    saved = {name: tuple(t.shape) for name, t in checkpoint["state_dict"].items() if isinstance(t, torch.Tensor)}
+    if here == saved:
+        return
+    name = next(n for n in [*here, *saved] if here.get(n) != saved.get(n))
+    ours = flatten({k: dict(v) if isinstance(v, dict) else v for k, v in module.hparams.items()})
+    theirs = flatten(checkpoint.get("hyper_parameters") or {})
+    keys = [k for k in set(ours) | set(theirs) if k.startswith(SHAPE_KEYS) and ours.get(k) != theirs.get(k)]
+    keys.sort(key=lambda k: (not k.endswith("_target_"), k))  # a different network class says the most
+    differ = "; ".join(f"{k} is {ours.get(k)!r} here, {theirs.get(k)!r} in the checkpoint" for k in keys[:3])
+    raise CheckpointError(f"{source} does not fit this model: {differ or 'the networks differ'} (parameter {name}: "
+                          f"{here.get(name)} here, {saved.get(name)} in the checkpoint)")
+
+
+def describe(checkpoint: dict) -> list[str]:
+    """What a vaelab checkpoint (as ``read_vaelab_checkpoint`` returns it) holds, one fact per line."""
+    from vaelab.safe_load import find_targets
+
+    hparams = checkpoint["hyper_parameters"]
+    model, data = hparams["model"], hparams.get("data") or {}
+    net = model.get("net") or {}
+    tensors = [t for t in checkpoint["state_dict"].values() if isinstance(t, torch.Tensor)]
+    meta = checkpoint.get("vaelab") or {}
+    lines = [f"vaelab {meta.get('version', 'version not recorded')}, Lightning {checkpoint.get('pytorch-lightning_version', '?')}",
+             f"epoch {checkpoint.get('epoch', '?')}, global step {checkpoint.get('global_step', '?')}",
+             f"model {model.get('name', '?')}: latent_dim={model.get('latent_dim')}, beta={model.get('beta')}, "
+             f"conditional={model.get('conditional', False)}, importance_samples={model.get('importance_samples', 1)}",
+             f"encoder {(net.get('encoder') or {}).get('_target_')}, decoder {(net.get('decoder') or {}).get('_target_')}, "
+             f"likelihood {hparams['loss'].get('_target_')}, annealing {hparams['annealing'].get('_target_')}",
+             f"data {data.get('name', '?')}: binarize={data.get('binarize')}, val_size={data.get('val_size')}",
+             f"{sum(t.numel() for t in tensors):,} parameters in {len(tensors)} tensors",
+             f"{len(find_targets(hparams))} _target_ entries, all on the allow-list"]
+    return lines
+
+
+class RemoveStaleCheckpoints(Callback):
+    """At the end of training, on global rank 0 (where the top-k state lives, also under
+    ddp_spawn): delete files named like a top-k ModelCheckpoint's that it does not keep. A kill
+    between saving a new best checkpoint and deleting the old one leaves both."""
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        for callback in trainer.checkpoint_callbacks:
+            if not isinstance(callback, ModelCheckpoint) or callback.monitor is None or not callback.best_k_models:
+                continue
+            prefix = (callback.filename or "").split("{")[0]
+            if not prefix or not callback.dirpath or not Path(callback.dirpath).is_dir():
+                continue
+            kept = {Path(p).resolve() for p in [*callback.best_k_models, callback.best_model_path] if p}
+            for path in Path(callback.dirpath).glob(f"{prefix}*.ckpt"):
+                if path.resolve() not in kept:
+                    path.unlink(missing_ok=True)
+
+

@@ -20,8 +20,10 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
+from vaelab.config import is_count, require
 from vaelab.data import load_split, to_float_images
-from vaelab.errors import UserError, one_line_errors
+from vaelab.errors import UserError, first_line, one_line_errors, run_hydra_app
+from vaelab.safe_load import read_checkpoint
 from vaelab.train import CONFIG_DIR
 
 log = logging.getLogger(__name__)
@@ -104,10 +106,13 @@ def load_classifier(path: str | Path) -> tuple[SmallCNN, float]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no classifier at {path}: train it with `vaelab-classifier data=<mnist|fashion_mnist>`")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    model = SmallCNN(saved["num_classes"])
-    model.load_state_dict(saved["state_dict"])
-    return model.eval(), float(saved["test_accuracy"])
+    saved = read_checkpoint(path, "classifier")
+    try:
+        model = SmallCNN(int(saved["num_classes"]))
+        model.load_state_dict(saved["state_dict"])
+        return model.eval(), float(saved["test_accuracy"])
+    except Exception as error:  # noqa: BLE001 - any failure to rebuild means the same to the user
+        raise UserError(f"classifier={path} is not a vaelab classifier: {first_line(error)}") from None
 
 
 @torch.no_grad()
@@ -124,8 +129,11 @@ def classifier_fid(classifier: SmallCNN, real: torch.Tensor, fake: torch.Tensor,
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="classifier")
-def main(cfg: DictConfig) -> float:
+def app(cfg: DictConfig) -> float:
     with one_line_errors():
+        require(is_count(cfg.epochs), "epochs", cfg.epochs, "an integer >= 1")
+        require(isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool), "seed", cfg.seed, "an integer")
+        require(isinstance(cfg.retrain, bool), "retrain", cfg.retrain, "true or false")
         path = Path(cfg.out)
         if path.is_file() and not cfg.retrain:
             model, test_accuracy = load_classifier(path)
@@ -136,6 +144,11 @@ def main(cfg: DictConfig) -> float:
         save_classifier(model, test_accuracy, cfg.data.name, path)
         print(f"{cfg.data.name} classifier saved to {path}: test accuracy {test_accuracy:.4f}")
         return test_accuracy
+
+
+def main() -> None:
+    """``vaelab-classifier``: Hydra's command line, its errors as one line."""
+    run_hydra_app(app)
 
 
 if __name__ == "__main__":

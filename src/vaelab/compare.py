@@ -25,7 +25,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from vaelab.errors import first_line
 
 TABLE_METRICS = ("test/nll", "test/elbo", "test/recon", "test/kl", "val/elbo", "val/recon", "val/kl",
                  "val/active_units", "val/mutual_info", "time/fit_seconds")
@@ -80,26 +80,40 @@ def read_csv_history(folder: Path) -> list[dict]:
 
 
 def read_wandb(folder: Path) -> tuple[list[dict], dict]:
-    """History rows (with "step" and "epoch") and summary of the newest offline W&B run in folder."""
+    """History rows (with "step" and "epoch") and summary of the W&B run logged in folder.
+
+    A resumed run, or one evaluated after training, has several ``offline-run-*`` folders with
+    one id: they are read in order and merged. Rows that a killed segment logged after its last
+    checkpoint, and that the next segment logged again, are kept once (the later ones)."""
     from vaelab.wandb_offline import find_offline_runs, read_offline_run
 
-    runs = find_offline_runs(folder / "wandb")
-    if not runs:
+    segments = [read_offline_run(path) for path in find_offline_runs(folder / "wandb")]  # in time order
+    if not segments:
         return [], {}
-    run = read_offline_run(runs[-1])
-    history = []
-    for row in run.history:
-        numbers = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not k.startswith("_")}
-        if "trainer/global_step" in numbers:
-            numbers["step"] = numbers["trainer/global_step"]
-        history.append(numbers)
-    return history, run.summary
+    run_id = segments[-1].run_id
+    history, summary = [], {}
+    for segment in (s for s in segments if s.run_id == run_id):
+        rows = []
+        for row in segment.history:
+            numbers = {k: v for k, v in row.items() if isinstance(v, int | float) and not k.startswith("_")}
+            if "trainer/global_step" in numbers:
+                numbers["step"] = numbers["trainer/global_step"]
+            rows.append(numbers)
+        steps = [row["step"] for row in rows if "step" in row]
+        if steps:  # this segment starts again from its checkpoint's step
+            history = [row for row in history if row.get("step", -1) < min(steps)]
+        history += rows
+        summary.update(segment.summary)
+    return history, summary
 
 
 def read_run(folder: Path) -> Run:
-    cfg = OmegaConf.load(folder / ".hydra" / "config.yaml")
+    """One run folder, read as data (bounded YAML, nothing instantiated)."""
+    from vaelab.safe_load import load_yaml
+
+    cfg = load_yaml(folder / ".hydra" / "config.yaml", f"{folder}: config.yaml")
     overrides_file = folder / ".hydra" / "overrides.yaml"
-    overrides = " ".join(OmegaConf.load(overrides_file)) if overrides_file.is_file() else ""
+    overrides = " ".join(map(str, load_yaml(overrides_file, str(overrides_file), list))) if overrides_file.is_file() else ""
     status_file = folder / "status.json"
     status = json.loads(status_file.read_text()) if status_file.is_file() else {"status": "unknown", "metrics": {}}
     run = Run(folder=folder, model=str(cfg.model.name), data=str(cfg.data.name), beta=float(cfg.model.beta),
@@ -269,7 +283,14 @@ def compare(paths: list[Path], out: Path) -> dict[str, Path]:
     folders = find_run_folders(paths)
     if not folders:
         raise SystemExit(f"error: no run folders (with .hydra/config.yaml) under {', '.join(map(str, paths))}")
-    runs = [read_run(folder) for folder in folders]
+    runs = []
+    for folder in folders:
+        try:
+            runs.append(read_run(folder))
+        except Exception as error:  # noqa: BLE001 - one damaged folder must not hide the others
+            print(f"warning: skipped {folder}: {first_line(error)}", file=sys.stderr)
+    if not runs:
+        raise SystemExit(f"error: no readable run folder under {', '.join(map(str, paths))}")
     out.mkdir(parents=True, exist_ok=True)
     rows = table_rows(runs)
     write_tables(rows, out)

@@ -9,6 +9,7 @@ own arguments when they are instantiated.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,9 +22,22 @@ DATA_NAMES = ("mnist", "fashion_mnist")
 BINARIZE = ("none", "static", "dynamic")
 
 
+MAX_LATENT_DIM = 4096  # far above any useful VAE on 28x28 images; keeps a typo from allocating gigabytes
+
+
 def require(ok: bool, key: str, value, allowed: str) -> None:
     if not ok:
         raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
+
+
+def is_count(value, allow_null: bool = False) -> bool:
+    """An integer >= 1 (not a bool), or None when allowed."""
+    return (value is None and allow_null) or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+
+
+def is_number(value) -> bool:
+    """A finite int or float, not a bool."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass
@@ -58,8 +72,9 @@ class CapacitySchema:
     ramp_steps: int = 20_000
 
     def __post_init__(self):
-        require(self.gamma > 0, "model.capacity.gamma", self.gamma, "a number > 0")
-        require(self.max_nats >= 0, "model.capacity.max_nats", self.max_nats, "a number >= 0")
+        require(math.isfinite(self.gamma) and self.gamma > 0, "model.capacity.gamma", self.gamma, "a number > 0")
+        require(math.isfinite(self.max_nats) and self.max_nats >= 0, "model.capacity.max_nats", self.max_nats,
+                "a number >= 0")
         require(self.ramp_steps >= 1, "model.capacity.ramp_steps", self.ramp_steps, "an integer >= 1")
 
 
@@ -78,29 +93,74 @@ class ModelSchema:
     lr_scheduler: Any = None
 
     def __post_init__(self):
-        require(self.latent_dim >= 1, "model.latent_dim", self.latent_dim, "an integer >= 1")
-        require(self.beta >= 0, "model.beta", self.beta, "a number >= 0")
-        require(self.free_bits >= 0, "model.free_bits", self.free_bits, "a number >= 0 (nats per latent dimension)")
+        require(1 <= self.latent_dim <= MAX_LATENT_DIM, "model.latent_dim", self.latent_dim,
+                f"an integer in [1, {MAX_LATENT_DIM}]")
+        require(math.isfinite(self.beta) and self.beta >= 0, "model.beta", self.beta, "a number >= 0")
+        require(math.isfinite(self.free_bits) and self.free_bits >= 0, "model.free_bits", self.free_bits,
+                "a number >= 0 (nats per latent dimension)")
+        require(self.name != "cvae" or self.conditional, "model.conditional", self.conditional,
+                "model.name='cvae' is a conditional VAE (use model=vae for an unconditional one)")
         require(self.importance_samples >= 1, "model.importance_samples", self.importance_samples, "an integer >= 1")
         if self.importance_samples > 1 and (self.free_bits > 0 or self.capacity is not None):
             raise ConfigError(f"model.importance_samples={self.importance_samples} cannot be combined with "
                               "model.free_bits or model.capacity: the IWAE bound has no per-dimension KL term")
         require(not self.dreg or self.importance_samples > 1, "model.dreg", self.dreg,
                 "true only with model.importance_samples > 1")
-        lr = (self.optimizer or {}).get("lr")
-        require(lr is None or lr > 0, "model.optimizer.lr", lr, "a number > 0")
+        if "lr" in (self.optimizer or {}):
+            lr = self.optimizer["lr"]
+            require(is_number(lr) and lr > 0, "model.optimizer.lr", lr, "a number > 0")
         if self.lr_scheduler:
             require("_target_" in self.lr_scheduler, "model.lr_scheduler._target_", None, "a torch.optim.lr_scheduler class")
             interval = self.lr_scheduler.get("interval", "epoch")
             require(interval in ("epoch", "step"), "model.lr_scheduler.interval", interval, "epoch or step")
 
 
-PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true", "64")
+# every precision that Lightning's Trainer accepts
+PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "64", "16", "bf16",
+              "transformer-engine", "transformer-engine-float16")
 
 
-def check(section: str, schema: type, values: DictConfig) -> None:
+@dataclass
+class TrainerSchema:
+    """Types and ranges of the Trainer arguments in configs/trainer/default.yaml; the Trainer
+    checks the rest (and any ``+trainer.<arg>``) when it is built, before any logger starts."""
+
+    max_epochs: int | None = 10
+    max_steps: int = -1
+    num_nodes: int = 1
+    num_sanity_val_steps: int = 2
+    log_every_n_steps: int = 50
+    check_val_every_n_epoch: int | None = 1
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float | None = None
+    enable_progress_bar: bool = True
+    enable_model_summary: bool = True
+
+    def __post_init__(self):
+        require(self.max_epochs is None or self.max_epochs == -1 or self.max_epochs >= 1, "trainer.max_epochs",
+                self.max_epochs, "an integer >= 1, or -1 for no limit")
+        require(self.max_steps == -1 or self.max_steps >= 1, "trainer.max_steps", self.max_steps,
+                "an integer >= 1, or -1 for no limit")
+        require(self.num_nodes >= 1, "trainer.num_nodes", self.num_nodes, "an integer >= 1")
+        require(self.num_sanity_val_steps >= -1, "trainer.num_sanity_val_steps", self.num_sanity_val_steps,
+                "an integer >= 0, or -1 for all")
+        require(self.log_every_n_steps >= 1, "trainer.log_every_n_steps", self.log_every_n_steps, "an integer >= 1")
+        require(self.check_val_every_n_epoch is None or self.check_val_every_n_epoch >= 1,
+                "trainer.check_val_every_n_epoch", self.check_val_every_n_epoch, "null or an integer >= 1")
+        require(self.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", self.accumulate_grad_batches,
+                "an integer >= 1")
+        require(self.gradient_clip_val is None or (math.isfinite(self.gradient_clip_val) and self.gradient_clip_val >= 0),
+                "trainer.gradient_clip_val", self.gradient_clip_val, "null or a number >= 0")
+
+
+def check(section: str, schema: type, values: DictConfig, only_schema_keys: bool = False) -> None:
+    """Merge ``values`` into ``schema`` (types, unknown keys, ``__post_init__`` ranges); with
+    ``only_schema_keys``, keys the schema does not name are left to their owner to check."""
     try:
-        resolved = OmegaConf.to_container(values, resolve=True)
+        if only_schema_keys:  # resolves only these keys (others may need a Hydra run, e.g. default_root_dir)
+            resolved = {k: values[k] for k in schema.__dataclass_fields__ if k in values}
+        else:
+            resolved = OmegaConf.to_container(values, resolve=True)
         OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), resolved))
     except OmegaConfBaseException as error:
         key = f"{section}.{error.full_key}" if getattr(error, "full_key", None) else section
@@ -117,3 +177,72 @@ def validate(cfg: DictConfig) -> None:
     require(precision in PRECISIONS, "trainer.precision", precision, f"one of {', '.join(PRECISIONS)}")
     check("data", DataSchema, cfg.data)
     check("model", ModelSchema, cfg.model)
+    check("trainer", TrainerSchema, cfg.trainer, only_schema_keys=True)
+
+
+TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+
+
+def simple_types(annotation) -> set[type] | None:
+    """{int, NoneType} for ``int | None`` and the like; None when the annotation is anything else."""
+    import types
+    import typing
+
+    parts = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (
+        annotation,)
+    return set(parts) if parts and all(part in TYPE_NAMES for part in parts) else None
+
+
+def check_argument_types(target: str, values: dict, key: str) -> None:
+    """Raise ConfigError naming ``key.<argument>`` when a value does not have the simple type
+    (bool, int, float, str, or null) that the target's signature annotates for it."""
+    import typing
+
+    from hydra.utils import get_object
+
+    try:
+        found = get_object(target)
+        hints = typing.get_type_hints(found.__init__ if isinstance(found, type) else found)
+    except Exception:  # noqa: BLE001 - no usable annotations: the target checks its own arguments
+        return
+    for name, value in values.items():
+        allowed = simple_types(hints.get(name)) if name in hints else None
+        if allowed is None:
+            continue
+        if isinstance(value, bool):
+            ok = bool in allowed
+        elif isinstance(value, int):
+            ok = int in allowed or float in allowed
+        else:
+            ok = type(value) in allowed
+        ordered = [TYPE_NAMES[t] for t in TYPE_NAMES if t in allowed]
+        require(ok, f"{key}.{name}", value, " or ".join(ordered))
+
+
+def instantiate_setting(config, key: str, **kwargs):
+    """``hydra.utils.instantiate(config, **kwargs)`` with its arguments' simple types checked
+    first; an error raised while building it becomes a ConfigError naming ``key`` (e.g.
+    ``trainer``, ``callbacks.sample_grids``) and its cause."""
+    from hydra.utils import instantiate
+
+    from vaelab.errors import find_user_error, first_line
+
+    target = config.get("_target_")
+    if isinstance(target, str):
+        values = {}
+        for name in config:
+            if name.startswith("_") or name in kwargs:
+                continue
+            try:
+                values[name] = config[name]  # resolves this value only
+            except Exception:  # noqa: BLE001 - instantiate reports a failing interpolation itself
+                continue
+        check_argument_types(target, values, key)
+    try:
+        return instantiate(config, **kwargs)
+    except Exception as error:  # noqa: BLE001 - whatever the object refused, the user fixes ``key``
+        user_error = find_user_error(error)
+        if user_error is not None:
+            raise user_error from None
+        cause = error.__cause__ or error
+        raise ConfigError(f"{key}: {first_line(cause)}") from error

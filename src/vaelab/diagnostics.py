@@ -41,9 +41,12 @@ def mutual_information(mean: torch.Tensor, logvar: torch.Tensor, chunk: int = 25
     noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype).to(mean.device)
     z = mean + (0.5 * logvar).exp() * noise
     inv_var, log_norm = (-logvar).exp(), -0.5 * (d * math.log(2 * math.pi) + logvar.sum(1))  # (N, D), (N,)
+    # sum_d (z_id - m_jd)^2 / v_jd expanded into matrix products: (chunk, N) memory, never (chunk, N, D)
+    mean_over_var, mean_term = mean * inv_var, (mean.square() * inv_var).sum(1)  # (N, D), (N,)
     log_qz = []
     for rows in z.split(chunk):  # log q(z_i | x_j) for a chunk of i and all j: (chunk, N)
-        log_density = -0.5 * ((rows[:, None, :] - mean[None]).square() * inv_var[None]).sum(-1) + log_norm[None]
+        squared = rows.square() @ inv_var.T - 2 * rows @ mean_over_var.T + mean_term[None]
+        log_density = -0.5 * squared + log_norm[None]
         log_qz.append(torch.logsumexp(log_density, dim=1) - math.log(n))
     return float(neg_entropy - torch.cat(log_qz).mean())
 

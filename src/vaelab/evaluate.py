@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -23,37 +24,41 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from vaelab.config import DATA_NAMES, require
+from vaelab.checkpointing import describe
+from vaelab.config import DATA_NAMES, is_count, require
 from vaelab.data import load_split, to_float_images
 from vaelab.diagnostics import summarize
-from vaelab.errors import UserError, one_line_errors
+from vaelab.errors import ConfigError, first_line, one_line_errors, run_hydra_app
 from vaelab.objectives import (
     importance_samples,
     iwae_bound,
     kl_standard_normal,
     log_importance_weights,
 )
+from vaelab.safe_load import CheckpointError, read_vaelab_checkpoint
 from vaelab.train import CONFIG_DIR
 
 log = logging.getLogger(__name__)
 
 
-class CheckpointError(UserError):
-    """A missing, unreadable or foreign checkpoint."""
+def load_module(path: str | Path, device: str = "cpu", key: str = "ckpt"):
+    """A VAELitModule in eval mode from a vaelab checkpoint.
+
+    The file is read as data (``read_vaelab_checkpoint``: weights_only, bounded, every
+    ``_target_`` in its hyperparameters on the allow-list) before anything is built from it."""
+    return module_from_checkpoint(read_vaelab_checkpoint(path, key), f"{key}={path}", device)
 
 
-def load_module(path: str | Path, device: str = "cpu"):
-    """A VAELitModule from a vaelab checkpoint, loaded with weights_only=True."""
+def module_from_checkpoint(checkpoint: dict, source: str, device: str = "cpu"):
+    """A VAELitModule in eval mode from a checkpoint that ``read_vaelab_checkpoint`` returned."""
     from vaelab.module import VAELitModule
 
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"ckpt={path}: no such file")
     try:
-        return VAELitModule.load_from_checkpoint(path, map_location=device, weights_only=True).eval()
-    except Exception as error:  # noqa: BLE001 - any failure to read means the same to the user
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"ckpt={path} is not a readable vaelab checkpoint: {reason}") from error
+        module = VAELitModule(**checkpoint["hyper_parameters"])
+        module.load_state_dict(checkpoint["state_dict"])
+    except Exception as error:  # noqa: BLE001 - any failure to rebuild means the same to the user
+        raise CheckpointError(f"{source} is not a usable vaelab checkpoint: {first_line(error)}") from None
+    return module.to(device).eval()
 
 
 def datamodule_for(module, data_root: str | None):
@@ -202,11 +207,6 @@ def update_wandb_summary(run_dir: Path, results: dict) -> str | None:
     return run_id
 
 
-def is_count(value, allow_null: bool = False) -> bool:
-    """An integer >= 1 (not a bool), or None when allowed."""
-    return (value is None and allow_null) or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
-
-
 def validate_eval_config(cfg: DictConfig) -> None:
     """Raise ConfigError (one line naming the key) for a bad vaelab-eval value, before anything loads."""
     require(is_count(cfg.k), "k", cfg.k, "an integer >= 1")
@@ -222,13 +222,44 @@ def validate_eval_config(cfg: DictConfig) -> None:
     require(is_count(cfg.samples_per_class), "samples_per_class", cfg.samples_per_class, "an integer >= 1")
 
 
+def results_path(cfg: DictConfig) -> Path:
+    """Where the JSON results go, checked to be writable before anything is evaluated."""
+    out = Path(cfg.out) if cfg.get("out") else Path(cfg.ckpt).with_suffix(".eval.json")
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        raise ConfigError(f"out={out}: the folder {folder} does not exist")
+    if out.is_dir() or not os.access(out if out.exists() else folder, os.W_OK):
+        raise ConfigError(f"out={out}: cannot write there (set out= to a writable file path)")
+    return out
+
+
+def pick_device(setting: str) -> str:
+    """cpu or cuda[:N] for device=auto|cpu|cuda[:N]; a GPU asked for where there is none is a ConfigError."""
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if setting.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={setting}: no CUDA GPU is available to torch here; use device=cpu or device=auto")
+    return setting
+
+
 def run(cfg: DictConfig) -> dict:
     validate_eval_config(cfg)
     torch.manual_seed(cfg.seed)
-    device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device)
-    module = load_module(cfg.ckpt, device)
+    device = pick_device(str(cfg.device))
+    out = results_path(cfg)
+    checkpoint = read_vaelab_checkpoint(cfg.ckpt)
+    if cfg.get("scan"):
+        print("\n".join(describe(checkpoint)))
+        return {}
+    for line in describe(checkpoint):  # what the file holds, before anything is built from it
+        log.info("ckpt: %s", line)
+    module = module_from_checkpoint(checkpoint, f"ckpt={cfg.ckpt}", device)
+    del checkpoint
     datamodule = datamodule_for(module, cfg.get("data_root"))
     dataset = {"val": datamodule.val_set, "test": datamodule.test_set}[cfg.split]
+    if len(dataset) == 0:
+        raise ConfigError(f"split={cfg.split}: the checkpoint's data has no {cfg.split} images "
+                          f"(data.val_size={datamodule.val_size}); use split=test")
     images, labels = dataset.images, dataset.labels
     if cfg.get("limit_images"):
         images, labels = images[: cfg.limit_images], labels[: cfg.limit_images]
@@ -250,20 +281,23 @@ def run(cfg: DictConfig) -> dict:
         results[f"ood_auroc_vs_{cfg.ood}"] = ood_auroc(scores_in, scores_out)
     prefixed = {f"{cfg.split}/{name}": value for name, value in results.items()}
     prefixed.update(ckpt=str(Path(cfg.ckpt).resolve()), data=datamodule.name, binarize=datamodule.binarize)
-    out = Path(cfg.out) if cfg.get("out") else Path(cfg.ckpt).with_suffix(".eval.json")
+    print(json.dumps({k: v for k, v in prefixed.items() if not isinstance(v, list)}, indent=2))  # shown before any write
     out.write_text(json.dumps(prefixed, indent=2) + "\n")
-    if cfg.get("wandb", True):
-        run_id = update_wandb_summary(Path(cfg.ckpt).resolve().parent.parent, prefixed)
-        prefixed["wandb_run_id"] = run_id
-    print(json.dumps({k: v for k, v in prefixed.items() if not isinstance(v, list)}, indent=2))
     log.info("wrote %s", out)
+    if cfg.get("wandb", True):
+        prefixed["wandb_run_id"] = update_wandb_summary(Path(cfg.ckpt).resolve().parent.parent, prefixed)
     return prefixed
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
-def main(cfg: DictConfig) -> None:
+def app(cfg: DictConfig) -> None:
     with one_line_errors():
         run(cfg)
+
+
+def main() -> None:
+    """``vaelab-eval``: Hydra's command line, its errors as one line."""
+    run_hydra_app(app)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,9 @@ import warnings
 from pathlib import Path
 from urllib.parse import urlparse
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+
+from vaelab.config import instantiate_setting
 
 log = logging.getLogger(__name__)
 WANDB_TARGET = "lightning.pytorch.loggers.WandbLogger"
@@ -81,7 +82,7 @@ def build_loggers(cfg: DictConfig, resume_step: int | None = None) -> list:
             if run_id:
                 extra = {"id": run_id, "resume": "allow"}
                 log.info("W&B: resuming run %s", run_id)
-        logger = instantiate(logger_cfg, **extra)
+        logger = instantiate_setting(logger_cfg, f"logger.{name}", **extra)
         if logger_cfg.get("_target_") == CSV_TARGET and resume_step is not None:
             kept_csv[len(loggers)] = csv_rows_before(Path(logger.log_dir) / "metrics.csv", resume_step)
         loggers.append(logger)

@@ -1,7 +1,7 @@
 """One LightningModule for the VAE, the beta-VAE and the conditional VAE.
 
 It is built from plain config dicts (saved as hyperparameters), so a checkpoint alone is
-enough to rebuild it: ``VAELitModule.load_from_checkpoint(path)``.
+enough to rebuild it: ``vaelab.evaluate.load_module(path)`` (read as data, weights_only).
 
 Logged metrics, all in nats per image (sum over pixels / latent dims, mean over the batch):
 ``{train,val,test}/recon``, ``/kl``, ``/elbo`` (beta = 1), ``/loss`` (the weighted training
@@ -17,6 +17,7 @@ import torch
 from hydra.utils import instantiate
 
 from vaelab.checkpointing import restore_rng_states, rng_states
+from vaelab.config import instantiate_setting
 from vaelab.diagnostics import summarize
 from vaelab.errors import ConfigError
 from vaelab.networks import VAE
@@ -60,11 +61,13 @@ class VAELitModule(L.LightningModule):
             raise ConfigError(f"model.latent_dim must be >= 1, got {latent_dim}")
         cond_dim = num_classes if model.get("conditional", False) else 0
         common = dict(image_shape=tuple(image_shape), latent_dim=latent_dim, cond_dim=cond_dim)
-        self.vae = VAE(instantiate(model["net"]["encoder"], **common), instantiate(model["net"]["decoder"], **common), latent_dim, cond_dim)
+        encoder = instantiate_setting(model["net"]["encoder"], "model.net.encoder", **common)
+        decoder = instantiate_setting(model["net"]["decoder"], "model.net.decoder", **common)
+        self.vae = VAE(encoder, decoder, latent_dim, cond_dim)
         self.objective = Objective(
-            likelihood=instantiate(loss),
+            likelihood=instantiate_setting(loss, "loss"),
             beta=model.get("beta", 1.0),
-            schedule=instantiate(annealing),
+            schedule=instantiate_setting(annealing, "annealing"),
             free_bits=model.get("free_bits", 0.0),
             capacity=model.get("capacity"),
             importance_samples=model.get("importance_samples", 1),
@@ -143,7 +146,13 @@ class VAELitModule(L.LightningModule):
         self._shared_step(batch, "test")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """The random states, and vaelab's version and the latest logged metrics as plain numbers."""
+        from vaelab import __version__
+
         checkpoint["rng_states"] = rng_states()
+        metrics = self._trainer.callback_metrics if self._trainer is not None else {}
+        checkpoint["vaelab"] = {"version": __version__,
+                                "metrics": {k: float(v) for k, v in metrics.items() if v.numel() == 1}}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._rng_to_restore = checkpoint.get("rng_states")

@@ -19,7 +19,8 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from vaelab.errors import ConfigError, one_line_errors
+from vaelab.config import is_count, is_number, require
+from vaelab.errors import ConfigError, one_line_errors, run_hydra_app
 from vaelab.train import CONFIG_DIR
 
 KINDS = ("samples", "traversals", "interpolations", "manifold", "scatter")
@@ -60,6 +61,20 @@ def pick_test_images(module, cfg: DictConfig, n: int) -> tuple[torch.Tensor, tor
     return images[:n], labels[:n]
 
 
+def validate_sample_config(cfg: DictConfig) -> None:
+    """Raise ConfigError (one line naming the key) for a bad vaelab-sample value, before anything loads."""
+    require(cfg.kind in KINDS, "kind", cfg.kind, f"one of {', '.join(KINDS)}")
+    require(is_count(cfg.n), "n", cfg.n, "an integer >= 1")
+    require(is_count(cfg.steps) and cfg.steps >= 2, "steps", cfg.steps, "an integer >= 2")
+    require(is_number(cfg.span) and cfg.span > 0, "span", cfg.span, "a number > 0")
+    require(is_count(cfg.get("nrow"), allow_null=True), "nrow", cfg.get("nrow"), "null or an integer >= 1")
+    require(is_count(cfg.scatter_images), "scatter_images", cfg.scatter_images, "an integer >= 1")
+    require(isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool), "seed", cfg.seed, "an integer")
+    label = cfg.get("label")
+    require(label is None or (isinstance(label, int) and not isinstance(label, bool)), "label", label,
+            "null or a class number")
+
+
 def make_picture(module, cfg: DictConfig) -> torch.Tensor:
     """The picture that ``cfg.kind`` asks for, as a (3, H, W) image in [0, 1]."""
     from torchvision.utils import make_grid
@@ -67,11 +82,8 @@ def make_picture(module, cfg: DictConfig) -> torch.Tensor:
     from vaelab import panels
     from vaelab.diagnostics import kl_per_dimension
 
+    validate_sample_config(cfg)
     kind, n, vae = cfg.kind, cfg.n, module.vae
-    if kind not in KINDS:
-        raise ConfigError(f"kind={kind} is not allowed: one of {', '.join(KINDS)}")
-    if n < 1:
-        raise ConfigError(f"n={n} is not allowed: an integer >= 1")
     check_label(module, cfg.get("label"))
     if kind == "samples":
         nrow = cfg.get("nrow") or max(1, round(n**0.5))
@@ -95,12 +107,13 @@ def make_picture(module, cfg: DictConfig) -> torch.Tensor:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="sample")
-def main(cfg: DictConfig) -> None:
+def app(cfg: DictConfig) -> None:
     from torchvision.utils import save_image
 
     from vaelab.evaluate import load_module
 
     with one_line_errors():
+        validate_sample_config(cfg)
         module = load_module(cfg.ckpt)
         picture = make_picture(module, cfg)
         out = Path(cfg.out)
@@ -108,6 +121,11 @@ def main(cfg: DictConfig) -> None:
         save_image(picture, out)
         label = "" if cfg.get("label") is None else f", class {cfg.label}"
         print(f"wrote {out} ({cfg.kind}, n={cfg.n}{label}, {picture.shape[2]}x{picture.shape[1]} pixels)")
+
+
+def main() -> None:
+    """``vaelab-sample``: Hydra's command line, its errors as one line."""
+    run_hydra_app(app)
 
 
 if __name__ == "__main__":

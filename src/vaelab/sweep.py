@@ -23,10 +23,12 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+
+from vaelab.errors import UserError
+from vaelab.runs import STATUS_FILE, FolderLock, read_status, saved_overrides, write_atomically
 
 log = logging.getLogger(__name__)
-STATUS_FILE = "status.json"
 SUMMARY_METRICS = ("val/elbo", "val/kl", "val/recon", "val/active_units", "test/elbo", "test/recon", "test/kl")
 # logged only by runs trained on the IWAE bound (model.importance_samples > 1): columns when a job has them
 IWAE_METRICS = ("val/iwae", "test/iwae")
@@ -70,21 +72,21 @@ def threads_per_job(cores: int | None = None) -> int | None:
 def write_status(output_dir: str | Path, status: str, metrics: dict | None = None, error: str | None = None) -> None:
     if not is_global_zero():
         return
-    path = Path(output_dir) / STATUS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"status": status, "metrics": metrics or {}, "error": error}, indent=2) + "\n")
+    content = json.dumps({"status": status, "metrics": metrics or {}, "error": error}, indent=2) + "\n"
+    write_atomically(Path(output_dir) / STATUS_FILE, content)  # never half-written, even when killed
 
 
 def collect(sweep_dir: Path) -> list[dict]:
     """One row per job folder under sweep_dir: job number, overrides, status, error, final metrics."""
     rows = []
-    for overrides_file in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
-        job_dir = overrides_file.parent.parent
-        status_file = job_dir / STATUS_FILE
-        status = json.loads(status_file.read_text()) if status_file.is_file() else {"status": "missing", "metrics": {}}
-        row = {"job": job_dir.name, "overrides": " ".join(OmegaConf.load(overrides_file)), "status": status["status"],
-               "error": status.get("error") or ""}
-        row.update({key: status["metrics"].get(key, "") for key in (*SUMMARY_METRICS, *IWAE_METRICS)})
+    job_dirs = {p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")}
+    job_dirs |= {p.parent for p in sweep_dir.glob(f"*/{STATUS_FILE}")}
+    for job_dir in sorted(job_dirs):
+        status = read_status(job_dir) or {"status": "missing", "metrics": {}}
+        row = {"job": job_dir.name, "overrides": " ".join(saved_overrides(job_dir) or []),
+               "status": status.get("status", "missing"), "error": status.get("error") or ""}
+        metrics = status.get("metrics") or {}
+        row.update({key: metrics.get(key, "") for key in (*SUMMARY_METRICS, *IWAE_METRICS)})
         rows.append(row)
     return sorted(rows, key=lambda r: int(r["job"].split("_")[0]) if r["job"].split("_")[0].isdigit() else 0)
 
@@ -106,12 +108,26 @@ def write_summary(sweep_dir: Path, rows: list[dict]) -> None:
 
 
 class SweepSummary(Callback):
-    """At the end of a multirun: write the summary, report failed jobs, exit 1 if any failed."""
+    """Holds the sweep folder's lock while the sweep runs (a second sweep into the same folder
+    stops with one line); at the end, writes the summary, reports failed jobs, exits 1 if any failed."""
+
+    def __init__(self) -> None:
+        self.lock: FolderLock | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self.lock = FolderLock(config.hydra.sweep.dir, "sweep folder")
+        try:
+            self.lock.__enter__()
+        except UserError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(1)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = collect(sweep_dir)
         write_summary(sweep_dir, rows)
+        if self.lock is not None:
+            self.lock.release()
         failed = [row for row in rows if row["status"] != "ok"]
         print(f"sweep: {len(rows) - len(failed)} of {len(rows)} jobs ok; summary in {sweep_dir / 'sweep_summary.md'}")
         if failed:

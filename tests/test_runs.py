@@ -1,0 +1,202 @@
+"""Run folders: a resume keeps its config, one writer per folder, sweeps that continue after a kill."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import FAST, PROJECT_ROOT, child_env, snapshot, write_synthetic_dataset
+from omegaconf import OmegaConf
+
+from vaelab.errors import UserError
+from vaelab.runs import FolderLock, file_name
+from vaelab.wandb_offline import find_offline_runs, read_offline_run
+
+CSV = [*FAST, "logger=csv"]
+
+
+def cli(*args, timeout=300, **options):
+    return subprocess.run([sys.executable, "train.py", *args], cwd=PROJECT_ROOT, env=child_env(), capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL, **options)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, data_root) -> Path:
+    """A finished one-epoch run (CSV logger, not tested), to copy into each test that changes it."""
+    run = tmp_path_factory.mktemp("finished") / "run"
+    assert cli(*CSV, f"data.root={data_root}", "test=false", f"hydra.run.dir={run}").returncode == 0
+    return run
+
+
+def copy_of(run: Path, tmp_path: Path) -> Path:
+    shutil.copytree(run, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def one_error_line(result) -> str:
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr[-2000:]
+    return errors[0]
+
+
+def test_resume_starts_from_the_saved_config_and_applies_only_the_overrides_given_again(tmp_path, data_root):
+    run = tmp_path / "run"
+    assert cli(*CSV, f"data.root={data_root}", "model=beta_vae", "model.beta=4", f"hydra.run.dir={run}").returncode == 0
+    overrides_before = (run / ".hydra" / "overrides.yaml").read_bytes()
+
+    result = cli(f"data.root={data_root}", "trainer.max_epochs=2", "trainer.enable_progress_bar=false", f"resume={run}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "with the overrides given again: data.root=" in result.stdout + result.stderr
+    saved = OmegaConf.load(run / ".hydra" / "config.yaml")
+    assert saved.model.name == "beta_vae" and saved.model.beta == 4 and saved.trainer.max_epochs == 2
+    assert saved.data.val_size == 40  # from the first start, not the default
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["hyper_parameters"]["model"]["beta"] == 4 and checkpoint["epoch"] == 1
+    assert (run / ".hydra" / "overrides.yaml").read_bytes() == overrides_before
+
+
+@pytest.mark.parametrize("override, key", [("model.latent_dim=3", "model.latent_dim is 3 here, 20 in the checkpoint"),
+                                           ("model/net=conv", "model.net.encoder._target_"),
+                                           ("model.optimizer.lr=-1", "model.optimizer.lr=-1")])
+def test_a_failed_resume_leaves_the_run_folder_as_it_was(override, key, tmp_path, data_root, finished_run):
+    run = copy_of(finished_run, tmp_path)
+    before = snapshot(run)
+    error = one_error_line(cli(*CSV, f"data.root={data_root}", f"resume={run}", override))
+    assert key in error
+    assert snapshot(run) == before
+
+
+def test_a_fresh_start_in_a_folder_that_holds_a_run_is_refused(tmp_path, data_root, finished_run):
+    run = copy_of(finished_run, tmp_path)
+    before = snapshot(run)
+    assert f"run folder {run} holds a run already: continue it with resume={run}" in one_error_line(
+        cli(*CSV, f"data.root={data_root}", f"hydra.run.dir={run}"))
+    assert snapshot(run) == before
+    assert "resume=" in one_error_line(cli(*CSV, f"data.root={data_root}", f"resume={run}", f"ckpt_path={run}/x.ckpt"))
+    assert f"resume={run / 'status.json'} is a file" in one_error_line(
+        cli(*CSV, f"data.root={data_root}", f"resume={run / 'status.json'}", f"hydra.run.dir={tmp_path / 'other'}"))
+
+
+def test_resume_auto_starts_then_continues(tmp_path, data_root):
+    run = tmp_path / "run"
+    for epochs in (1, 2):
+        result = cli(*CSV, f"data.root={data_root}", f"trainer.max_epochs={epochs}", "resume=auto", f"hydra.run.dir={run}")
+        assert result.returncode == 0, result.stderr[-2000:]
+        checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+        assert checkpoint["epoch"] == epochs - 1 and checkpoint["global_step"] == 7 * epochs  # 240 - 40 images / 32
+
+
+def test_a_held_run_folder_stops_a_second_process_naming_the_holder(tmp_path, data_root):
+    run = tmp_path / "run"
+    with FolderLock(run, "run folder"):
+        error = one_error_line(cli(*CSV, f"data.root={data_root}", f"hydra.run.dir={run}"))
+        assert f"run folder {run} is in use by process {os.getpid()}" in error
+        assert (run / ".lock").is_file()  # the stopped process left the holder's folder alone
+        with pytest.raises(UserError, match="is in use by process"):
+            FolderLock(run, "run folder").__enter__()
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "train.log"]
+
+
+def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from vaelab.runs import FolderLock; "
+                               f"lock = FolderLock({str(tmp_path)!r}, 'run folder').__enter__(); print('held', flush=True); "
+                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(UserError, match=f"in use by process {holder.pid}"):
+        FolderLock(tmp_path, "run folder").__enter__()
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(timeout=30)
+    with FolderLock(tmp_path, "run folder"):
+        assert f"process {os.getpid()}" in (tmp_path / ".lock").read_text()
+
+
+def test_a_sweep_into_a_held_sweep_folder_stops_at_once(tmp_path, data_root):
+    sweep = tmp_path / "sweep"
+    with FolderLock(sweep, "sweep folder"):
+        result = cli("-m", *CSV, f"data.root={data_root}", "model.latent_dim=2,3", f"hydra.sweep.dir={sweep}")
+    assert f"sweep folder {sweep} is in use by process {os.getpid()}" in one_error_line(result)
+    assert sorted(p.name for p in sweep.iterdir()) == [".lock"]
+
+
+def test_two_runs_started_together_get_folders_of_their_own(tmp_path, data_root):
+    args = [sys.executable, "train.py", *CSV, f"data.root={data_root}", f"paths.log_dir={tmp_path}"]
+    processes = [subprocess.Popen(args, cwd=PROJECT_ROOT, env=child_env(), stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    assert [p.wait(timeout=300) for p in processes] == [0, 0], [p.stderr.read()[-1000:] for p in processes]
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert len(runs) == 2 and all(json.loads((r / "status.json").read_text())["status"] == "ok" for r in runs)
+    assert all(sorted(p.name for p in (r / "checkpoints").iterdir()) == ["best-epoch-000.ckpt", "last.ckpt"] for r in runs)
+
+
+def test_run_names_cannot_lead_out_of_the_log_folder():
+    for name in ("../../x", "a/../../b", "..", "/etc/passwd", ".hidden", "ok-name_1.5=2"):
+        safe = file_name(name)
+        assert "/" not in safe and not safe.startswith(".") and safe
+    assert file_name("vae-mnist-z20-b1.0-s0") == "vae-mnist-z20-b1.0-s0"
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_during_its_second_job_continues_where_it_stopped(tmp_path):
+    root = write_synthetic_dataset(tmp_path / "data", "mnist", n_train=3000, n_test=100)
+    common = [*FAST, "trainer.max_epochs=3", "trainer.deterministic=true", "data.batch_size=16", "data.val_size=200",
+              "callbacks.sample_grids.every_n_epochs=10", f"data.root={root}", "logger=wandb"]
+    sweep, reference = tmp_path / "sweep", tmp_path / "reference"
+    args = [sys.executable, "train.py", "-m", *common, "model.latent_dim=2,3,4,5", f"hydra.sweep.dir={sweep}"]
+    process = subprocess.Popen(args, cwd=PROJECT_ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.monotonic() + 400
+    while not list(sweep.glob("1_*/checkpoints/last.ckpt")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.2)  # into job 2's second epoch
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    first = next(sweep.glob("0_*"))
+    second = next(sweep.glob("1_*"))
+    assert json.loads((first / "status.json").read_text())["status"] == "ok" and not (second / "status.json").exists()
+    assert not list(sweep.glob("2_*"))
+    first_files = snapshot(first, bookkeeping=())
+
+    result = subprocess.run(args, cwd=PROJECT_ROOT, env=child_env(), capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"sweep: job {first.name} finished before (status.json ok): skipped" in result.stdout
+    assert snapshot(first, bookkeeping=()) == first_files  # job 1's folder untouched, its log and lock included
+    rows = (sweep / "sweep_summary.csv").read_text().splitlines()[1:]
+    assert len(rows) == 4 and all(",ok," in row for row in rows)
+    wandb_runs = [read_offline_run(p) for p in find_offline_runs(second)]
+    assert len(wandb_runs) == 2 and len({run.run_id for run in wandb_runs}) == 1  # one W&B run, two segments
+
+    uninterrupted = subprocess.run([sys.executable, "train.py", "-m", *common, "model.latent_dim=3",
+                                    f"hydra.sweep.dir={reference}"], cwd=PROJECT_ROOT, env=child_env(),
+                                   capture_output=True, text=True, timeout=600)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-2000:]
+    expected = json.loads(next(reference.glob("0_*/status.json")).read_text())["metrics"]
+    resumed = json.loads((second / "status.json").read_text())["metrics"]
+    different = {k: (resumed.get(k), v) for k, v in expected.items()
+                 if not k.startswith("time/") and resumed.get(k) != pytest.approx(v, rel=1e-5, abs=1e-6)}
+    assert not different, different
+
+
+def test_a_run_resumed_after_its_last_epoch_keeps_its_train_and_val_metrics(tmp_path, data_root, finished_run):
+    """As after a kill during the final test: the checkpoint is at the last epoch and nothing is left to fit."""
+    run = copy_of(finished_run, tmp_path)
+    first = json.loads((run / "status.json").read_text())["metrics"]
+    result = cli(*CSV, f"data.root={data_root}", f"resume={run}", "test=true")
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((run / "status.json").read_text())["metrics"]
+    assert metrics["val/elbo"] == pytest.approx(first["val/elbo"]) and metrics["train/elbo"] == first["train/elbo"]
+    assert "test/elbo" in metrics
+
+
+def test_a_best_checkpoint_left_by_a_kill_during_a_save_is_removed(tmp_path, data_root, finished_run):
+    run = copy_of(finished_run, tmp_path)
+    best = run / "checkpoints" / "best-epoch-000.ckpt"
+    (run / "checkpoints" / "best-epoch-007.ckpt").write_bytes(best.read_bytes())  # as if the old one was not deleted
+    assert cli(*CSV, f"data.root={data_root}", f"resume={run}", "trainer.max_epochs=2", "test=false").returncode == 0
+    assert len(list((run / "checkpoints").glob("best-epoch-*.ckpt"))) == 1
