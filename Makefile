@@ -24,10 +24,11 @@ install: $(VENV)/.installed
 train: install
 	$(PY) train.py $(ARGS)
 
+# two pytest-xdist workers: most tests wait on a subprocess's imports
 test: install
-	$(PY) -m pytest -m "not slow" $(ARGS)
+	$(PY) -m pytest -n 2 -m "not slow" $(ARGS)
 
-# the longer tests (DDP with 2 processes, Optuna/joblib/submitit sweeps, torch.compile): a few minutes
+# the longer tests (DDP with 2 processes, Optuna/joblib/submitit sweeps, kill -9 and resume, torch.compile)
 test-slow: install
 	$(PY) -m pytest -m slow $(ARGS)
 
