@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+import zipfile
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -68,6 +69,8 @@ def read_checkpoint(path: str | Path, key: str = "ckpt") -> dict:
     source = f"{key}={path}"
     if not path.is_file():
         raise CheckpointError(f"{source}: no such file" if not path.exists() else f"{source} is not a file")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        raise CheckpointError(f"{source} is not a readable checkpoint: not a file written by torch.save")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # noqa: BLE001 - any failure to read means the same to the user
