@@ -171,18 +171,16 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def pyplot():
-    import matplotlib
+def figure(**size):
+    """A matplotlib Figure drawn without pyplot, so that the user's backend is left alone."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**size)
 
 
 def plot_rate_distortion(runs: list[Run], path: Path) -> None:
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=110)
+    fig = figure(figsize=(6, 4.5), dpi=110)
+    ax = fig.subplots()
     for latent_dim in sorted({r.latent_dim for r in runs}):
         group = sorted((r for r in runs if r.latent_dim == latent_dim and not math.isnan(r.final("kl"))), key=lambda r: r.beta)
         if not group:
@@ -198,13 +196,12 @@ def plot_rate_distortion(runs: list[Run], path: Path) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
 
 
 def plot_metrics_vs_latent(runs: list[Run], path: Path) -> None:
-    plt = pyplot()
     panels = [("elbo", "ELBO [nats per image]"), ("kl", "KL [nats per image]"), ("active_units", "active units")]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4), dpi=110)
+    fig = figure(figsize=(13, 4), dpi=110)
+    axes = fig.subplots(1, 3)
     for ax, (name, unit) in zip(axes, panels, strict=True):
         for beta in sorted({r.beta for r in runs}):
             group = sorted((r for r in runs if r.beta == beta), key=lambda r: r.latent_dim)
@@ -222,12 +219,11 @@ def plot_metrics_vs_latent(runs: list[Run], path: Path) -> None:
     fig.suptitle("Final metrics against the latent size")
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
 
 
 def plot_curves(runs: list[Run], path: Path) -> None:
-    plt = pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5), dpi=110)
+    fig = figure(figsize=(13, 4.5), dpi=110)
+    left, right = fig.subplots(1, 2)
     for run in runs:
         train = [(row["step"], row["train/elbo"]) for row in run.history if "train/elbo" in row and "step" in row]
         val = [(row["epoch"] + 1, row["val/elbo"]) for row in run.history if "val/elbo" in row and "epoch" in row]
@@ -249,7 +245,6 @@ def plot_curves(runs: list[Run], path: Path) -> None:
             ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
 
 
 def write_html(rows: list[dict], plots: list[Path], out: Path, sources: list[str]) -> Path:

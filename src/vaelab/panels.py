@@ -102,33 +102,30 @@ def latent_scatter(mean: torch.Tensor, labels: torch.Tensor, kl_per_dim=None, cl
                    title: str = "posterior means", size_inches: float = 5.0, dpi: int = 100) -> torch.Tensor:
     """mean (N, D) posterior means, labels (N,): a scatter of the two dimensions with the largest KL,
     coloured by class, as a (3, size * dpi, size * dpi) image."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure  # not pyplot: the user's matplotlib backend is left alone
 
     mean, labels = mean.detach().float().cpu(), labels.detach().cpu()
     dims = dimensions_by_kl(kl_per_dim, mean.shape[1], 2)
     xs = mean[:, dims[0]]
     ys = mean[:, dims[1]] if len(dims) > 1 else torch.zeros_like(xs)
-    fig, ax = plt.subplots(figsize=(size_inches, size_inches), dpi=dpi)
-    try:
-        points = ax.scatter(xs, ys, c=labels, cmap="tab10", vmin=-0.5, vmax=9.5, s=4, alpha=0.7, linewidths=0)
-        kl_text = lambda d: f", KL {float(kl_per_dim[d]):.2f} nats" if kl_per_dim is not None and len(kl_per_dim) == mean.shape[1] else ""  # noqa: E731
-        ax.set_xlabel(f"z[{dims[0]}] posterior mean{kl_text(dims[0])}")
-        ax.set_ylabel(f"z[{dims[1]}] posterior mean{kl_text(dims[1])}" if len(dims) > 1 else "(one latent dimension)")
-        ax.set_title(f"{title} ({len(mean)} images)")
-        bar = fig.colorbar(points, ax=ax, ticks=range(10))
-        bar.set_label("class")
-        if class_names:
-            bar.set_ticklabels(list(class_names)[:10])
-        fig.tight_layout()
-        fig.canvas.draw()
-        rgba = torch.frombuffer(bytearray(fig.canvas.buffer_rgba()), dtype=torch.uint8)
-        width, height = fig.canvas.get_width_height()
-        return rgba.view(height, width, 4)[..., :3].permute(2, 0, 1).float() / 255
-    finally:
-        plt.close(fig)
+    fig = Figure(figsize=(size_inches, size_inches), dpi=dpi)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    points = ax.scatter(xs, ys, c=labels, cmap="tab10", vmin=-0.5, vmax=9.5, s=4, alpha=0.7, linewidths=0)
+    kl_text = lambda d: f", KL {float(kl_per_dim[d]):.2f} nats" if kl_per_dim is not None and len(kl_per_dim) == mean.shape[1] else ""  # noqa: E731
+    ax.set_xlabel(f"z[{dims[0]}] posterior mean{kl_text(dims[0])}")
+    ax.set_ylabel(f"z[{dims[1]}] posterior mean{kl_text(dims[1])}" if len(dims) > 1 else "(one latent dimension)")
+    ax.set_title(f"{title} ({len(mean)} images)")
+    bar = fig.colorbar(points, ax=ax, ticks=range(10))
+    bar.set_label("class")
+    if class_names:
+        bar.set_ticklabels(list(class_names)[:10])
+    fig.tight_layout()
+    canvas.draw()
+    rgba = torch.frombuffer(bytearray(canvas.buffer_rgba()), dtype=torch.uint8)
+    width, height = canvas.get_width_height()
+    return rgba.view(height, width, 4)[..., :3].permute(2, 0, 1).float() / 255
 
 
 @torch.no_grad()
