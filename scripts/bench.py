@@ -245,9 +245,9 @@ def compose_train_config(overrides: list[str]):
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
 
+    from vaelab.cli import CONFIG_DIR
     from vaelab.config import validate
     from vaelab.errors import UserError
-    from vaelab.train import CONFIG_DIR
 
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
@@ -387,7 +387,7 @@ def readme_table(results: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-root", default=os.environ.get("VAELAB_DATA_DIR", str(ROOT / "data")))
+    parser.add_argument("--data-root", default=os.environ.get("VAELAB_DATA_DIR", "data"))
     parser.add_argument("--epochs", type=int, default=2, help="training epochs for (a) and (b)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each, interleaved; the best counts")
     parser.add_argument("--warmup", type=int, default=20, help="steps not timed")
@@ -402,7 +402,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.out is None:
         suffix = "".join(f"-{o}" for o in args.override).replace("/", "_")
-        args.out = ROOT / "logs" / "bench" / f"bench{suffix}.json"
+        args.out = Path("logs") / "bench" / f"bench{suffix}.json"  # of the folder it runs in
 
     with one_line_errors():  # no MNIST, or a bad --override: one line that says what to fix
         measure(args)

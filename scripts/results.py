@@ -50,10 +50,11 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=5000, help="importance samples for the NLL")
     parser.add_argument("--epochs", type=int, default=None, help="override trainer.max_epochs")
     parser.add_argument("--limit-images", type=int, default=None, help="score only the first N test images")
-    parser.add_argument("--out", type=Path, default=ROOT / "logs" / "results")
+    parser.add_argument("--out", type=Path, default=Path("logs") / "results", help="(default: ./logs/results)")
     parser.add_argument("--checkpoint", choices=("last", "best"), default="last",
                         help="score the last checkpoint, or the best one on the validation ELBO")
     args = parser.parse_args()
+    args.out = args.out.resolve()  # the commands run in the source tree
     rows = []
     for name in args.recipes:
         run_dir = args.out / name

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from vaelab.cli import CONFIG_DIR  # noqa: F401 - the packaged configs; importing registers the resolvers
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = PROJECT_ROOT / "configs"
 REAL_DATA = Path(os.environ.get("VAELAB_DATA_DIR", PROJECT_ROOT.parent / "shared" / "data"))
 FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 
@@ -68,8 +69,6 @@ def compose(overrides: list[str] | None = None, *, output_dir: Path | None = Non
     """The real train config, composed with Hydra's compose API (no Hydra run folder)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
-
-    import vaelab.train  # noqa: F401 - registers the project_root resolver
 
     extra = []
     if output_dir is not None:

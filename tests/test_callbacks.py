@@ -35,7 +35,7 @@ def test_a_huge_beta_collapses_the_posterior_and_is_reported(tmp_path, data_root
     cfg = compose([*FAST, "trainer.max_epochs=3", "model.beta=500", "logger=none", "test=false"],
                   output_dir=tmp_path, data_root=data_root)
     with caplog.at_level("WARNING"):
-        metrics = train(cfg)
+        metrics = train(cfg).metrics
     assert metrics["val/active_units"] == 0.0 and metrics["val/kl"] < 0.1
     assert "posterior collapse" in caplog.text
 
@@ -44,7 +44,7 @@ def test_healthy_run_logs_diagnostics_without_warnings(tmp_path, data_root, capl
     cfg = compose([*FAST, "trainer.max_epochs=2", "model.latent_dim=4", "logger=none", "test=false"],
                   output_dir=tmp_path, data_root=data_root)
     with caplog.at_level("WARNING"):
-        metrics = train(cfg)
+        metrics = train(cfg).metrics
     assert metrics["val/active_units"] >= 1
     assert -0.5 < metrics["val/mutual_info"] <= math.log(40) + 0.1  # at most log N for N = 40 images
     assert sum(metrics[f"val/kl_dim/{d:02d}"] for d in range(4)) == pytest.approx(metrics["val/kl"], rel=1e-4)

@@ -62,7 +62,9 @@ def test_data_root_env_override(tmp_path, monkeypatch):
     monkeypatch.setenv("VAELAB_DATA_DIR", "/somewhere/else")
     assert compose(output_dir=tmp_path).data.root == "/somewhere/else"
     monkeypatch.delenv("VAELAB_DATA_DIR")
-    assert compose(output_dir=tmp_path).data.root == str(PROJECT_ROOT / "data")
+    monkeypatch.chdir(tmp_path)  # data and logs follow the folder the command runs in, not the source tree
+    cfg = compose(output_dir=tmp_path)
+    assert (cfg.data.root, cfg.paths.log_dir) == (str(tmp_path / "data"), str(tmp_path / "logs"))
 
 
 def test_cfg_job_prints_the_composed_config_without_torch():

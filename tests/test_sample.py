@@ -8,7 +8,6 @@ from PIL import Image
 
 from vaelab.errors import ConfigError
 from vaelab.evaluate import load_module
-from vaelab.sample import sample_images
 from vaelab.train import train
 
 
@@ -21,15 +20,15 @@ def cvae_ckpt(tmp_path_factory, data_root):
 
 def test_label_picks_the_class_of_every_sample(cvae_ckpt):
     module = load_module(cvae_ckpt)
-    sevens = sample_images(module, 6, label=7, seed=1)
+    sevens = module.sample(6, label=7, seed=1)
     z = torch.randn(6, 3, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(sevens, module.generate(z, torch.full((6,), 7)))
-    assert not torch.allclose(sevens, sample_images(module, 6, label=3, seed=1))
-    cycled = sample_images(module, 10, seed=1)
+    assert not torch.allclose(sevens, module.sample(6, label=3, seed=1))
+    cycled = module.sample(10, seed=1)
     torch.testing.assert_close(cycled[7], module.generate(torch.randn(10, 3, generator=torch.Generator().manual_seed(1)),
                                                           torch.arange(10))[7])
     with pytest.raises(ConfigError, match=r"label=10 is not allowed"):
-        sample_images(module, 2, label=10)
+        module.sample(2, label=10)
 
 
 def test_cli_writes_the_grid(cvae_ckpt, tmp_path):

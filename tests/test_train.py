@@ -88,7 +88,7 @@ def test_training_steps_do_not_probe_nvml_without_a_gpu(monkeypatch, tmp_path, d
 
 def test_training_lowers_the_loss(tmp_path, data_root):
     metrics = train(compose([*FAST, "trainer.max_epochs=3", "logger=csv", "callbacks=none", "test=false"],
-                            output_dir=tmp_path, data_root=data_root))
+                            output_dir=tmp_path, data_root=data_root)).metrics
     rows = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
     val = [float(r.split(",")[header.index("val/elbo")]) for r in rows[1:] if r.split(",")[header.index("val/elbo")]]
@@ -139,7 +139,7 @@ def test_lr_schedule_per_step(tmp_path, data_root):
 def test_same_seed_same_metrics(tmp_path, data_root):
     def run(name):
         metrics = train(compose([*FAST, "logger=none", "callbacks=none", "seed=7"], output_dir=tmp_path / name,
-                                data_root=data_root))
+                                data_root=data_root)).metrics
         return {k: v for k, v in metrics.items() if not k.startswith("time/")}  # wall time differs, of course
 
     first = run("a")
@@ -251,14 +251,14 @@ def test_bad_config_is_one_line_and_a_non_zero_exit(args, message, tmp_path, dat
 
 def test_bf16_mixed_precision_trains_with_float32_sums(tmp_path, data_root):
     metrics = train(compose([*FAST, "logger=none", "callbacks=none", "trainer.precision=bf16-mixed"],
-                            output_dir=tmp_path, data_root=data_root))
+                            output_dir=tmp_path, data_root=data_root)).metrics
     assert all(math.isfinite(v) for v in metrics.values())
     assert metrics["test/elbo"] == pytest.approx(-(metrics["test/recon"] + metrics["test/kl"]), rel=1e-5)
 
 
 @pytest.mark.slow
 def test_compiled_model_trains_and_loads(tmp_path, data_root):
-    metrics = train(compose([*FAST, "logger=none", "compile=true", "test=false"], output_dir=tmp_path, data_root=data_root))
+    metrics = train(compose([*FAST, "logger=none", "compile=true", "test=false"], output_dir=tmp_path, data_root=data_root)).metrics
     assert math.isfinite(metrics["val/elbo"])
     loaded = load_module(tmp_path / "checkpoints" / "last.ckpt")
     assert not any("_orig_mod" in name for name in loaded.state_dict())

@@ -91,6 +91,26 @@ def check_fits(module, checkpoint: dict, source: str) -> None:
                           f"{here.get(name)} here, {saved.get(name)} in the checkpoint)")
 
 
+def source_commit() -> str | None:
+    """The git commit of vaelab's source tree (``+dirty`` with uncommitted changes), or None when
+    vaelab is not run from a git checkout of itself (an installed wheel)."""
+    import subprocess
+
+    package = Path(__file__).resolve().parent
+    try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=package, capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        if not top or Path(top).resolve() / "src" / "vaelab" != package:  # another project's repository
+            return None
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=top, capture_output=True, text=True, timeout=10,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=top,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{commit}+dirty" if dirty else commit
+
+
 def describe(checkpoint: dict) -> list[str]:
     """What a vaelab checkpoint (as ``read_vaelab_checkpoint`` returns it) holds, one fact per line."""
     from vaelab.safe_load import find_targets
@@ -100,7 +120,10 @@ def describe(checkpoint: dict) -> list[str]:
     net = model.get("net") or {}
     tensors = [t for t in checkpoint["state_dict"].values() if isinstance(t, torch.Tensor)]
     meta = checkpoint.get("vaelab") or {}
-    lines = [f"vaelab {meta.get('version', 'version not recorded')}, Lightning {checkpoint.get('pytorch-lightning_version', '?')}",
+    commit = meta.get("commit") or "not recorded"
+    lines = [f"vaelab {meta.get('version', 'version not recorded')} (commit {commit}), "
+             f"Lightning {checkpoint.get('pytorch-lightning_version', '?')}",
+             f"seed {meta.get('seed', 'not recorded')}, W&B run id {meta.get('wandb_run_id') or 'none'}",
              f"epoch {checkpoint.get('epoch', '?')}, global step {checkpoint.get('global_step', '?')}",
              f"model {model.get('name', '?')}: latent_dim={model.get('latent_dim')}, beta={model.get('beta')}, "
              f"conditional={model.get('conditional', False)}, importance_samples={model.get('importance_samples', 1)}",

@@ -20,11 +20,11 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
+from vaelab.cli import CONFIG_DIR, run_hydra_app
 from vaelab.config import is_count, require
 from vaelab.data import load_split, to_float_images
-from vaelab.errors import UserError, first_line, one_line_errors, run_hydra_app
+from vaelab.errors import UserError, first_line, one_line_errors
 from vaelab.safe_load import read_checkpoint
-from vaelab.train import CONFIG_DIR
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -24,11 +25,13 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from vaelab.api import CallableEvaluateModule
 from vaelab.checkpointing import describe
+from vaelab.cli import CONFIG_DIR, run_hydra_app
 from vaelab.config import DATA_NAMES, is_count, require
 from vaelab.data import load_split, to_float_images
 from vaelab.diagnostics import summarize
-from vaelab.errors import ConfigError, first_line, one_line_errors, run_hydra_app
+from vaelab.errors import ConfigError, first_line, one_line_errors
 from vaelab.objectives import (
     importance_samples,
     iwae_bound,
@@ -36,7 +39,6 @@ from vaelab.objectives import (
     log_importance_weights,
 )
 from vaelab.safe_load import CheckpointError, read_vaelab_checkpoint
-from vaelab.train import CONFIG_DIR
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +53,17 @@ def load_module(path: str | Path, device: str = "cpu", key: str = "ckpt"):
 
 def module_from_checkpoint(checkpoint: dict, source: str, device: str = "cpu"):
     """A VAELitModule in eval mode from a checkpoint that ``read_vaelab_checkpoint`` returned."""
+    from vaelab import __version__
     from vaelab.module import VAELitModule
 
     try:
         module = VAELitModule(**checkpoint["hyper_parameters"])
         module.load_state_dict(checkpoint["state_dict"])
     except Exception as error:  # noqa: BLE001 - any failure to rebuild means the same to the user
-        raise CheckpointError(f"{source} is not a usable vaelab checkpoint: {first_line(error)}") from None
+        written_by = (checkpoint.get("vaelab") or {}).get("version")
+        other = "" if written_by == __version__ else (
+            f" (written by vaelab {written_by or 'of unrecorded version'}, this is vaelab {__version__})")
+        raise CheckpointError(f"{source} is not a usable vaelab checkpoint{other}: {first_line(error)}") from None
     return module.to(device).eval()
 
 
@@ -242,19 +248,14 @@ def pick_device(setting: str) -> str:
     return setting
 
 
-def run(cfg: DictConfig) -> dict:
+def evaluate(cfg: DictConfig, checkpoint: dict | None = None) -> dict:
+    """The vaelab-eval results of ``cfg.ckpt`` (``<split>/<name>`` keys, nats per image), computed
+    without writing anything. ``checkpoint``: the file as ``read_vaelab_checkpoint`` returned it."""
     validate_eval_config(cfg)
     torch.manual_seed(cfg.seed)
     device = pick_device(str(cfg.device))
-    out = results_path(cfg)
-    checkpoint = read_vaelab_checkpoint(cfg.ckpt)
-    if cfg.get("scan"):
-        print("\n".join(describe(checkpoint)))
-        return {}
-    for line in describe(checkpoint):  # what the file holds, before anything is built from it
-        log.info("ckpt: %s", line)
+    checkpoint = checkpoint or read_vaelab_checkpoint(cfg.ckpt)
     module = module_from_checkpoint(checkpoint, f"ckpt={cfg.ckpt}", device)
-    del checkpoint
     datamodule = datamodule_for(module, cfg.get("data_root"))
     dataset = {"val": datamodule.val_set, "test": datamodule.test_set}[cfg.split]
     if len(dataset) == 0:
@@ -281,12 +282,31 @@ def run(cfg: DictConfig) -> dict:
         results[f"ood_auroc_vs_{cfg.ood}"] = ood_auroc(scores_in, scores_out)
     prefixed = {f"{cfg.split}/{name}": value for name, value in results.items()}
     prefixed.update(ckpt=str(Path(cfg.ckpt).resolve()), data=datamodule.name, binarize=datamodule.binarize)
-    print(json.dumps({k: v for k, v in prefixed.items() if not isinstance(v, list)}, indent=2))  # shown before any write
-    out.write_text(json.dumps(prefixed, indent=2) + "\n")
+    return prefixed
+
+
+def run(cfg: DictConfig) -> dict:
+    """``vaelab-eval``: describe the checkpoint, evaluate it, print the results, then write them
+    to the JSON file and the run's W&B summary."""
+    validate_eval_config(cfg)
+    out = results_path(cfg)
+    pick_device(str(cfg.device))  # a GPU asked for where there is none fails before the file is read
+    checkpoint = read_vaelab_checkpoint(cfg.ckpt)
+    if cfg.get("scan"):
+        print("\n".join(describe(checkpoint)))
+        config = (checkpoint.get("vaelab") or {}).get("config")
+        print("config:\n" + OmegaConf.to_yaml(config).rstrip() if config else "config: not recorded")
+        return {}
+    for line in describe(checkpoint):  # what the file holds, before anything is built from it
+        log.info("ckpt: %s", line)
+    results = evaluate(cfg, checkpoint)
+    del checkpoint
+    print(json.dumps({k: v for k, v in results.items() if not isinstance(v, list)}, indent=2))  # shown before any write
+    out.write_text(json.dumps(results, indent=2) + "\n")
     log.info("wrote %s", out)
     if cfg.get("wandb", True):
-        prefixed["wandb_run_id"] = update_wandb_summary(Path(cfg.ckpt).resolve().parent.parent, prefixed)
-    return prefixed
+        results["wandb_run_id"] = update_wandb_summary(Path(cfg.ckpt).resolve().parent.parent, results)
+    return results
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
@@ -299,6 +319,10 @@ def main() -> None:
     """``vaelab-eval``: Hydra's command line, its errors as one line."""
     run_hydra_app(app)
 
+
+# ``vaelab.evaluate`` is both this module and the Python API's ``vaelab.evaluate(ckpt, k=...)``
+# (see vaelab/train.py): the module is made callable rather than shadowing the function.
+sys.modules[__name__].__class__ = CallableEvaluateModule
 
 if __name__ == "__main__":
     main()

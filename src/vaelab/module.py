@@ -56,6 +56,9 @@ class VAELitModule(L.LightningModule):
         self.last_diagnostics: dict = {}
         self.last_terms: dict = {}  # the latest training step's terms, for the NaN guard
         self._rng_to_restore: dict | None = None
+        # what the run's checkpoints record besides the weights (set by vaelab.train.train): the
+        # composed config, the seed and the source commit
+        self.run_record: dict = {}
         latent_dim = int(model["latent_dim"])
         if latent_dim < 1:
             raise ConfigError(f"model.latent_dim must be >= 1, got {latent_dim}")
@@ -146,13 +149,21 @@ class VAELitModule(L.LightningModule):
         self._shared_step(batch, "test")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """The random states, and vaelab's version and the latest logged metrics as plain numbers."""
+        """The random states, and under ``checkpoint["vaelab"]``: vaelab's version, the latest
+        logged metrics as plain numbers, the W&B run id, and ``run_record`` (commit, seed, config)."""
+        from lightning.pytorch.loggers import WandbLogger
+
         from vaelab import __version__
 
         checkpoint["rng_states"] = rng_states()
-        metrics = self._trainer.callback_metrics if self._trainer is not None else {}
+        trainer = self._trainer
+        metrics = trainer.callback_metrics if trainer is not None else {}
+        wandb_ids = [logger.version for logger in (trainer.loggers if trainer is not None else [])
+                     if isinstance(logger, WandbLogger)]
         checkpoint["vaelab"] = {"version": __version__,
-                                "metrics": {k: float(v) for k, v in metrics.items() if v.numel() == 1}}
+                                "metrics": {k: float(v) for k, v in metrics.items() if v.numel() == 1},
+                                "wandb_run_id": wandb_ids[0] if wandb_ids else None,
+                                **self.run_record}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._rng_to_restore = checkpoint.get("rng_states")
@@ -175,9 +186,24 @@ class VAELitModule(L.LightningModule):
         interval = scheduler.pop("interval", "epoch")
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": instantiate(scheduler)(optimizer), "interval": interval}}
 
+    def _inputs(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Images (B, C, H, W) in [0, 1] and labels (B,) on this module's device; a CVAE needs the labels."""
+        if self.vae.conditional and y is None:
+            raise ValueError("this is a conditional VAE: give the class labels y, a (B,) tensor of integers")
+        x = torch.as_tensor(x, dtype=torch.float32, device=self.device)
+        if y is not None and self.vae.conditional:
+            y = torch.as_tensor(y, device=self.device).long()
+        return x, y if self.vae.conditional else None
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """q(z | x): images (B, C, H, W) in [0, 1] (and labels (B,) for a CVAE) -> mean, logvar, each (B, latent_dim)."""
+        return self.vae.encode(*self._inputs(x, y))
+
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Pixel means of p(x | z = posterior mean): (B, C, H, W) in [0, 1]."""
+        x, y = self._inputs(x, y)
         mean, _ = self.vae.encode(x, y)
         return self.likelihood.mean(self.vae.decode(mean, y))
 
@@ -185,3 +211,24 @@ class VAELitModule(L.LightningModule):
     def generate(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Pixel means of p(x | z): z (B, D) -> (B, C, H, W) in [0, 1]."""
         return self.likelihood.mean(self.vae.decode(z, y))
+
+    @torch.no_grad()
+    def sample(self, n: int, label: int | None = None, seed: int | None = None) -> torch.Tensor:
+        """Pixel means of p(x | z) for n prior draws z ~ N(0, I): (n, C, H, W) in [0, 1], on the CPU.
+
+        For a CVAE, ``label`` is the class of every image (None: they cycle through the classes);
+        ``seed`` makes the draws repeat (None: torch's global generator)."""
+        vae = self.vae
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"n={n} is not allowed: an integer >= 1")
+        if label is not None and not vae.conditional:
+            raise ConfigError(f"label={label} needs a conditional VAE checkpoint (model=cvae)")
+        if label is not None and not (isinstance(label, int) and 0 <= label < vae.num_classes):
+            raise ConfigError(f"label={label} is not allowed: an integer in [0, {vae.num_classes})")
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        z = torch.randn(n, vae.latent_dim, generator=generator).to(self.device)
+        labels = None
+        if vae.conditional:
+            labels = torch.full((n,), label) if label is not None else torch.arange(n) % vae.num_classes
+            labels = labels.to(self.device)
+        return self.generate(z, labels).cpu()

@@ -227,6 +227,8 @@ def remove_if_empty(run_dir: str | Path) -> None:
     if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log", LOCK_FILE}:
         import shutil
 
-        logging.shutdown()  # close train.log before removing it
+        for handler in logging.getLogger().handlers:  # close Hydra's train.log before removing it
+            if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == run_dir.resolve():
+                handler.close()
         shutil.rmtree(run_dir, ignore_errors=True)
 

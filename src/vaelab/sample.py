@@ -19,34 +19,11 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
+from vaelab.cli import CONFIG_DIR, run_hydra_app
 from vaelab.config import is_count, is_number, require
-from vaelab.errors import ConfigError, one_line_errors, run_hydra_app
-from vaelab.train import CONFIG_DIR
+from vaelab.errors import ConfigError, one_line_errors
 
 KINDS = ("samples", "traversals", "interpolations", "manifold", "scatter")
-
-
-@torch.no_grad()
-def sample_images(module, n: int, label: int | None = None, seed: int = 0) -> torch.Tensor:
-    """(n, C, H, W) pixel means in [0, 1] decoded from n prior samples."""
-    vae = module.vae
-    if n < 1:
-        raise ConfigError(f"n={n} is not allowed: an integer >= 1")
-    check_label(module, label)
-    z = torch.randn(n, vae.latent_dim, generator=torch.Generator().manual_seed(seed)).to(module.device)
-    labels = None
-    if vae.conditional:
-        labels = torch.full((n,), label) if label is not None else torch.arange(n) % vae.num_classes
-        labels = labels.to(module.device)
-    return module.generate(z, labels).cpu()
-
-
-def check_label(module, label: int | None) -> None:
-    vae = module.vae
-    if label is not None and not vae.conditional:
-        raise ConfigError(f"label={label} needs a conditional VAE checkpoint (model=cvae)")
-    if label is not None and not 0 <= label < vae.num_classes:
-        raise ConfigError(f"label={label} is not allowed: an integer in [0, {vae.num_classes})")
 
 
 def pick_test_images(module, cfg: DictConfig, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,10 +61,10 @@ def make_picture(module, cfg: DictConfig) -> torch.Tensor:
 
     validate_sample_config(cfg)
     kind, n, vae = cfg.kind, cfg.n, module.vae
-    check_label(module, cfg.get("label"))
+    module.sample(1, cfg.get("label"))  # a label the model cannot take fails here, before test images load
     if kind == "samples":
         nrow = cfg.get("nrow") or max(1, round(n**0.5))
-        return make_grid(sample_images(module, n, cfg.get("label"), cfg.seed), nrow=nrow, pad_value=1.0)
+        return make_grid(module.sample(n, cfg.get("label"), cfg.seed), nrow=nrow, pad_value=1.0)
     if kind == "manifold":
         if vae.latent_dim != 2 or vae.conditional:
             raise ConfigError(f"kind=manifold needs an unconditional model with latent_dim=2, this one has latent_dim={vae.latent_dim}")

@@ -8,40 +8,32 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from vaelab.api import CallableTrainModule
+from vaelab.cli import CONFIG_DIR, run_hydra_app
 from vaelab.errors import (
     ConfigError,
     UserError,
     find_user_error,
     first_line,
-    run_hydra_app,
 )
 from vaelab.runs import (
     FolderInUseError,
     FolderLock,
-    file_name,
     finished_job,
     plan_start,
     remove_if_empty,
     save_run_config,
 )
 from vaelab.safe_load import read_run_config
-from vaelab.sweep import in_multirun, is_global_zero, sweep_group, threads_per_job, write_status
+from vaelab.sweep import in_multirun, is_global_zero, threads_per_job, write_status
 
 log = logging.getLogger(__name__)
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-CONFIG_DIR = PROJECT_ROOT / "configs"
-
-OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
-OmegaConf.register_new_resolver("vaelab_group", sweep_group, replace=True)
-OmegaConf.register_new_resolver("vaelab_file_name", file_name, replace=True)
-# resume=RUN_DIR runs in that folder; resume=auto (and none) in the default one
-OmegaConf.register_new_resolver("vaelab_run_dir", lambda resume, default: resume if resume not in (None, "", "auto")
-                                else default, replace=True)
 
 
 def checkpoint_to_resume(cfg: DictConfig) -> tuple[str, Path] | None:
@@ -60,8 +52,18 @@ def checkpoint_to_resume(cfg: DictConfig) -> tuple[str, Path] | None:
     return None
 
 
-def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, float]:
-    """Fit, then test on the best checkpoint. Returns the final metrics as floats.
+@dataclass
+class TrainResult:
+    """What a run leaves: its final metrics (floats, nats per image), its folder and checkpoints."""
+
+    metrics: dict[str, float]
+    run_dir: Path
+    best_checkpoint: Path | None  # the best on val/elbo, the one tested; None without validation
+    last_checkpoint: Path | None
+
+
+def train(cfg: DictConfig, overrides: list[str] | None = None) -> TrainResult:
+    """Fit, then test on the best checkpoint.
 
     Once the config, the data, the checkpoint to continue from and the Trainer have passed their
     checks, the run's config (and ``overrides``, the command line's) is saved in
@@ -75,7 +77,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, floa
     import lightning as L
 
     from vaelab.callbacks import FinalSummary
-    from vaelab.checkpointing import RemoveStaleCheckpoints, check_fits
+    from vaelab.checkpointing import RemoveStaleCheckpoints, check_fits, source_commit
     from vaelab.config import instantiate_setting
     from vaelab.loggers import build_loggers, finish_wandb
     from vaelab.module import VAELitModule
@@ -102,6 +104,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, floa
                                   data=OmegaConf.to_container(cfg.data, resolve=True))
         except Exception as error:  # noqa: BLE001 - a network, likelihood or schedule refused its settings
             raise find_user_error(error) or ConfigError(f"model: {first_line(error)}") from error
+        module.run_record = {"commit": source_commit(), "seed": int(cfg.seed),
+                             "config": OmegaConf.to_container(cfg, resolve=True)}
         if cfg.get("compile"):
             module.vae.compile()  # in place: the checkpoint's parameter names stay the same
         # a callback set to null (callbacks.nan_guard=null) is off
@@ -131,13 +135,33 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, floa
         # a resumed run that had finished its epochs (killed during the test) keeps its last train/ and val/ values
         metrics = {**metrics_before, **{k: float(v) for k, v in trainer.callback_metrics.items()}}
         metrics["time/fit_seconds"] = time.perf_counter() - started  # this process only, after a resume
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if cfg.get("test", True):
-            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
             trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
-        return metrics
+        run_dir = Path(cfg.paths.output_dir)
+        last = run_dir / "checkpoints" / "last.ckpt"
+        return TrainResult(metrics, run_dir, Path(best) if best else None, last if last.is_file() else None)
     finally:
         finish_wandb()
+
+
+def run_in_folder(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool = False) -> TrainResult:
+    """Train in ``run_dir`` while holding its lock: a fresh start, or its run continued
+    (``resume=``, ``resume=auto``, a sweep job that stopped), then ``status.json`` says ok.
+    A single run that fails on a bad input leaves no new folder behind."""
+    had_run = (run_dir / ".hydra" / "config.yaml").is_file()
+    try:
+        with FolderLock(run_dir, "run folder"):
+            cfg = plan_start(cfg, run_dir, overrides, multirun=multirun)
+            result = train(cfg, None if cfg.get("resume") else overrides)  # a resumed run keeps its overrides.yaml
+    except Exception as error:
+        user_error = find_user_error(error)
+        if not multirun and user_error and not had_run and not isinstance(user_error, FolderInUseError):
+            remove_if_empty(run_dir)  # never another process's folder
+        raise
+    write_status(run_dir, "ok", result.metrics)
+    return result
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
@@ -159,9 +183,7 @@ def app(cfg: DictConfig) -> float | None:
         if done is not None:  # read without touching the job's folder
             print(f"sweep: job {run_dir.name} finished before (status.json ok): skipped")
             return done.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None
-        with FolderLock(run_dir, "run folder"):
-            cfg = plan_start(cfg, run_dir, overrides, multirun=in_multirun())
-            metrics = train(cfg, None if cfg.get("resume") else overrides)  # a resumed run keeps its overrides.yaml
+        metrics = run_in_folder(cfg, run_dir, overrides, multirun=in_multirun()).metrics
     except Exception as error:
         user_error = find_user_error(error)
         if in_multirun():
@@ -174,11 +196,8 @@ def app(cfg: DictConfig) -> float | None:
             return float("nan")  # Optuna records a NaN as a failed trial and goes on
         if user_error is None:
             raise
-        if not had_run and not isinstance(user_error, FolderInUseError):  # never delete another run's folder
-            remove_if_empty(run_dir)
         print(f"error: {user_error}", file=sys.stderr)
         raise SystemExit(1) from None
-    write_status(run_dir, "ok", metrics)
     shown = {k: float(f"{v:.6g}") for k, v in sorted(metrics.items()) if "/kl_dim/" not in k}
     log.info("final metrics (nats per image): %s", shown)
     return metrics.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None
@@ -188,6 +207,11 @@ def main() -> None:
     """``vaelab-train`` / ``python train.py``: Hydra's command line, its errors as one line."""
     run_hydra_app(app)
 
+
+# ``vaelab.train`` is both this module (``python -m vaelab.train``) and the Python API's
+# ``vaelab.train([...])``: importing a submodule sets the package attribute to the module, so the
+# module itself is made callable rather than shadowing the function.
+sys.modules[__name__].__class__ = CallableTrainModule
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,71 @@
+"""What every console script shares: the packaged config folder, vaelab's OmegaConf
+resolvers, and running a Hydra app so that a bad input is one ``error:`` line.
+
+Imports only hydra and omegaconf, so ``--help`` and ``--cfg job`` stay fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from vaelab.errors import find_user_error, first_line
+from vaelab.runs import file_name
+from vaelab.sweep import sweep_group
+
+# the YAML configs ship inside the package (``vaelab/configs``), so an installed wheel finds them
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def run_dir_for(resume, default: str) -> str:
+    """``hydra.run.dir``: resume=RUN_DIR runs in that folder; resume=auto (and none) in the default one."""
+    return resume if resume not in (None, "", "auto") else default
+
+
+def register_resolvers() -> None:
+    """The ``${vaelab_...:}`` interpolations the configs use; registering twice is harmless."""
+    OmegaConf.register_new_resolver("vaelab_cwd", os.getcwd, replace=True)  # where the command runs
+    OmegaConf.register_new_resolver("vaelab_group", sweep_group, replace=True)
+    OmegaConf.register_new_resolver("vaelab_file_name", file_name, replace=True)
+    OmegaConf.register_new_resolver("vaelab_run_dir", run_dir_for, replace=True)
+
+
+register_resolvers()
+
+
+def hydra_message(error: BaseException) -> str:
+    """Hydra's report of a composition error as one line: its first line, the options it lists."""
+    text = str(error)
+    if "Available options" in text:
+        _, tail = text.split("Available options", 1)
+        options = []
+        for line in tail.splitlines()[1:]:
+            if not line.startswith("\t"):
+                break
+            options.append(line.strip())
+        return f"{first_line(error)} (available: {', '.join(options)})"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    message = " ".join(lines) if len(lines) <= 3 else lines[0]  # e.g. "Could not override 'x'. To append ... use +x=4"
+    if not lines and error.__cause__ is not None:
+        message = first_line(error.__cause__)
+    return message
+
+
+def run_hydra_app(app) -> None:
+    """Run a ``@hydra.main`` app so that what Hydra would report over several lines (an unknown
+    key or option, a bad override, a failing interpolation) is one ``error:`` line and exit 1."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from vaelab.errors import UserError
+
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing its own report
+    try:
+        app()
+    except (HydraException, OmegaConfBaseException, UserError) as error:
+        user_error = find_user_error(error)
+        print(f"error: {user_error if user_error else hydra_message(error)}", file=sys.stderr)
+        raise SystemExit(1) from None
