@@ -211,3 +211,25 @@ def test_a_config_folder_of_ones_own(tmp_path):
                             timeout=60)
     assert result.returncode == 0, result.stderr
     assert "name: beta_vae" in result.stdout and "beta: 3" in result.stdout and "latent_dim: 5" in result.stdout
+
+
+def test_resume_from_python_continues_the_run(tmp_path):
+    data_root = write_synthetic_dataset(tmp_path / "data", "mnist")
+    common = [*SMALL, "logger=csv", "callbacks.sample_grids=null", f"data.root={data_root}", f"paths.log_dir={tmp_path}"]
+    first = vaelab.train([*common, "model=beta_vae", "model.beta=4"])
+    resumed = vaelab.train([f"resume={first.run_dir}", "trainer.max_epochs=2"])
+    assert resumed.run_dir == first.run_dir
+    checkpoint = torch.load(resumed.last_checkpoint, weights_only=True)
+    assert checkpoint["epoch"] == 1 and checkpoint["hyper_parameters"]["model"]["beta"] == 4
+    assert checkpoint["vaelab"]["config"]["paths"]["output_dir"] == str(first.run_dir)
+
+
+def test_the_train_function_outside_hydra_says_what_to_do(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from vaelab.train import train
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[*SMALL, "logger=none"])
+    with pytest.raises(Exception, match=r"paths.output_dir is not set and no Hydra app is running"):
+        train(cfg)

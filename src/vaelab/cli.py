@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from vaelab.errors import find_user_error, first_line
+from vaelab.errors import ConfigError, find_user_error, first_line
 from vaelab.runs import file_name
 from vaelab.sweep import sweep_group
 
@@ -25,12 +25,23 @@ def run_dir_for(resume, default: str) -> str:
     return resume if resume not in (None, "", "auto") else default
 
 
+def hydra_output_dir() -> str:
+    """``paths.output_dir``: the folder Hydra made for this run or sweep job."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        raise ConfigError("paths.output_dir is not set and no Hydra app is running: call vaelab.train([...]) "
+                          "from Python, or set paths.output_dir=<folder>")
+    return HydraConfig.get().runtime.output_dir
+
+
 def register_resolvers() -> None:
     """The ``${vaelab_...:}`` interpolations the configs use; registering twice is harmless."""
     OmegaConf.register_new_resolver("vaelab_cwd", os.getcwd, replace=True)  # where the command runs
     OmegaConf.register_new_resolver("vaelab_group", sweep_group, replace=True)
     OmegaConf.register_new_resolver("vaelab_file_name", file_name, replace=True)
     OmegaConf.register_new_resolver("vaelab_run_dir", run_dir_for, replace=True)
+    OmegaConf.register_new_resolver("vaelab_output_dir", hydra_output_dir, replace=True)
 
 
 register_resolvers()

@@ -175,6 +175,8 @@ def config_to_resume(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Di
             OmegaConf.update(resumed, key, value, merge=False, force_add=True)
         given.append(override.input_line)
     resumed.resume, resumed.ckpt_path = str(run_dir), None
+    if "paths" in resumed:  # the folder it is in now (also outside a Hydra app)
+        resumed.paths.output_dir = str(run_dir)
     log.info("resume=%s: its saved config, with the overrides given again: %s", run_dir, " ".join(given) or "none")
     return resumed
 
