@@ -43,7 +43,7 @@ def test_ddp_command_trains_with_two_processes(tmp_path, data_root):
 
 def test_ddp_spawn_in_process(tmp_path, data_root):
     cfg = compose(["trainer=ddp_spawn", *TWO_CPUS, *FAST], output_dir=tmp_path, data_root=data_root)
-    metrics = train(cfg)
+    metrics = train(cfg).metrics
     assert metrics["test/elbo"] < 0 and metrics["val/kl"] > 0
     assert metrics["test/elbo"] == pytest.approx(-(metrics["test/recon"] + metrics["test/kl"]), rel=1e-5)
     # the summary is written by rank 0 inside the spawned processes, so it holds the test metrics
