@@ -4,7 +4,7 @@
 
 On the real MNIST training images, the 784-400-20 MLP VAE, batch 128, Adam, dynamic binarization:
   (a) vaelab: `train.py`'s own configuration (Lightning Trainer, callbacks, offline W&B logger)
-      through `vaelab.train.train`, validation switched off so that only training steps are timed;
+      through `vaelab.training.train`, validation switched off so that only training steps are timed;
   (b) a plain PyTorch loop over in-memory tensors (the pytorch/examples VAE, batches sliced from
       one tensor) with torch's default Adam, as pytorch/examples writes it;
   (b') the same loop with the fused Adam (`fused=True`) that vaelab's model configs use, so that
@@ -15,7 +15,7 @@ On the real MNIST training images, the 784-400-20 MLP VAE, batch 128, Adam, dyna
       matrix products (two forward, three backward) and one fused Adam update, so that the
       table says how fast any implementation of this step could be on the machine.
 Images per second are counted after `--warmup` steps. It also times the importance-sampled NLL
-(k = 5000) of the IWAE-paper MLP through `vaelab.evaluate.evaluate_split` against the same
+(k = 5000) of the IWAE-paper MLP through `vaelab.evaluation.evaluate_split` against the same
 batched computation written out by hand, and the start-up time of `python train.py --cfg job`.
 Results go to a JSON file and, with --readme, into the README between the bench markers.
 `--override KEY=VALUE` (repeatable) passes Hydra overrides to (a), e.g. `--override compile=true`;
@@ -259,7 +259,7 @@ def compose_train_config(overrides: list[str]):
 
 
 def run_train(overrides: list[str]) -> None:
-    from vaelab.train import train
+    from vaelab.training import train
 
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
@@ -276,7 +276,7 @@ def bench_lockstep(images: torch.Tensor, root: str, epochs: int, warmup: int, wo
 
 
 def bench_lightning(root: str, epochs: int, warmup: int, work: Path, extra: list[str] = ()) -> float:
-    """(a): vaelab.train.train with train.py's default config (and `extra` overrides); validation and test off."""
+    """(a): vaelab.training.train with train.py's default config (and `extra` overrides); validation and test off."""
     run_train([*lightning_overrides(root, epochs, work, extra), "+callbacks.bench_timer._target_=__main__.StepTimer",
                f"+callbacks.bench_timer.warmup={warmup}"])
     return StepTimer.last.images_per_second
@@ -304,19 +304,16 @@ def bare_iwae_nll(vae, images: torch.Tensor, k: int, batch_images: int) -> float
 
 def bench_nll(root: str, n_images: int, k: int) -> dict:
     """Seconds for the test NLL of the first n_images at k samples: vaelab-eval's path and the bare one."""
-    from omegaconf import OmegaConf
-
     from vaelab.data import VAEDataModule
-    from vaelab.evaluate import evaluate_split, images_per_forward
+    from vaelab.evaluation import evaluate_split, images_per_forward
     from vaelab.module import VAELitModule
 
     cfg = compose_train_config(["experiment=iwae_paper_vae_mnist", f"data.root={root}"])
 
-    torch.manual_seed(0)
-    module = VAELitModule(OmegaConf.to_container(cfg.model, resolve=True), OmegaConf.to_container(cfg.loss, resolve=True),
-                          OmegaConf.to_container(cfg.annealing, resolve=True)).eval()
     datamodule = VAEDataModule(name="mnist", root=root, binarize="dynamic")
     datamodule.setup("test")
+    torch.manual_seed(0)
+    module = VAELitModule.from_config(cfg, datamodule).eval()
     images, labels = datamodule.test_set.images[:n_images], datamodule.test_set.labels[:n_images]
     batch_images = images_per_forward(k)
     timings = {}

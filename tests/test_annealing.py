@@ -1,6 +1,6 @@
 import pytest
 
-from vaelab.annealing import Constant, Cyclical, Linear, Sigmoid, capacity
+from vaelab.annealing import Constant, Cyclical, Linear, Sigmoid, capacity_target
 
 
 def test_constant():
@@ -32,7 +32,7 @@ def test_sigmoid_is_half_at_the_midpoint_and_monotone():
 
 
 def test_capacity_ramp():
-    assert [capacity(s, 25.0, 100) for s in (0, 40, 100, 500)] == [0.0, 10.0, 25.0, 25.0]
+    assert [capacity_target(s, 25.0, 100) for s in (0, 40, 100, 500)] == [0.0, 10.0, 25.0, 25.0]
 
 
 @pytest.mark.parametrize("make", [lambda: Linear(warmup_steps=0), lambda: Cyclical(ratio=0.0),

@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import FAST, PROJECT_ROOT, child_env, compose, write_synthetic_dataset
 
-from vaelab.train import train
+from vaelab.training import train
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from hydra.utils import instantiate
 
 from vaelab.callbacks import CollapseMonitor
 from vaelab.panels import prior_quantile_grid
-from vaelab.train import train
+from vaelab.training import train
 
 
 def fake_trainer(**metrics):

@@ -9,7 +9,7 @@ import pytest
 from helpers import FAST, PROJECT_ROOT, child_env
 from PIL import Image
 
-from vaelab.compare import compare
+from vaelab.comparison import compare
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_table_plots_and_report(sweep_dir, tmp_path):
 
 
 def test_curves_come_from_the_csv_logger(sweep_dir):
-    from vaelab.compare import find_run_folders, read_run
+    from vaelab.comparison import find_run_folders, read_run
 
     runs = [read_run(folder) for folder in find_run_folders([sweep_dir])]
     assert len(runs) == 4
@@ -107,9 +107,9 @@ def test_damaged_run_folders_are_skipped_with_a_warning_naming_them(sweep_dir, t
 def test_a_resumed_wandb_run_is_read_as_one_run(tmp_path, data_root):
     from helpers import compose
 
-    from vaelab.compare import read_run
+    from vaelab.comparison import read_run
     from vaelab.runs import save_run_config
-    from vaelab.train import train
+    from vaelab.training import train
 
     run_dir = tmp_path / "run"
     for epochs in (1, 2):

@@ -10,16 +10,13 @@ from vaelab.errors import ConfigError
 
 BAD = [
     (["model.beta=-1"], "model.beta=-1.0 is not allowed: a number >= 0"),
-    (["model.beta=abc"], "model.beta: Value 'abc'"),
     (["model.latent_dim=0"], "model.latent_dim=0 is not allowed"),
-    (["model.latent_dim=abc"], "model.latent_dim: Value 'abc'"),
     (["model.free_bits=-0.5"], "model.free_bits=-0.5"),
     (["model.optimizer.lr=0"], "model.optimizer.lr=0"),
-    (["+model.bta=4"], "model.bta: Key 'bta' not in"),
+    (["+model.bta=4"], "model.bta: Key 'bta' not in"),  # a key added with + passes composition
     (["model=beta_vae_capacity", "model.capacity.gamma=-3"], "model.capacity.gamma=-3.0"),
     (["data.binarize=maybe"], "data.binarize='maybe' is not allowed: one of none, static, dynamic"),
     (["data.batch_size=0"], "data.batch_size=0"),
-    (["data.batch_size=1.5"], "data.batch_size: Value '1.5'"),
     (["data.val_size=-1"], "data.val_size=-1"),
     (["data.name=cifar"], "data.name='cifar'"),
     (["seed=abc"], "seed='abc'"),
@@ -43,6 +40,26 @@ BAD = [
     (["trainer.precision=fp8"], "trainer.precision='fp8' is not allowed"),
     (["compile=maybe"], "compile='maybe' is not allowed: true or false"),
 ]
+
+
+# the schemas' types are checked while Hydra composes the config (--cfg job and multiruns included)
+BAD_TYPES = [
+    (["model.beta=abc"], "model.beta=abc: Value 'abc' of type 'str' could not be converted to Float"),
+    (["model.latent_dim=abc"], "model.latent_dim=abc: Value 'abc' of type 'str' could not be converted to Integer"),
+    (["data.batch_size=1.5"], "data.batch_size=1.5: Value '1.5' of type 'float' could not be converted to Integer"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), BAD_TYPES, ids=[" ".join(o) for o, _ in BAD_TYPES])
+def test_a_value_of_the_wrong_type_fails_while_composing(overrides, message, tmp_path):
+    from hydra.errors import HydraException
+
+    from vaelab.cli import hydra_message
+
+    with pytest.raises(HydraException) as error:
+        compose(overrides, output_dir=tmp_path)
+    assert message in hydra_message(error.value)
+    assert "\n" not in hydra_message(error.value)
 
 
 @pytest.mark.parametrize(("overrides", "message"), BAD, ids=[" ".join(o) for o, _ in BAD])
@@ -92,8 +109,7 @@ COMMAND_BAD = [
 @pytest.mark.parametrize(("command", "overrides", "message"), COMMAND_BAD,
                          ids=[f"{c} {' '.join(o)}" for c, o, _ in COMMAND_BAD])
 def test_bad_eval_or_sample_value_names_the_key(command, overrides, message):
-    from vaelab.evaluate import validate_eval_config
-    from vaelab.sample import validate_sample_config
+    from vaelab.config import validate_eval_config, validate_sample_config
 
     validator = {"eval": validate_eval_config, "sample": validate_sample_config}[command]
     with pytest.raises(ConfigError, match=re.escape(message)):

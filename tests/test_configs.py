@@ -36,15 +36,16 @@ def test_option_composes_and_instantiates(group, option, tmp_path, data_root):
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert resolved["paths"]["output_dir"] == str(tmp_path)
     datamodule = instantiate(cfg.data)
-    module = VAELitModule(
-        model=resolved["model"], loss=resolved["loss"], annealing=resolved["annealing"],
-        image_shape=datamodule.image_shape, num_classes=datamodule.num_classes,
-    )
+    module = VAELitModule.from_config(cfg, datamodule)
     assert module.vae.conditional == resolved["model"]["conditional"]
     for logger_cfg in (cfg.logger or {}).values():
         assert logger_cfg._target_.startswith("lightning.pytorch.loggers.")
-    for callback_cfg in (cfg.callbacks or {}).values():
-        assert instantiate(callback_cfg) is not None
+    for callback_cfg in (cfg.callbacks or {}).values():  # each builds the class it names, with its settings
+        callback = instantiate(callback_cfg)
+        assert f"{type(callback).__module__}.{type(callback).__name__}".endswith(callback_cfg._target_.split(".")[-1])
+        for key, value in callback_cfg.items():
+            if key != "_target_" and hasattr(callback, key) and isinstance(value, int | float | str | bool):
+                assert getattr(callback, key) == value, (callback_cfg._target_, key)
     if group == "trainer" and option not in ("gpu",):
         trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
         assert trainer.max_epochs == cfg.trainer.max_epochs
@@ -55,7 +56,7 @@ def test_command_line_values_reach_the_model(tmp_path):
     assert (cfg.model.name, cfg.model.beta, cfg.model.latent_dim, cfg.data.name) == ("beta_vae", 8, 3, "fashion_mnist")
     assert compose(["model=beta_vae"], output_dir=tmp_path).model.beta == 4.0
     assert compose(["model=vae"], output_dir=tmp_path).model.beta == 1.0
-    assert cfg.run_name == "beta_vae-fashion_mnist-z3-b8-s0"
+    assert cfg.run_name == "beta_vae-fashion_mnist-z3-b8.0-s0"  # model.beta is a float (ModelSchema)
 
 
 def test_data_root_env_override(tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ from vaelab.data import (
 
 
 def make(data_root, **kwargs):
-    dm = VAEDataModule(root=str(data_root), **{"val_size": 40, "batch_size": 32, **kwargs})
+    dm = VAEDataModule(root=str(data_root), **{"val_size": 40, "batch_size": 32, "binarize": "none", **kwargs})
     dm.prepare_data()
     dm.setup("fit")
     return dm

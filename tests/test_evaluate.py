@@ -9,9 +9,10 @@ import torch
 from helpers import FAST, PROJECT_ROOT, child_env, compose
 from omegaconf import OmegaConf
 
-from vaelab.evaluate import evaluate_split, load_module
-from vaelab.train import train
-from vaelab.wandb_offline import find_offline_runs, read_offline_run
+from vaelab.checkpointing import load_module
+from vaelab.evaluation import evaluate_split
+from vaelab.training import train
+from vaelab.wandb_run import find_offline_runs, read_offline_run
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,7 @@ def test_long_pass_reports_progress(trained_run, caplog):
     """A progress line after every batch when progress_seconds=0, none after the last one."""
     module = load_module(trained_run / "checkpoints" / "last.ckpt")
     images = torch.rand(10, 1, 28, 28).round()
-    with caplog.at_level("INFO", logger="vaelab.evaluate"):
+    with caplog.at_level("INFO", logger="vaelab.evaluation"):
         results = evaluate_split(module, images, torch.zeros(10, dtype=torch.long), k=8, batch_images=3,
                                  progress_seconds=0)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("NLL at k=8")]

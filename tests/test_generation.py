@@ -9,9 +9,14 @@ import pytest
 import torch
 from helpers import FAST, PROJECT_ROOT, child_env, compose, synthetic_digits
 
-from vaelab.classifier import classifier_fid, load_classifier, save_classifier, train_classifier
-from vaelab.evaluate import generation_quality, ood_auroc
-from vaelab.train import train
+from vaelab.evaluation import generation_quality, ood_auroc
+from vaelab.image_classifier import (
+    classifier_fid,
+    load_classifier,
+    save_classifier,
+    train_classifier,
+)
+from vaelab.training import train
 
 
 @pytest.fixture(scope="module")

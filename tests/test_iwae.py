@@ -11,16 +11,16 @@ import torch
 from torch import nn
 from torch.distributions import Independent, MultivariateNormal, Normal
 
-from vaelab.objectives import iwae_bound, kl_standard_normal, log_importance_weights
+from vaelab.objectives import importance_weighted_terms, iwae_bound, kl_standard_normal
 
 P, D, SIGMA = 6, 2, 0.5
 
 
 class IdentityGaussian(nn.Module):
-    """p(x | z) = N(params, s^2 I) summed over the P coordinates."""
+    """p(x | z) = N(decoder_output, s^2 I) summed over the P coordinates."""
 
-    def log_prob(self, x, params):
-        return Independent(Normal(params, SIGMA), 1).log_prob(x)
+    def log_prob(self, x, decoder_output):
+        return Independent(Normal(decoder_output, SIGMA), 1).log_prob(x)
 
 
 class LinearGaussianVAE(nn.Module):
@@ -63,7 +63,7 @@ def test_exact_posterior_gives_exact_log_likelihood_for_every_sample():
     torch.manual_seed(0)
     vae = LinearGaussianVAE()
     x = data(vae)
-    log_w = log_importance_weights(vae, IdentityGaussian(), x, None, k=7)
+    log_w = importance_weighted_terms(vae, IdentityGaussian(), x, None, k=7)[0]
     assert log_w.shape == (5, 7)
     torch.testing.assert_close(log_w, vae.log_px(x)[:, None].expand(5, 7))
     torch.testing.assert_close(iwae_bound(log_w), vae.log_px(x))
@@ -76,7 +76,7 @@ def test_estimate_converges_to_log_px_as_k_grows():
     exact = vae.log_px(x)
     errors = {}
     for k in (1, 10, 100, 5000):
-        estimates = torch.stack([iwae_bound(log_importance_weights(vae, IdentityGaussian(), x, None, k)) for _ in range(20)])
+        estimates = torch.stack([iwae_bound(importance_weighted_terms(vae, IdentityGaussian(), x, None, k)[0]) for _ in range(20)])
         errors[k] = (estimates.mean(0) - exact).abs().max().item()
     assert errors[5000] < 0.01
     assert errors[1] > errors[10] > errors[100] > errors[5000]
@@ -86,7 +86,7 @@ def test_bound_does_not_get_worse_as_k_grows():
     torch.manual_seed(0)
     vae = LinearGaussianVAE(mean_shift=0.4, var_scale=2.5)
     x = data(vae)
-    means = [torch.stack([iwae_bound(log_importance_weights(vae, IdentityGaussian(), x, None, k)) for _ in range(200)]).mean()
+    means = [torch.stack([iwae_bound(importance_weighted_terms(vae, IdentityGaussian(), x, None, k)[0]) for _ in range(200)]).mean()
              for k in (1, 4, 16, 64, 256)]
     assert means == sorted(means)
     assert means[-1] <= vae.log_px(x).mean() + 1e-3  # still a lower bound in expectation
@@ -96,7 +96,7 @@ def test_k_equal_one_is_an_unbiased_elbo_estimate():
     torch.manual_seed(0)
     vae = LinearGaussianVAE(mean_shift=0.4, var_scale=2.5)
     x = data(vae, n=3)
-    draws = iwae_bound(log_importance_weights(vae, IdentityGaussian(), x.repeat(20_000, 1), None, k=1)).view(20_000, 3)
+    draws = iwae_bound(importance_weighted_terms(vae, IdentityGaussian(), x.repeat(20_000, 1), None, k=1)[0]).view(20_000, 3)
     standard_error = draws.std(0) / math.sqrt(20_000)
     assert ((draws.mean(0) - vae.elbo(x)).abs() < 4 * standard_error).all()
     assert (vae.elbo(x) < vae.log_px(x)).all()

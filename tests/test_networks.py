@@ -19,7 +19,7 @@ def test_forward_shapes(kind, num_classes):
     x, y = torch.rand(5, *SHAPE), torch.arange(5)
     out = vae(x, y)
     assert out.mean.shape == out.logvar.shape == out.z.shape == (5, 4)
-    assert out.params.shape == (5, *SHAPE)
+    assert out.decoder_output.shape == (5, *SHAPE)
 
 
 def test_reparameterization_is_differentiable_and_random():

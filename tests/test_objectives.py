@@ -1,7 +1,6 @@
 import itertools
 import math
 
-import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -54,10 +53,10 @@ def test_bernoulli_log_prob_equals_the_torch_distribution_and_broadcasts_over_sa
 
 def test_gaussian_log_prob_is_scaled_mse_plus_constant():
     torch.manual_seed(0)
-    sigma, x, params = 0.3, torch.rand(3, 1, 28, 28), torch.randn(3, 1, 28, 28)
-    squared_error = (x - torch.sigmoid(params)).square().sum(dim=(1, 2, 3))
+    sigma, x, decoder_output = 0.3, torch.rand(3, 1, 28, 28), torch.randn(3, 1, 28, 28)
+    squared_error = (x - torch.sigmoid(decoder_output)).square().sum(dim=(1, 2, 3))
     constant = 784 * (math.log(sigma) + 0.5 * math.log(2 * math.pi))
-    torch.testing.assert_close(GaussianLikelihood(sigma).log_prob(x, params), -squared_error / (2 * sigma**2) - constant)
+    torch.testing.assert_close(GaussianLikelihood(sigma).log_prob(x, decoder_output), -squared_error / (2 * sigma**2) - constant)
 
 
 def test_gaussian_learned_sigma_is_a_parameter_and_gets_gradients():
@@ -75,9 +74,9 @@ def batch(seed=0):
 
 
 def test_elbo_terms_are_per_image_sums_averaged_over_the_batch():
-    x, params, mean, logvar = batch()
-    terms = Objective(BernoulliLikelihood(), beta=4.0)(x, params, mean, logvar, step=0)
-    recon = F.binary_cross_entropy_with_logits(params, x, reduction="sum") / 8
+    x, decoder_output, mean, logvar = batch()
+    terms = Objective(BernoulliLikelihood(), beta=4.0)(x, decoder_output, mean, logvar, step=0)
+    recon = F.binary_cross_entropy_with_logits(decoder_output, x, reduction="sum") / 8
     kl = kl_standard_normal(mean, logvar).sum() / 8
     torch.testing.assert_close(terms["recon"], recon)
     torch.testing.assert_close(terms["kl"], kl)
@@ -87,37 +86,31 @@ def test_elbo_terms_are_per_image_sums_averaged_over_the_batch():
 
 
 def test_annealing_scales_the_kl_weight_by_global_step():
-    x, params, mean, logvar = batch()
+    x, decoder_output, mean, logvar = batch()
     objective = Objective(BernoulliLikelihood(), beta=2.0, schedule=Linear(warmup_steps=100))
-    at_0, at_50 = objective(x, params, mean, logvar, step=0), objective(x, params, mean, logvar, step=50)
+    at_0, at_50 = objective(x, decoder_output, mean, logvar, step=0), objective(x, decoder_output, mean, logvar, step=50)
     assert at_0["beta"] == 0.0 and at_50["beta"] == 1.0
     torch.testing.assert_close(at_0["loss"], at_0["recon"])
     torch.testing.assert_close(at_50["loss"], at_50["recon"] + at_50["kl"])
 
 
 def test_free_bits_hold_each_dimension_at_least_lambda():
-    x, params, _, _ = batch()
+    x, decoder_output, _, _ = batch()
     mean, logvar = torch.zeros(8, 6), torch.zeros(8, 6)
     mean[:, 0] = 3.0  # dimension 0 carries 4.5 nats, the rest none
-    terms = Objective(BernoulliLikelihood(), free_bits=0.5)(x, params, mean, logvar, step=0)
+    terms = Objective(BernoulliLikelihood(), free_bits=0.5)(x, decoder_output, mean, logvar, step=0)
     torch.testing.assert_close(terms["kl"], torch.tensor(4.5))
     torch.testing.assert_close(terms["loss"] - terms["recon"], torch.tensor(4.5 + 5 * 0.5))
 
 
 def test_capacity_control_penalises_distance_to_the_ramped_target():
-    x, params, mean, logvar = batch()
+    x, decoder_output, mean, logvar = batch()
     capacity = {"gamma": 10.0, "max_nats": 20.0, "ramp_steps": 100}
     objective = Objective(BernoulliLikelihood(), capacity=capacity)
-    terms = objective(x, params, mean, logvar, step=25)
+    terms = objective(x, decoder_output, mean, logvar, step=25)
     assert terms["capacity"] == 5.0
     torch.testing.assert_close(terms["loss"], terms["recon"] + 10.0 * (terms["kl"] - 5.0).abs())
-    assert objective(x, params, mean, logvar, step=10_000)["capacity"] == 20.0
-
-
-@pytest.mark.parametrize("kwargs", [{"beta": -1.0}, {"free_bits": -0.1}])
-def test_objective_rejects_negative_weights(kwargs):
-    with pytest.raises(ValueError, match="model."):
-        Objective(BernoulliLikelihood(), **kwargs)
+    assert objective(x, decoder_output, mean, logvar, step=10_000)["capacity"] == 20.0
 
 
 def test_masked_convolution_sees_only_earlier_pixels():
@@ -138,39 +131,39 @@ def test_autoregressive_bernoulli_sums_to_one_over_every_binary_image():
     torch.manual_seed(0)
     likelihood = LocalAutoregressiveBernoulli(channels=3, kernel_size=3)
     every = torch.tensor(list(itertools.product([0.0, 1.0], repeat=9))).view(512, 1, 3, 3)
-    params = torch.randn(1, 1, 3, 3).expand(512, 1, 3, 3)  # one z
+    decoder_output = torch.randn(1, 1, 3, 3).expand(512, 1, 3, 3)  # one z
     with torch.no_grad():
-        total = likelihood.log_prob(every, params).double().exp().sum()
+        total = likelihood.log_prob(every, decoder_output).double().exp().sum()
     torch.testing.assert_close(total, torch.tensor(1.0, dtype=torch.float64), atol=1e-5, rtol=0)
 
 
 def test_autoregressive_bernoulli_shares_the_context_across_samples():
     torch.manual_seed(0)
     likelihood = LocalAutoregressiveBernoulli(channels=4)
-    x, params = torch.rand(3, 1, 28, 28).round(), torch.randn(5, 3, 1, 28, 28)  # 5 samples of z per image
+    x, decoder_output = torch.rand(3, 1, 28, 28).round(), torch.randn(5, 3, 1, 28, 28)  # 5 samples of z per image
     with torch.no_grad():
-        broadcast = likelihood.log_prob(x, params)
-        one_by_one = torch.stack([likelihood.log_prob(x, p) for p in params])
+        broadcast = likelihood.log_prob(x, decoder_output)
+        one_by_one = torch.stack([likelihood.log_prob(x, p) for p in decoder_output])
     assert broadcast.shape == (5, 3)
     torch.testing.assert_close(broadcast, one_by_one)
     context = likelihood.context(x)  # blocks of 6 samples (two copies of the batch) give the same logits
     with torch.no_grad():
-        torch.testing.assert_close(likelihood.logits(context, params, block=6), likelihood.logits(context, params, block=10**6))
+        torch.testing.assert_close(likelihood.logits(context, decoder_output, block=6), likelihood.logits(context, decoder_output, block=10**6))
 
 
 def test_autoregressive_pictures_are_the_probabilities_of_a_sequential_sample():
     torch.manual_seed(0)
     likelihood = LocalAutoregressiveBernoulli(channels=4)
-    params = torch.randn(2, 1, 12, 10)
+    decoder_output = torch.randn(2, 1, 12, 10)
     torch.manual_seed(1)
-    probs = likelihood.mean(params)
+    probs = likelihood.image(decoder_output)
     torch.manual_seed(1)  # the same draws again, to recover the sampled image
-    sample = torch.zeros_like(params)
+    sample = torch.zeros_like(decoder_output)
     for row in range(12):
         for col in range(10):
             sample[..., row, col] = torch.bernoulli(probs[..., row, col])
     with torch.no_grad():  # the strip-by-strip probabilities equal the whole-image ones for that image
-        whole = torch.sigmoid(likelihood.logits(likelihood.context(sample), params))
+        whole = torch.sigmoid(likelihood.logits(likelihood.context(sample), decoder_output))
     torch.testing.assert_close(probs, whole)
     assert probs.min() >= 0 and probs.max() <= 1
 
@@ -184,9 +177,9 @@ def iwae_inputs(k=5, seed=0):
 
 
 def test_iwae_loss_is_minus_the_importance_weighted_bound():
-    x, params, z, mean, logvar = iwae_inputs(k=5)
-    terms = Objective(BernoulliLikelihood(), importance_samples=5)(x, params, mean, logvar, step=0, z=z)
-    log_px_z = -F.binary_cross_entropy_with_logits(params, x.expand_as(params), reduction="none").sum((2, 3, 4))
+    x, decoder_output, z, mean, logvar = iwae_inputs(k=5)
+    terms = Objective(BernoulliLikelihood(), importance_samples=5)(x, decoder_output, mean, logvar, step=0, z=z)
+    log_px_z = -F.binary_cross_entropy_with_logits(decoder_output, x.expand_as(decoder_output), reduction="none").sum((2, 3, 4))
     log_pz = Normal(0.0, 1.0).log_prob(z).sum(-1)
     log_qz = Normal(mean, (0.5 * logvar).exp()).log_prob(z).sum(-1)
     bound = torch.logsumexp(log_px_z + log_pz - log_qz, 0) - math.log(5)  # (8,)
@@ -198,10 +191,10 @@ def test_iwae_loss_is_minus_the_importance_weighted_bound():
 
 
 def test_iwae_bound_is_at_least_the_mean_log_weight_and_anneals_the_prior_ratio():
-    x, params, z, mean, logvar = iwae_inputs(k=5)
+    x, decoder_output, z, mean, logvar = iwae_inputs(k=5)
     objective = Objective(BernoulliLikelihood(), importance_samples=5, schedule=Linear(warmup_steps=100))
-    at_0, at_100 = objective(x, params, mean, logvar, step=0, z=z), objective(x, params, mean, logvar, step=100, z=z)
-    log_px_z = BernoulliLikelihood().log_prob(x, params)  # (5, 8)
+    at_0, at_100 = objective(x, decoder_output, mean, logvar, step=0, z=z), objective(x, decoder_output, mean, logvar, step=100, z=z)
+    log_px_z = BernoulliLikelihood().log_prob(x, decoder_output)  # (5, 8)
     # beta_t = 0: the weights are p(x | z_i) alone
     torch.testing.assert_close(at_0["loss"], -(torch.logsumexp(log_px_z, 0) - math.log(5)).mean())
     assert at_0["beta"] == 0.0 and at_100["beta"] == 1.0
@@ -210,17 +203,6 @@ def test_iwae_bound_is_at_least_the_mean_log_weight_and_anneals_the_prior_ratio(
     # Jensen: log-mean-exp of the weights >= their mean (the ELBO's Monte-Carlo estimate on the same samples)
     log_w = log_px_z + Normal(0.0, 1.0).log_prob(z).sum(-1) - Normal(mean, (0.5 * logvar).exp()).log_prob(z).sum(-1)
     assert at_100["iwae"] >= log_w.mean()
-
-
-@pytest.mark.parametrize(("kwargs", "key"), [
-    ({"importance_samples": 0}, "model.importance_samples"),
-    ({"importance_samples": 5, "free_bits": 0.5}, "model.importance_samples"),
-    ({"importance_samples": 5, "capacity": {"gamma": 1.0, "max_nats": 5.0, "ramp_steps": 10}}, "model.importance_samples"),
-    ({"dreg": True}, "model.dreg"),
-])
-def test_iwae_settings_that_do_not_fit_are_refused(kwargs, key):
-    with pytest.raises(ValueError, match=key):
-        Objective(BernoulliLikelihood(), **kwargs)
 
 
 def dreg_setup(k, copies, dtype=torch.float64):
@@ -236,10 +218,10 @@ def dreg_setup(k, copies, dtype=torch.float64):
 
 
 class GaussianOfMean(nn.Module):
-    """p(x | z) = N(params, 0.5^2 I) over the last dimension."""
+    """p(x | z) = N(decoder_output, 0.5^2 I) over the last dimension."""
 
-    def log_prob(self, x, params):
-        return Normal(params, 0.5).log_prob(x).sum(-1)
+    def log_prob(self, x, decoder_output):
+        return Normal(decoder_output, 0.5).log_prob(x).sum(-1)
 
 
 def encoder_gradients(dreg, k=8, copies=4000):
@@ -247,8 +229,8 @@ def encoder_gradients(dreg, k=8, copies=4000):
     W, x, mean, logvar, eps = dreg_setup(k, copies)
     z = mean + (0.5 * logvar).exp() * eps
     objective = Objective(GaussianOfMean(), importance_samples=k, dreg=dreg)
-    params = (z @ W.T).float()
-    terms = objective(x.float(), params, mean.float(), logvar.float(), step=0, z=z)
+    decoder_output = (z @ W.T).float()
+    terms = objective(x.float(), decoder_output, mean.float(), logvar.float(), step=0, z=z)
     mean_grad, logvar_grad = torch.autograd.grad(terms["loss"] * copies, (mean, logvar))
     return torch.cat([mean_grad, logvar_grad], dim=1).double()
 

@@ -84,7 +84,7 @@ def api_runs(tmp_path_factory):
         common = [*SMALL, "logger=wandb", f"data.root={data_root}", f"paths.log_dir={root / 'logs'}"]
         vae = vaelab.train([*common, "model.latent_dim=2"])
         cvae = vaelab.train([*common, "model=cvae", "model.latent_dim=3"])
-        from vaelab.compare import compare
+        from vaelab.comparison import compare
 
         compare([root / "logs" / "runs"], root / "compare")
         yield vae, cvae, data_root, matplotlib.get_backend()
@@ -227,7 +227,7 @@ def test_resume_from_python_continues_the_run(tmp_path):
 def test_the_train_function_outside_hydra_says_what_to_do(tmp_path):
     from hydra import compose, initialize_config_dir
 
-    from vaelab.train import train
+    from vaelab.training import train
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[*SMALL, "logger=none"])

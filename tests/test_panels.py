@@ -7,9 +7,9 @@ from PIL import Image
 
 from vaelab import panels
 from vaelab.callbacks import SampleGrids
+from vaelab.checkpointing import load_module
 from vaelab.errors import ConfigError
-from vaelab.evaluate import load_module
-from vaelab.train import train
+from vaelab.training import train
 
 TILE = 28 + 2  # one image plus make_grid's 2-pixel padding
 

@@ -12,8 +12,8 @@ import torch
 from helpers import FAST, PROJECT_ROOT, child_env, compose, write_synthetic_dataset
 
 from vaelab.errors import NonFiniteError
-from vaelab.train import train
-from vaelab.wandb_offline import find_offline_runs, read_offline_run
+from vaelab.training import train
+from vaelab.wandb_run import find_offline_runs, read_offline_run
 
 
 def cli(args, tmp_path):
@@ -70,8 +70,8 @@ def test_nan_guard_stops_with_the_step_and_the_term_and_keeps_the_last_checkpoin
 
     forward = Objective.forward
 
-    def poisoned(self, x, params, mean, logvar, step, **kwargs):
-        terms = forward(self, x, params, mean, logvar, step, **kwargs)
+    def poisoned(self, x, decoder_output, mean, logvar, step, **kwargs):
+        terms = forward(self, x, decoder_output, mean, logvar, step, **kwargs)
         if self.training and step == 9:  # an epoch is 7 steps: the first checkpoint exists by then
             terms["kl"] = terms["kl"] * float("nan")
             terms["loss"] = terms["recon"] + terms["kl"]

@@ -23,7 +23,7 @@ from vaelab.safe_load import (
     read_run_config,
     read_vaelab_checkpoint,
 )
-from vaelab.train import train
+from vaelab.training import train
 
 
 class RunsCode:
@@ -106,7 +106,7 @@ def test_a_cached_classifier_with_a_pickled_callable_is_refused(tmp_path, data_r
 
 
 def test_in_process_loading_refuses_the_same_files(tmp_path, good_run):
-    from vaelab.evaluate import load_module
+    from vaelab.checkpointing import load_module
 
     for how, error in (("pickled callable", CheckpointError), ("foreign target", ConfigError),
                        ("shared-reference bomb", CheckpointError)):

@@ -6,9 +6,9 @@ import torch
 from helpers import CONFIG_DIR, FAST, PROJECT_ROOT, child_env, compose
 from PIL import Image
 
+from vaelab.checkpointing import load_module
 from vaelab.errors import ConfigError
-from vaelab.evaluate import load_module
-from vaelab.train import train
+from vaelab.training import train
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_cli_writes_traversals_interpolations_and_scatter(cvae_ckpt, data_root, 
 def test_manifold_needs_two_unconditional_latents(cvae_ckpt, data_root):
     from omegaconf import OmegaConf
 
-    from vaelab.sample import make_picture
+    from vaelab.panels import make_picture
 
     defaults = OmegaConf.load(CONFIG_DIR / "sample.yaml")  # vaelab-sample's own defaults
     cfg = OmegaConf.merge(defaults, {"ckpt": str(cvae_ckpt), "kind": "manifold", "n": 1, "data_root": str(data_root)})

@@ -6,7 +6,7 @@ import sys
 
 from helpers import FAST, PROJECT_ROOT, child_env
 
-from vaelab.wandb_offline import find_offline_runs, read_offline_run
+from vaelab.wandb_run import find_offline_runs, read_offline_run
 
 
 def test_sweep_keeps_going_past_a_failed_job_and_summarises(tmp_path, data_root):
@@ -37,7 +37,7 @@ def test_sweep_keeps_going_past_a_failed_job_and_summarises(tmp_path, data_root)
         assert len([row for row in run.history if "test/elbo" in row]) == 1
 
     # vaelab-compare reads the same sweep back from the offline W&B runs: failed jobs listed, curves from W&B
-    from vaelab.compare import find_run_folders, read_run
+    from vaelab.comparison import find_run_folders, read_run
 
     compared = [read_run(folder) for folder in find_run_folders([sweep_dir])]
     assert [r.status for r in compared] == ["ok", "ok", "failed", "failed", "ok", "ok"]
@@ -46,7 +46,7 @@ def test_sweep_keeps_going_past_a_failed_job_and_summarises(tmp_path, data_root)
 
 
 def test_a_sweep_over_importance_samples_summarises_the_iwae_bound(tmp_path, data_root):
-    from vaelab.compare import compare
+    from vaelab.comparison import compare
 
     sweep_dir = tmp_path / "sweep"
     result = subprocess.run(

@@ -9,12 +9,11 @@ import pytest
 import torch
 from helpers import FAST, PROJECT_ROOT, child_env, compose
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
-from vaelab.evaluate import load_module
+from vaelab.checkpointing import load_module
 from vaelab.module import VAELitModule, skip_nvml_cuda_probe
-from vaelab.train import train
-from vaelab.wandb_offline import find_offline_runs, read_offline_run
+from vaelab.training import train
+from vaelab.wandb_run import find_offline_runs, read_offline_run
 
 VARIANTS = [
     ["model=vae"], ["model=beta_vae"], ["model=cvae"], ["model=beta_vae_capacity"],
@@ -29,10 +28,8 @@ VARIANTS = [
 
 def build(overrides, tmp_path, data_root):
     cfg = compose([*FAST, *overrides], output_dir=tmp_path, data_root=data_root)
-    container = OmegaConf.to_container(cfg, resolve=True)
     datamodule = instantiate(cfg.data)
-    module = VAELitModule(model=container["model"], loss=container["loss"], annealing=container["annealing"],
-                          image_shape=datamodule.image_shape, num_classes=datamodule.num_classes)
+    module = VAELitModule.from_config(cfg, datamodule)
     return cfg, datamodule, module
 
 

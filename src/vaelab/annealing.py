@@ -73,6 +73,6 @@ class Sigmoid:
         return 0.0 if x > 700 else 1.0 / (1.0 + math.exp(x))
 
 
-def capacity(step: int, max_nats: float, ramp_steps: int) -> float:
+def capacity_target(step: int, max_nats: float, ramp_steps: int) -> float:
     """Target KL C(t) of the capacity-controlled beta-VAE (Burgess et al. 2018): 0 -> max_nats linearly."""
     return max_nats * min(1.0, step / max(ramp_steps, 1))

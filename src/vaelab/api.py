@@ -56,10 +56,10 @@ def train(overrides: list[str] | tuple[str, ...] = ()):
     """Train one run with the command line's overrides, e.g. ``["model=beta_vae", "model.beta=4"]``.
 
     The run goes to ``./logs/runs/<time>_<run_name>/`` (``paths.log_dir=...``, ``hydra.run.dir=...``
-    move it; ``resume=RUN_DIR`` continues a run). Returns a ``vaelab.train.TrainResult``: ``metrics``
+    move it; ``resume=RUN_DIR`` continues a run). Returns a ``vaelab.training.TrainResult``: ``metrics``
     (floats, nats per image), ``run_dir``, ``best_checkpoint``, ``last_checkpoint``."""
     from vaelab.runs import check_can_create
-    from vaelab.train import run_in_folder
+    from vaelab.training import run_in_folder
 
     overrides = list(overrides)
     if any(o.startswith(("hparams_search=", "hydra/sweeper", "hydra/launcher")) for o in overrides):
@@ -74,7 +74,7 @@ def load(checkpoint: str | Path, device: str = "cpu"):
     """The model in a vaelab checkpoint, in eval mode on ``device``: a ``VAELitModule`` with
     ``sample(n, label=None, seed=None)``, ``encode(x, y=None)``, ``reconstruct(x, y=None)`` and
     ``generate(z, y=None)``. The file is read as data (weights_only, every ``_target_`` allow-listed)."""
-    from vaelab.evaluate import load_module
+    from vaelab.checkpointing import load_module
 
     return load_module(checkpoint, device, key="checkpoint")
 
@@ -83,7 +83,7 @@ def evaluate(checkpoint: str | Path, k: int = 5000, split: str = "test", **setti
     """The ``vaelab-eval`` results of a checkpoint as a dict (``<split>/nll``, ``<split>/elbo``, ...,
     nats per image), computed without writing a file or a W&B summary. ``settings`` are vaelab-eval's
     other keys, e.g. ``limit_images=1000``, ``data_root=...``, ``generation=False``, ``device="cpu"``."""
-    from vaelab.evaluate import evaluate as evaluate_checkpoint
+    from vaelab.evaluation import evaluate_checkpoint
 
     cfg = without_hydra(compose("eval"), Path.cwd())
     for key, value in {"ckpt": str(checkpoint), "k": k, "split": split, **settings}.items():

@@ -20,6 +20,7 @@ from torchvision.utils import save_image
 from vaelab import panels as draw
 from vaelab.diagnostics import kl_per_dimension
 from vaelab.errors import ConfigError, NonFiniteError
+from vaelab.wandb_run import write_summaries
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class SampleGrids(L.Callback):
         traversal_steps, traversal_span, traversal_dims: columns, range (prior standard
             deviations either side of the posterior mean) and most rows of the traversals.
         interpolation_pairs, interpolation_steps: rows and columns of the interpolations.
-        scatter_images: test images in the latent scatter (0: the whole test split).
+        scatter_images: validation images in the latent scatter (0: the whole validation split).
         output_dir: the run folder (default: the trainer's root folder).
         seed: seeds the prior samples, which are the same every epoch.
     """
@@ -136,11 +137,12 @@ class SampleGrids(L.Callback):
         return images
 
     def latent_scatter(self, pl_module, datamodule) -> torch.Tensor:
-        """The test split's posterior means (the first scatter_images of them), coloured by class."""
-        test_x, test_y = datamodule.fixed_batch("test", self.scatter_images or 10**9)
-        mean, logvar = draw.encode_all(pl_module, test_x, test_y)
-        return draw.latent_scatter(mean, test_y, kl_per_dimension(mean, logvar), datamodule.classes,
-                                   title=f"{datamodule.name} test posterior means")
+        """The validation split's posterior means (the first scatter_images of them), coloured by
+        class: drawn at validation, it reads no test image."""
+        val_x, val_y = datamodule.fixed_batch("val", self.scatter_images or 10**9)
+        mean, logvar = draw.encode_all(pl_module, val_x, val_y)
+        return draw.latent_scatter(mean, val_y, kl_per_dimension(mean, logvar), datamodule.classes,
+                                   title=f"{datamodule.name} validation posterior means")
 
     def save(self, name: str, grid: torch.Tensor, trainer: L.Trainer) -> Path:
         root = Path(self.output_dir or trainer.default_root_dir)
@@ -265,12 +267,8 @@ class FinalSummary(L.Callback):
     def write(trainer: L.Trainer, extra: dict) -> None:
         if not trainer.is_global_zero:
             return
-        runs = [logger.experiment for logger in trainer.loggers if type(logger).__name__ == "WandbLogger"]
-        if not runs:
-            return
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         final = {name: float(value) for name, value in trainer.callback_metrics.items()}
         final.update(extra, epochs=trainer.current_epoch, global_step=trainer.global_step, best_checkpoint=best,
                      world_size=trainer.world_size)
-        for run in runs:
-            run.summary.update(final)
+        write_summaries(trainer.loggers, final)

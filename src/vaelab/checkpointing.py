@@ -23,6 +23,9 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from vaelab.errors import first_line
+from vaelab.safe_load import CheckpointError, read_vaelab_checkpoint
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """TorchCheckpointIO that saves to a temporary file, then renames it into place (atomic on POSIX)."""
@@ -155,3 +158,25 @@ class RemoveStaleCheckpoints(Callback):
                     path.unlink(missing_ok=True)
 
 
+def load_module(path: str | Path, device: str = "cpu", key: str = "ckpt"):
+    """A VAELitModule in eval mode from a vaelab checkpoint.
+
+    The file is read as data (``read_vaelab_checkpoint``: weights_only, bounded, every
+    ``_target_`` in its hyperparameters on the allow-list) before anything is built from it."""
+    return module_from_checkpoint(read_vaelab_checkpoint(path, key), f"{key}={path}", device)
+
+
+def module_from_checkpoint(checkpoint: dict, source: str, device: str = "cpu"):
+    """A VAELitModule in eval mode from a checkpoint that ``read_vaelab_checkpoint`` returned."""
+    from vaelab import __version__
+    from vaelab.module import VAELitModule
+
+    try:
+        module = VAELitModule(**checkpoint["hyper_parameters"])
+        module.load_state_dict(checkpoint["state_dict"])
+    except Exception as error:  # noqa: BLE001 - any failure to rebuild means the same to the user
+        written_by = (checkpoint.get("vaelab") or {}).get("version")
+        other = "" if written_by == __version__ else (
+            f" (written by vaelab {written_by or 'of unrecorded version'}, this is vaelab {__version__})")
+        raise CheckpointError(f"{source} is not a usable vaelab checkpoint{other}: {first_line(error)}") from None
+    return module.to(device).eval()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from vaelab.config import register_schemas
 from vaelab.errors import ConfigError, find_user_error, first_line
 from vaelab.runs import file_name
 from vaelab.sweep import sweep_group
@@ -45,6 +46,7 @@ def register_resolvers() -> None:
 
 
 register_resolvers()
+register_schemas()
 
 
 def hydra_message(error: BaseException) -> str:
@@ -60,8 +62,9 @@ def hydra_message(error: BaseException) -> str:
         return f"{first_line(error)} (available: {', '.join(options)})"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     message = " ".join(lines) if len(lines) <= 3 else lines[0]  # e.g. "Could not override 'x'. To append ... use +x=4"
-    if not lines and error.__cause__ is not None:
-        message = first_line(error.__cause__)
+    if error.__cause__ is not None and (not lines or message.startswith("Error merging override")):
+        cause = first_line(error.__cause__)  # e.g. the schema's "Value 'abc' of type 'str' could not be converted"
+        message = f"{message}: {cause}" if lines else cause
     return message
 
 

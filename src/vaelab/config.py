@@ -20,6 +20,8 @@ from vaelab.errors import ConfigError
 
 DATA_NAMES = ("mnist", "fashion_mnist")
 BINARIZE = ("none", "static", "dynamic")
+# vaelab-sample kind=...
+PICTURE_KINDS = ("samples", "traversals", "interpolations", "manifold", "scatter")
 
 
 MAX_LATENT_DIM = 4096  # far above any useful VAE on 28x28 images; keeps a typo from allocating gigabytes
@@ -153,14 +155,26 @@ class TrainerSchema:
                 "trainer.gradient_clip_val", self.gradient_clip_val, "null or a number >= 0")
 
 
-def check(section: str, schema: type, values: DictConfig, only_schema_keys: bool = False) -> None:
+def register_schemas() -> None:
+    """Give Hydra the data and model schemas (``/schema/data``, ``/schema/model``), which
+    configs/data/mnist.yaml and configs/model/vae.yaml extend: a value of the wrong type fails
+    while the config is composed (``--cfg job`` and every job of a multirun included). The
+    ranges are checked by ``validate`` (``__post_init__``), before a run starts."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    store.store(group="schema", name="data", node=DataSchema)
+    store.store(group="schema", name="model", node=ModelSchema)
+
+
+def check(section: str, schema: type, values: DictConfig | dict, only_schema_keys: bool = False) -> None:
     """Merge ``values`` into ``schema`` (types, unknown keys, ``__post_init__`` ranges); with
     ``only_schema_keys``, keys the schema does not name are left to their owner to check."""
     try:
         if only_schema_keys:  # resolves only these keys (others may need a Hydra run, e.g. default_root_dir)
             resolved = {k: values[k] for k in schema.__dataclass_fields__ if k in values}
         else:
-            resolved = OmegaConf.to_container(values, resolve=True)
+            resolved = OmegaConf.to_container(values, resolve=True) if isinstance(values, DictConfig) else values
         OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), resolved))
     except OmegaConfBaseException as error:
         key = f"{section}.{error.full_key}" if getattr(error, "full_key", None) else section
@@ -246,3 +260,39 @@ def instantiate_setting(config, key: str, **kwargs):
             raise user_error from None
         cause = error.__cause__ or error
         raise ConfigError(f"{key}: {first_line(cause)}") from error
+
+
+def validate_eval_config(cfg: DictConfig) -> None:
+    """Raise ConfigError (one line naming the key) for a bad vaelab-eval value, before anything loads."""
+    require(is_count(cfg.k), "k", cfg.k, "an integer >= 1")
+    require(cfg.split in ("test", "val"), "split", cfg.split, "test or val")
+    for key in ("batch_images", "limit_images"):
+        require(is_count(cfg.get(key), allow_null=True), key, cfg.get(key), "null or an integer >= 1")
+    progress = cfg.get("progress_seconds", 60)
+    require(isinstance(progress, int | float) and not isinstance(progress, bool) and progress >= 0,
+            "progress_seconds", progress, "a number >= 0")
+    require(cfg.device in ("auto", "cpu", "cuda") or str(cfg.device).startswith("cuda:"), "device", cfg.device,
+            "auto, cpu, cuda or cuda:N")
+    require(cfg.get("ood") in (None, *DATA_NAMES), "ood", cfg.get("ood"), f"null or one of {', '.join(DATA_NAMES)}")
+    require(is_count(cfg.samples_per_class), "samples_per_class", cfg.samples_per_class, "an integer >= 1")
+
+
+def validate_sample_config(cfg: DictConfig) -> None:
+    """Raise ConfigError (one line naming the key) for a bad vaelab-sample value, before anything loads."""
+    require(cfg.kind in PICTURE_KINDS, "kind", cfg.kind, f"one of {', '.join(PICTURE_KINDS)}")
+    require(is_count(cfg.n), "n", cfg.n, "an integer >= 1")
+    require(is_count(cfg.steps) and cfg.steps >= 2, "steps", cfg.steps, "an integer >= 2")
+    require(is_number(cfg.span) and cfg.span > 0, "span", cfg.span, "a number > 0")
+    require(is_count(cfg.get("nrow"), allow_null=True), "nrow", cfg.get("nrow"), "null or an integer >= 1")
+    require(is_count(cfg.scatter_images), "scatter_images", cfg.scatter_images, "an integer >= 1")
+    require(isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool), "seed", cfg.seed, "an integer")
+    label = cfg.get("label")
+    require(label is None or (isinstance(label, int) and not isinstance(label, bool)), "label", label,
+            "null or a class number")
+
+
+def validate_classifier_config(cfg: DictConfig) -> None:
+    """Raise ConfigError (one line naming the key) for a bad vaelab-classifier value."""
+    require(is_count(cfg.epochs), "epochs", cfg.epochs, "an integer >= 1")
+    require(isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool), "seed", cfg.seed, "an integer")
+    require(isinstance(cfg.retrain, bool), "retrain", cfg.retrain, "true or false")

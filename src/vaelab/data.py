@@ -24,13 +24,14 @@ import torch
 import torchvision
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from vaelab.config import DataSchema, check
 from vaelab.errors import ConfigError, UserError
+from vaelab.safe_load import CheckpointError
 
 DATASETS = {
     "mnist": torchvision.datasets.MNIST,
     "fashion_mnist": torchvision.datasets.FashionMNIST,
 }
-BINARIZE_CHOICES = ("none", "static", "dynamic")
 DOWNLOAD_TIMEOUT_S = 20.0
 
 
@@ -234,7 +235,7 @@ class VAEDataModule(L.LightningDataModule):
         batch_size: int = 128,
         eval_batch_size: int = 1000,
         val_size: int = 5000,
-        binarize: str = "none",
+        binarize: str = "dynamic",
         split_seed: int = 0,
         binarize_seed: int = 0,
         download: bool = True,
@@ -243,10 +244,8 @@ class VAEDataModule(L.LightningDataModule):
         data_on_device: bool = True,
     ):
         super().__init__()
-        if name not in DATASETS:
-            raise ConfigError(f"data.name must be one of {sorted(DATASETS)}, got {name!r}")
-        if binarize not in BINARIZE_CHOICES:
-            raise ConfigError(f"data.binarize must be one of {list(BINARIZE_CHOICES)}, got {binarize!r}")
+        check("data", DataSchema, {"name": name, "root": root, "batch_size": batch_size, "eval_batch_size": eval_batch_size,
+                                   "val_size": val_size, "binarize": binarize, "num_workers": num_workers})
         self.name = name
         self.root = root
         self.batch_size = batch_size
@@ -338,3 +337,28 @@ class VAEDataModule(L.LightningDataModule):
             dataset = {"train": self.train_set, "val": self.val_set, "test": self.test_set}[split]
         n = min(n, len(dataset))
         return dataset.images[:n], dataset.labels[:n]
+
+
+def datamodule_for(module, data_root: str | None):
+    """The checkpoint's data module (same split, binarization and seeds), reading from data_root."""
+    from hydra.utils import instantiate
+
+    data = dict(module.hparams.get("data") or {})
+    if not data:
+        raise CheckpointError("the checkpoint holds no data config (written by an older vaelab)")
+    if data_root:
+        data["root"] = data_root
+    datamodule = instantiate(data)
+    datamodule.setup("test")
+    return datamodule
+
+
+def datamodule_like(datamodule, name: str):
+    """Another data set prepared exactly as the checkpoint's (root, split, binarization, seeds)."""
+    from vaelab.data import VAEDataModule
+
+    other = VAEDataModule(name=name, root=datamodule.root, val_size=datamodule.val_size, binarize=datamodule.binarize,
+                          split_seed=datamodule.split_seed, binarize_seed=datamodule.binarize_seed,
+                          download=datamodule.download)
+    other.setup("test")
+    return other

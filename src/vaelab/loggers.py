@@ -1,57 +1,23 @@
 """Experiment loggers: W&B (default), CSV or none, built from the ``logger`` config group.
 
 W&B never prompts or hangs here: with no credentials and no ``WANDB_MODE`` set, runs are
-logged offline (sync them later with ``wandb sync <run folder>``).
+logged offline (sync them later with ``wandb sync <run folder>``); see ``vaelab.wandb_run``.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
-import netrc
-import os
 import warnings
 from pathlib import Path
-from urllib.parse import urlparse
 
 from omegaconf import DictConfig, OmegaConf
 
 from vaelab.config import instantiate_setting
+from vaelab.wandb_run import WANDB_TARGET, choose_wandb_mode, run_id_in
 
 log = logging.getLogger(__name__)
-WANDB_TARGET = "lightning.pytorch.loggers.WandbLogger"
 CSV_TARGET = "lightning.pytorch.loggers.CSVLogger"
-
-
-def has_wandb_credentials() -> bool:
-    """True when WANDB_API_KEY is set or ~/.netrc (or $NETRC) holds a key for the W&B host."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
-    path = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    try:
-        return path.is_file() and netrc.netrc(path).authenticators(host) is not None
-    except (netrc.NetrcParseError, OSError):
-        return False
-
-
-def choose_wandb_mode() -> str:
-    """Respect WANDB_MODE; without it and without credentials, switch to offline and say so once."""
-    mode = os.environ.get("WANDB_MODE")
-    if mode:
-        return mode
-    if has_wandb_credentials():
-        return "online"
-    os.environ["WANDB_MODE"] = "offline"
-    log.warning("W&B: no credentials found (WANDB_API_KEY or ~/.netrc), logging offline; "
-                "sync later with `wandb sync <run>/wandb/offline-run-*`.")
-    return "offline"
-
-
-def existing_wandb_run_id(save_dir: str | Path) -> str | None:
-    """The id of the newest W&B run already logged under save_dir/wandb, if any."""
-    runs = sorted(Path(save_dir).glob("wandb/*run-*/run-*.wandb"), key=lambda p: p.stat().st_mtime)
-    return runs[-1].stem.removeprefix("run-") if runs else None
 
 
 def csv_rows_before(metrics_csv: Path, step: int) -> tuple[list[str], list[dict]]:
@@ -78,7 +44,7 @@ def build_loggers(cfg: DictConfig, resume_step: int | None = None) -> list:
         if logger_cfg.get("_target_") == WANDB_TARGET:
             choose_wandb_mode()
             Path(logger_cfg.save_dir).mkdir(parents=True, exist_ok=True)
-            run_id = existing_wandb_run_id(logger_cfg.save_dir) if resume_step is not None else None
+            run_id = run_id_in(logger_cfg.save_dir) if resume_step is not None else None
             if run_id:
                 extra = {"id": run_id, "resume": "allow"}
                 log.info("W&B: resuming run %s", run_id)
@@ -94,20 +60,22 @@ def build_loggers(cfg: DictConfig, resume_step: int | None = None) -> list:
         for logger in loggers:
             logger.log_hyperparams(config)  # a CSV logger's writer starts here (and deletes metrics.csv)
     for index, (header, rows) in kept_csv.items():
-        writer = loggers[index].experiment
-        if header and hasattr(writer, "metrics_file_path"):  # rank 0 only
-            with open(writer.metrics_file_path, "w", newline="") as file:
-                table = csv.DictWriter(file, fieldnames=header)
-                table.writeheader()
-                table.writerows(rows)
-            writer.metrics_keys = sorted(header)
+        if header:
+            restore_csv_rows(loggers[index].experiment, header, rows)
     return loggers
 
 
-def finish_wandb() -> None:
-    """Close the active W&B run, so that the next multirun job starts a run of its own."""
-    import sys
-
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and wandb.run is not None:
-        wandb.finish()
+def restore_csv_rows(writer, header: list[str], rows: list[dict]) -> None:
+    """Write rows back into a CSVLogger's metrics.csv, and tell its writer the columns it holds.
+    The writer keeps them in a private list (``_ExperimentWriter.metrics_keys``); an upgrade that
+    drops it stops here with a message saying so."""
+    if not hasattr(writer, "metrics_file_path"):  # not rank 0: no file
+        return
+    if not isinstance(getattr(writer, "metrics_keys", None), list):
+        raise RuntimeError(f"Lightning's CSV writer {type(writer).__name__} has no metrics_keys list, which vaelab "
+                           "sets when it keeps a resumed run's metrics.csv (vaelab/loggers.py)")
+    with open(writer.metrics_file_path, "w", newline="") as file:
+        table = csv.DictWriter(file, fieldnames=header)
+        table.writeheader()
+        table.writerows(rows)
+    writer.metrics_keys = sorted(header)

@@ -1,7 +1,7 @@
 """One LightningModule for the VAE, the beta-VAE and the conditional VAE.
 
 It is built from plain config dicts (saved as hyperparameters), so a checkpoint alone is
-enough to rebuild it: ``vaelab.evaluate.load_module(path)`` (read as data, weights_only).
+enough to rebuild it: ``vaelab.load(path)`` (read as data, weights_only).
 
 Logged metrics, all in nats per image (sum over pixels / latent dims, mean over the batch):
 ``{train,val,test}/recon``, ``/kl``, ``/elbo`` (beta = 1), ``/loss`` (the weighted training
@@ -17,7 +17,7 @@ import torch
 from hydra.utils import instantiate
 
 from vaelab.checkpointing import restore_rng_states, rng_states
-from vaelab.config import instantiate_setting
+from vaelab.config import ModelSchema, check, instantiate_setting
 from vaelab.diagnostics import summarize
 from vaelab.errors import ConfigError
 from vaelab.networks import VAE
@@ -36,6 +36,17 @@ def skip_nvml_cuda_probe() -> None:
         os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "0"
 
 
+def lightning_logs_this_step(trainer: L.Trainer) -> bool:
+    """Whether Lightning writes this training step's logged metrics. Lightning keeps the answer in
+    a private attribute (``trainer._logger_connector.should_update_logs``); an upgrade that moves
+    it stops here with a message saying so, rather than logging silently on every step or none."""
+    connector = getattr(trainer, "_logger_connector", None)
+    if connector is None or not hasattr(type(connector), "should_update_logs"):
+        raise RuntimeError(f"Lightning {L.__version__} has no trainer._logger_connector.should_update_logs, "
+                           "which vaelab uses to log only on logging steps (vaelab/module.py)")
+    return bool(connector.should_update_logs or trainer.fast_dev_run)
+
+
 class VAELitModule(L.LightningModule):
     """Args:
     model: the ``model`` config: latent_dim, beta, conditional, free_bits, capacity, importance_samples, dreg,
@@ -51,22 +62,21 @@ class VAELitModule(L.LightningModule):
     def __init__(self, model: dict, loss: dict, annealing: dict, image_shape=(1, 28, 28), num_classes: int = 10,
                  data: dict | None = None, diagnostics: bool = True):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # the loggers get the whole run config once (build_loggers)
         self._posteriors: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.last_diagnostics: dict = {}
         self.last_terms: dict = {}  # the latest training step's terms, for the NaN guard
         self._rng_to_restore: dict | None = None
-        # what the run's checkpoints record besides the weights (set by vaelab.train.train): the
+        # what the run's checkpoints record besides the weights (set by vaelab.training.train): the
         # composed config, the seed and the source commit
         self.run_record: dict = {}
+        check("model", ModelSchema, model)  # the one place the model's rules live
         latent_dim = int(model["latent_dim"])
-        if latent_dim < 1:
-            raise ConfigError(f"model.latent_dim must be >= 1, got {latent_dim}")
-        cond_dim = num_classes if model.get("conditional", False) else 0
-        common = dict(image_shape=tuple(image_shape), latent_dim=latent_dim, cond_dim=cond_dim)
+        label_classes = num_classes if model.get("conditional", False) else 0  # the one-hot label's width; 0: none
+        common = dict(image_shape=tuple(image_shape), latent_dim=latent_dim, cond_dim=label_classes)
         encoder = instantiate_setting(model["net"]["encoder"], "model.net.encoder", **common)
         decoder = instantiate_setting(model["net"]["decoder"], "model.net.decoder", **common)
-        self.vae = VAE(encoder, decoder, latent_dim, cond_dim)
+        self.vae = VAE(encoder, decoder, latent_dim, num_classes=label_classes)
         self.objective = Objective(
             likelihood=instantiate_setting(loss, "loss"),
             beta=model.get("beta", 1.0),
@@ -76,6 +86,21 @@ class VAELitModule(L.LightningModule):
             importance_samples=model.get("importance_samples", 1),
             dreg=model.get("dreg", False),
         )
+
+    @classmethod
+    def from_config(cls, cfg, datamodule) -> VAELitModule:
+        """The module for a composed train config (``cfg.model``, ``cfg.loss``, ``cfg.annealing``,
+        ``cfg.data``) and the data module whose image shape and classes it fits. A network,
+        likelihood or schedule that refuses its settings is a ConfigError naming ``model``."""
+        from omegaconf import OmegaConf
+
+        from vaelab.errors import find_user_error, first_line
+
+        settings = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "loss", "annealing", "data")}
+        try:
+            return cls(**settings, image_shape=datamodule.image_shape, num_classes=datamodule.num_classes)
+        except Exception as error:  # noqa: BLE001 - a network, likelihood or schedule refused its settings
+            raise find_user_error(error) or ConfigError(f"model: {first_line(error)}") from error
 
     @property
     def likelihood(self):
@@ -87,7 +112,7 @@ class VAELitModule(L.LightningModule):
     def _shared_step(self, batch, stage: str) -> torch.Tensor:
         x, y = batch
         out = self.vae(x, y, samples=self.objective.importance_samples)
-        terms = self.objective(x, out.params, out.mean, out.logvar, self.global_step, z=out.z)
+        terms = self.objective(x, out.decoder_output, out.mean, out.logvar, self.global_step, z=out.z)
         on_step = stage == "train"
         if on_step:
             self.last_terms = terms
@@ -114,9 +139,7 @@ class VAELitModule(L.LightningModule):
         Each ``self.log`` costs Lightning about a millisecond of Python; logging the terms only
         on these steps loses nothing (train/ metrics are per step, not epoch means) and keeps
         the training step close to a hand-written loop's speed."""
-        trainer = self._trainer
-        connector = getattr(trainer, "_logger_connector", None)
-        return connector is None or bool(connector.should_update_logs or trainer.fast_dev_run)
+        return self._trainer is None or lightning_logs_this_step(self._trainer)
 
     def training_step(self, batch, batch_idx):
         return self._shared_step(batch, "train")
@@ -151,15 +174,13 @@ class VAELitModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """The random states, and under ``checkpoint["vaelab"]``: vaelab's version, the latest
         logged metrics as plain numbers, the W&B run id, and ``run_record`` (commit, seed, config)."""
-        from lightning.pytorch.loggers import WandbLogger
-
         from vaelab import __version__
+        from vaelab.wandb_run import logged_run_ids
 
         checkpoint["rng_states"] = rng_states()
         trainer = self._trainer
         metrics = trainer.callback_metrics if trainer is not None else {}
-        wandb_ids = [logger.version for logger in (trainer.loggers if trainer is not None else [])
-                     if isinstance(logger, WandbLogger)]
+        wandb_ids = logged_run_ids(trainer.loggers) if trainer is not None else []
         checkpoint["vaelab"] = {"version": __version__,
                                 "metrics": {k: float(v) for k, v in metrics.items() if v.numel() == 1},
                                 "wandb_run_id": wandb_ids[0] if wandb_ids else None,
@@ -205,12 +226,12 @@ class VAELitModule(L.LightningModule):
         """Pixel means of p(x | z = posterior mean): (B, C, H, W) in [0, 1]."""
         x, y = self._inputs(x, y)
         mean, _ = self.vae.encode(x, y)
-        return self.likelihood.mean(self.vae.decode(mean, y))
+        return self.likelihood.image(self.vae.decode(mean, y))
 
     @torch.no_grad()
     def generate(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Pixel means of p(x | z): z (B, D) -> (B, C, H, W) in [0, 1]."""
-        return self.likelihood.mean(self.vae.decode(z, y))
+        return self.likelihood.image(self.vae.decode(z, y))
 
     @torch.no_grad()
     def sample(self, n: int, label: int | None = None, seed: int | None = None) -> torch.Tensor:

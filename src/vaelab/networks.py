@@ -149,7 +149,7 @@ class VAEOutput:
     mean: torch.Tensor
     logvar: torch.Tensor
     z: torch.Tensor
-    params: torch.Tensor
+    decoder_output: torch.Tensor
 
 
 class VAE(nn.Module):
@@ -187,7 +187,7 @@ class VAE(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, samples: int = 1) -> VAEOutput:
         """One encoder pass, then ``samples`` reparameterized draws of z through the decoder.
 
-        samples = 1: z (B, D), params (B, C, H, W). samples = k > 1: z (k, B, D) and params
+        samples = 1: z (B, D), decoder_output (B, C, H, W). samples = k > 1: z (k, B, D) and decoder_output
         (k, B, C, H, W), the k * B codes decoded as one batch (for the IWAE bound)."""
         c = self.condition(y)
         mean, logvar = self.encoder(x, c)
@@ -197,8 +197,8 @@ class VAE(nn.Module):
             return VAEOutput(mean, logvar, z, self.decoder(z, c))
         z = posterior.rsample((samples,))
         labels = None if c is None else c.repeat(samples, 1)
-        params = self.decoder(z.flatten(0, 1), labels)
-        return VAEOutput(mean, logvar, z, params.unflatten(0, (samples, len(x))))
+        decoder_output = self.decoder(z.flatten(0, 1), labels)
+        return VAEOutput(mean, logvar, z, decoder_output.unflatten(0, (samples, len(x))))
 
     def prior(self, n: int, device=None) -> Normal:
         """p(z) = N(0, I) with batch shape (n, D)."""

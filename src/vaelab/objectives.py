@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Bernoulli, Independent, Normal
 
-from vaelab.annealing import Constant, capacity
+from vaelab.annealing import Constant, capacity_target
 from vaelab.errors import ConfigError
 from vaelab.networks import MaskedConv2d
 
@@ -39,27 +39,27 @@ def bernoulli_log_prob(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
 
 
 class BernoulliLikelihood(nn.Module):
-    """p(x | z) = prod_pixels Bernoulli(sigmoid(params)): binary cross-entropy with logits, summed per image."""
+    """p(x | z) = prod_pixels Bernoulli(sigmoid(decoder_output)): binary cross-entropy with logits, summed per image."""
 
-    def distribution(self, params: torch.Tensor, event_dims: int = 3) -> Independent:
+    def distribution(self, decoder_output: torch.Tensor, event_dims: int = 3) -> Independent:
         """One distribution per image: the last event_dims (C, H, W) dimensions are one event."""
-        return Independent(Bernoulli(logits=params, validate_args=False), event_dims)
+        return Independent(Bernoulli(logits=decoder_output, validate_args=False), event_dims)
 
-    def log_prob(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        """x (B, C, H, W), params (..., B, C, H, W) -> log p(x | z) (..., B) in nats (x broadcasts, no copies).
+    def log_prob(self, x: torch.Tensor, decoder_output: torch.Tensor) -> torch.Tensor:
+        """x (B, C, H, W), decoder_output (..., B, C, H, W) -> log p(x | z) (..., B) in nats (x broadcasts, no copies).
 
-        Equal to ``self.distribution(params).log_prob(x)``, computed as torch's fused binary
+        Equal to ``self.distribution(decoder_output).log_prob(x)``, computed as torch's fused binary
         cross-entropy with logits: the distribution's broadcasting and negation cost another
         0.1 ms per training step at batch 128 on a CPU, forward and backward (README "Speed")."""
-        return bernoulli_log_prob(x, params)
+        return bernoulli_log_prob(x, decoder_output)
 
-    def mean(self, params: torch.Tensor) -> torch.Tensor:
+    def image(self, decoder_output: torch.Tensor) -> torch.Tensor:
         """Pixel means (B, C, H, W) in [0, 1], for pictures."""
-        return torch.sigmoid(params)
+        return torch.sigmoid(decoder_output)
 
 
 class GaussianLikelihood(nn.Module):
-    """p(x | z) = prod_pixels N(sigmoid(params), sigma^2), summed per image.
+    """p(x | z) = prod_pixels N(sigmoid(decoder_output), sigma^2), summed per image.
 
     With a fixed sigma this is a scaled MSE plus a constant; with ``learn_sigma`` one shared
     log-sigma is trained. Note: on grey-level pixels this is a density, so its nats are not
@@ -76,17 +76,18 @@ class GaussianLikelihood(nn.Module):
         else:
             self.register_buffer("log_sigma", log_sigma)
 
-    def distribution(self, params: torch.Tensor, event_dims: int = 3) -> Independent:
+    def distribution(self, decoder_output: torch.Tensor, event_dims: int = 3) -> Independent:
         """One distribution per image: the last event_dims (C, H, W) dimensions are one event."""
-        scale = self.log_sigma.exp().expand_as(params)
-        return Independent(Normal(torch.sigmoid(params), scale, validate_args=False), event_dims)
+        scale = self.log_sigma.exp().expand_as(decoder_output)
+        return Independent(Normal(torch.sigmoid(decoder_output), scale, validate_args=False), event_dims)
 
-    def log_prob(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        """x (B, C, H, W), params (..., B, C, H, W) -> log p(x | z) (..., B) in nats (x broadcasts, no copies)."""
-        return self.distribution(params, x.dim() - 1).log_prob(x)
+    def log_prob(self, x: torch.Tensor, decoder_output: torch.Tensor) -> torch.Tensor:
+        """x (B, C, H, W), decoder_output (..., B, C, H, W) -> log p(x | z) (..., B) in nats (x broadcasts, no copies)."""
+        return self.distribution(decoder_output, x.dim() - 1).log_prob(x)
 
-    def mean(self, params: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(params)
+    def image(self, decoder_output: torch.Tensor) -> torch.Tensor:
+        """Pixel means (B, C, H, W) in [0, 1], for pictures."""
+        return torch.sigmoid(decoder_output)
 
 
 class LocalAutoregressiveBernoulli(nn.Module):
@@ -118,38 +119,38 @@ class LocalAutoregressiveBernoulli(nn.Module):
             raise ConfigError(f"loss=ar_bernoulli takes one-channel images, got {x.shape[-3]} channels")
         return self.context_net(x)
 
-    def logits(self, context: torch.Tensor, params: torch.Tensor, block: int = 256) -> torch.Tensor:
-        """context (B, channels, H, W), params (..., B, 1, H, W) -> logits (..., B, 1, H, W).
+    def logits(self, context: torch.Tensor, decoder_output: torch.Tensor, block: int = 256) -> torch.Tensor:
+        """context (B, channels, H, W), decoder_output (..., B, 1, H, W) -> logits (..., B, 1, H, W).
 
         Many samples (importance sampling) go through in blocks of about ``block`` images, so
         that the (block, channels, H, W) hidden maps stay in the CPU's cache: 2.7 times faster
         than one pass over 20,000 samples, and the same numbers."""
-        batch, shape = context.shape[0], params.shape
-        base = params.reshape(-1, *shape[-3:])
+        batch, shape = context.shape[0], decoder_output.shape
+        base = decoder_output.reshape(-1, *shape[-3:])
         step = max(batch, block // batch * batch)  # whole copies of the batch, aligned with the context
         context = context.repeat(min(step, len(base)) // batch, 1, 1, 1)
         blocks = [part + self.head(F.relu(self.from_base(part) + context[:len(part)])) for part in base.split(step)]
         return torch.cat(blocks).view(shape)
 
-    def log_prob(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        """x (B, 1, H, W), params (..., B, 1, H, W) -> log p(x | z) (..., B) in nats; the context
+    def log_prob(self, x: torch.Tensor, decoder_output: torch.Tensor) -> torch.Tensor:
+        """x (B, 1, H, W), decoder_output (..., B, 1, H, W) -> log p(x | z) (..., B) in nats; the context
         of x is computed once and shared by the leading (importance-sample) dimensions."""
-        return bernoulli_log_prob(x, self.logits(self.context(x), params))
+        return bernoulli_log_prob(x, self.logits(self.context(x), decoder_output))
 
     @torch.no_grad()
-    def mean(self, params: torch.Tensor) -> torch.Tensor:
+    def image(self, decoder_output: torch.Tensor) -> torch.Tensor:
         """For pictures: one image per z, drawn pixel by pixel in raster order, shown as the
         probabilities sigmoid(logit_i) with which each pixel was drawn: (B, 1, H, W) in [0, 1].
         Each pixel's context is computed on the strip of rows it can see."""
-        x, probs = torch.zeros_like(params), torch.zeros_like(params)
-        from_base = self.from_base(params)  # (B, channels, H, W): does not depend on x
-        height, width = params.shape[-2:]
+        x, probs = torch.zeros_like(decoder_output), torch.zeros_like(decoder_output)
+        from_base = self.from_base(decoder_output)  # (B, channels, H, W): does not depend on x
+        height, width = decoder_output.shape[-2:]
         for row in range(height):
             top = max(0, row - self.rows_above)
             for col in range(width):
                 context = self.context(x[..., top:row + 1, :])[..., -1, :]  # (B, channels, W)
                 hidden = F.relu(from_base[..., row, :] + context)
-                logit = params[..., 0, row, col] + self.head(hidden.unsqueeze(-2))[..., 0, 0, col]
+                logit = decoder_output[..., 0, row, col] + self.head(hidden.unsqueeze(-2))[..., 0, 0, col]
                 probs[..., 0, row, col] = torch.sigmoid(logit)
                 x[..., 0, row, col] = torch.bernoulli(probs[..., 0, row, col])
         return probs
@@ -191,18 +192,7 @@ class Objective(nn.Module):
         importance_samples: int = 1,
         dreg: bool = False,
     ):
-        super().__init__()
-        if beta < 0:
-            raise ConfigError(f"model.beta must be >= 0, got {beta}")
-        if free_bits < 0:
-            raise ConfigError(f"model.free_bits must be >= 0, got {free_bits}")
-        if importance_samples < 1:
-            raise ConfigError(f"model.importance_samples must be >= 1, got {importance_samples}")
-        if importance_samples > 1 and (free_bits > 0 or capacity):
-            raise ConfigError("model.importance_samples > 1 (the IWAE bound) has no per-dimension KL term: "
-                              "set model.free_bits=0 and model.capacity=null")
-        if dreg and importance_samples == 1:
-            raise ConfigError("model.dreg=true needs model.importance_samples > 1")
+        super().__init__()  # the values are checked by vaelab.config.ModelSchema (VAELitModule)
         self.likelihood = likelihood
         self.beta = float(beta)
         self.schedule = schedule or Constant()
@@ -215,15 +205,15 @@ class Objective(nn.Module):
         """beta * schedule(step): a Python float, no device sync."""
         return self.beta * self.schedule(step)
 
-    def forward(self, x: torch.Tensor, params: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor, step: int,
+    def forward(self, x: torch.Tensor, decoder_output: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor, step: int,
                 z: torch.Tensor | None = None) -> dict:
-        """x (B, C, H, W), params (B, C, H, W), mean, logvar (B, D) -> dict of scalar tensors (nats per
-        image) and floats. With k = importance_samples > 1: params (k, B, C, H, W) and the codes z
+        """x (B, C, H, W), decoder_output (B, C, H, W), mean, logvar (B, D) -> dict of scalar tensors (nats per
+        image) and floats. With k = importance_samples > 1: decoder_output (k, B, C, H, W) and the codes z
         (k, B, D) they were decoded from; recon is then the mean over the k samples.
 
         The sums run in float32 even under mixed precision (bf16 would round 784-pixel sums)."""
-        params, mean, logvar = params.float(), mean.float(), logvar.float()
-        log_px_z = self.likelihood.log_prob(x, params)  # (B,) or (k, B)
+        decoder_output, mean, logvar = decoder_output.float(), mean.float(), logvar.float()
+        log_px_z = self.likelihood.log_prob(x, decoder_output)  # (B,) or (k, B)
         recon = -log_px_z.mean()
         kl_per_dim = kl_standard_normal(mean, logvar).mean(0)  # (D,) batch-mean KL of each dimension
         kl = kl_per_dim.sum()
@@ -232,7 +222,7 @@ class Objective(nn.Module):
         if self.importance_samples > 1:
             terms.update(self.importance_weighted(log_px_z, z, mean, logvar, step))
         elif self.capacity:
-            target = capacity(step, self.capacity["max_nats"], self.capacity["ramp_steps"])
+            target = capacity_target(step, self.capacity["max_nats"], self.capacity["ramp_steps"])
             terms["loss"] = recon + self.capacity["gamma"] * (kl_term - target).abs()
             terms["capacity"] = target
         else:
@@ -262,28 +252,20 @@ class Objective(nn.Module):
         return {"loss": -bound.mean(), "iwae": iwae.mean(), "beta": weight}
 
 
-def log_importance_weights(vae, likelihood, x: torch.Tensor, y: torch.Tensor | None, k: int) -> torch.Tensor:
-    """log w_i = log p(x | z_i) + log p(z_i) - log q(z_i | x), z_i ~ q(z | x), i = 1..k, all k at once.
+def importance_weighted_terms(vae, likelihood, x: torch.Tensor, y: torch.Tensor | None, k: int):
+    """log w_i = log p(x | z_i) + log p(z_i) - log q(z_i | x) for k draws z_i ~ q(z | x) per image,
+    from one encoder pass and one decoder pass over the k * B codes.
 
-    x (B, C, H, W), y (B,) or None -> (B, k) nats. The k samples go through the decoder as one
-    batch of k * B images.
-    """
-    return importance_samples(vae, likelihood, x, y, k)[0]
-
-
-def importance_samples(vae, likelihood, x: torch.Tensor, y: torch.Tensor | None, k: int):
-    """One encoder pass and one decoder pass over k samples per image.
-
-    Returns log_w (B, k) and log p(x | z_i) (B, k) in nats, and the posterior mean and
-    log-variance (B, D). z_i = mean + std * eps_i, so log q(z_i | x) needs only eps_i.
+    x (B, C, H, W), y (B,) or None -> log_w (B, k) and log p(x | z_i) (B, k) in nats, and the
+    posterior mean and log-variance (B, D). z_i = mean + std * eps_i, so log q(z_i | x) needs only eps_i.
     """
     mean, logvar = vae.encode(x, y)
     eps = torch.randn((k, *mean.shape), device=mean.device, dtype=mean.dtype)
     z = mean + (0.5 * logvar).exp() * eps  # (k, B, D)
     batch = x.shape[0]
     labels = None if y is None else y.repeat(k)
-    params = vae.decode(z.reshape(k * batch, -1), labels).view(k, *x.shape)
-    log_px_z = likelihood.log_prob(x, params)  # (k, B): x broadcasts over the k samples
+    decoder_output = vae.decode(z.reshape(k * batch, -1), labels).view(k, *x.shape)
+    log_px_z = likelihood.log_prob(x, decoder_output)  # (k, B): x broadcasts over the k samples
     log_pz = -0.5 * (z.pow(2) + LOG_2PI).sum(-1)
     log_qz = -0.5 * (eps.pow(2) + LOG_2PI + logvar).sum(-1)
     log_w = log_px_z + log_pz - log_qz

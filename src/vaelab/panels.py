@@ -19,8 +19,14 @@ said otherwise); the latent scatter is a matplotlib figure rendered to a tensor.
 from __future__ import annotations
 
 import torch
+from omegaconf import DictConfig
 from torch.distributions import Normal
 from torchvision.utils import make_grid
+
+from vaelab.config import validate_sample_config
+from vaelab.data import datamodule_for
+from vaelab.diagnostics import kl_per_dimension
+from vaelab.errors import ConfigError
 
 GRID = dict(pad_value=1.0)
 
@@ -139,3 +145,39 @@ def encode_all(module, images: torch.Tensor, labels: torch.Tensor, batch_images:
         means.append(mean.float().cpu())
         logvars.append(logvar.float().cpu())
     return torch.cat(means), torch.cat(logvars)
+
+
+def pick_test_images(module, cfg: DictConfig, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first n test images (and labels) of the checkpoint's data set; only class `label` if given."""
+    datamodule = datamodule_for(module, cfg.get("data_root"))
+    images, labels = datamodule.test_set.images, datamodule.test_set.labels
+    if cfg.get("label") is not None:
+        keep = labels == cfg.label
+        images, labels = images[keep], labels[keep]
+    return images[:n], labels[:n]
+
+
+def make_picture(module, cfg: DictConfig) -> torch.Tensor:
+    """The picture that ``cfg.kind`` asks for, as a (3, H, W) image in [0, 1]."""
+    validate_sample_config(cfg)
+    kind, n, vae = cfg.kind, cfg.n, module.vae
+    module.sample(1, cfg.get("label"))  # a label the model cannot take fails here, before test images load
+    if kind == "samples":
+        nrow = cfg.get("nrow") or max(1, round(n**0.5))
+        return make_grid(module.sample(n, cfg.get("label"), cfg.seed), nrow=nrow, pad_value=1.0)
+    if kind == "manifold":
+        if vae.latent_dim != 2 or vae.conditional:
+            raise ConfigError(f"kind=manifold needs an unconditional model with latent_dim=2, this one has latent_dim={vae.latent_dim}")
+        return manifold(module, cfg.get("nrow") or 15)
+    images, labels = pick_test_images(module, cfg, max(2 * n, cfg.scatter_images) if kind == "scatter" else 2 * n)
+    y = labels if vae.conditional else None
+    if kind == "scatter":
+        mean, logvar = encode_all(module, images, labels)
+        return latent_scatter(mean, labels, kl_per_dimension(mean, logvar), title="test posterior means")
+    if kind == "traversals":
+        mean, logvar = encode_all(module, images[:1000], labels[:1000])
+        return traversals(module, images[:1], None if y is None else y[:1], kl_per_dimension(mean, logvar),
+                                 steps=cfg.steps, span=cfg.span, max_dims=n)
+    if len(images) < 2 * n:
+        raise ConfigError(f"n={n} interpolation pairs need {2 * n} test images, the split has {len(images)}")
+    return interpolations(module, images[:n], images[n:2 * n], None if y is None else y[:n], steps=cfg.steps)

@@ -150,6 +150,14 @@ def save_run_config(run_dir: str | Path, cfg: DictConfig, overrides: list[str] |
         write_atomically(folder / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": HydraConfig.get()})))
 
 
+def last_checkpoint(run_dir: Path, setting: str) -> Path:
+    """``<run_dir>/checkpoints/last.ckpt``; a UserError naming ``setting`` when there is none."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        raise UserError(f"{setting}={run_dir}: there is no checkpoints/last.ckpt in that run folder")
+    return last
+
+
 def config_to_resume(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> DictConfig:
     """``run_dir``'s saved config with the values of ``overrides`` (the command line's, as
     composed into ``cfg``) set again; ``resume`` points at ``run_dir``."""
@@ -157,8 +165,7 @@ def config_to_resume(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Di
 
     if run_dir.is_file():
         raise UserError(f"resume={run_dir} is a file: give the run folder that holds checkpoints/last.ckpt")
-    if not (run_dir / "checkpoints" / "last.ckpt").is_file():
-        raise UserError(f"resume={run_dir}: there is no checkpoints/last.ckpt in that run folder")
+    last_checkpoint(run_dir, "resume")
     resumed = read_run_config(run_dir)
     given = []
     for override in OverridesParser.create().parse_overrides(overrides):

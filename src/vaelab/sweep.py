@@ -13,7 +13,6 @@ Imports nothing heavy: Hydra loads it before every run.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -27,11 +26,10 @@ from omegaconf import DictConfig
 
 from vaelab.errors import UserError
 from vaelab.runs import STATUS_FILE, FolderLock, read_status, saved_overrides, write_atomically
+from vaelab.tables import IWAE_METRICS, iwae_columns, write_table
 
 log = logging.getLogger(__name__)
 SUMMARY_METRICS = ("val/elbo", "val/kl", "val/recon", "val/active_units", "test/elbo", "test/recon", "test/kl")
-# logged only by runs trained on the IWAE bound (model.importance_samples > 1): columns when a job has them
-IWAE_METRICS = ("val/iwae", "test/iwae")
 
 
 def in_multirun() -> bool:
@@ -52,21 +50,6 @@ def is_global_zero() -> bool:
         if var in os.environ:
             return int(os.environ[var]) == 0
     return True
-
-
-def threads_per_job(cores: int | None = None) -> int | None:
-    """Under ``hydra/launcher=joblib``, n_jobs jobs share the machine: each gets cores // n_jobs
-    torch threads (at least 1), so that n_jobs x threads matches the cores. None otherwise."""
-    if not HydraConfig.initialized():
-        return None
-    launcher = HydraConfig.get().launcher
-    if "joblib" not in str(launcher.get("_target_", "")):
-        return None
-    if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    n_jobs = int(launcher.get("n_jobs") or -1)
-    n_jobs = cores if n_jobs < 1 else n_jobs
-    return max(1, cores // n_jobs)
 
 
 def write_status(output_dir: str | Path, status: str, metrics: dict | None = None, error: str | None = None) -> None:
@@ -92,19 +75,9 @@ def collect(sweep_dir: Path) -> list[dict]:
 
 
 def write_summary(sweep_dir: Path, rows: list[dict]) -> None:
-    iwae = [key for key in IWAE_METRICS if any(row.get(key, "") != "" for row in rows)]
-    columns = ["job", "overrides", "status", *SUMMARY_METRICS, *iwae, "error"]
-    with open(sweep_dir / "sweep_summary.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-
-    def cell(value):
-        return f"{value:.3f}" if isinstance(value, float) else str(value).replace("|", "\\|")
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(row[c]) for c in columns) + " |" for row in rows]
-    (sweep_dir / "sweep_summary.md").write_text("\n".join(lines) + "\n")
+    """sweep_summary.csv and sweep_summary.md: one row per job."""
+    columns = ["job", "overrides", "status", *SUMMARY_METRICS, *iwae_columns(rows), "error"]
+    write_table(rows, columns, sweep_dir / "sweep_summary")
 
 
 class SweepSummary(Callback):

@@ -1,0 +1,145 @@
+"""Training one run: build the data, the model, the callbacks, the loggers and the Trainer from
+the composed config, fit, test, and say where everything went.
+
+``train(cfg)`` is the whole run in the current folder settings; ``run_in_folder`` adds the run
+folder's lock, resume planning and ``status.json``. The command line (``vaelab.train``) and the
+Python API (``vaelab.api``) both call ``run_in_folder``. torch and Lightning are imported inside.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from vaelab.errors import find_user_error
+from vaelab.runs import (
+    FolderInUseError,
+    FolderLock,
+    last_checkpoint,
+    plan_start,
+    remove_if_empty,
+    save_run_config,
+)
+from vaelab.sweep import is_global_zero, write_status
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint_to_resume(cfg: DictConfig) -> tuple[str, Path] | None:
+    """(the setting that names it, the checkpoint file) to continue from, or None for a fresh start:
+    ckpt_path as given ("last": this run folder's checkpoints/last.ckpt), or
+    <resume>/checkpoints/last.ckpt with resume=RUN_DIR."""
+    if cfg.get("ckpt_path") == "last":
+        return "ckpt_path", Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    if cfg.get("ckpt_path"):
+        return "ckpt_path", Path(cfg.ckpt_path)
+    if cfg.get("resume") and cfg.resume != "auto":  # main() has turned a resume=auto that continues into a path
+        return "resume", last_checkpoint(Path(cfg.resume), "resume")
+    return None
+
+
+@dataclass
+class TrainResult:
+    """What a run leaves: its final metrics (floats, nats per image), its folder and checkpoints."""
+
+    metrics: dict[str, float]
+    run_dir: Path
+    best_checkpoint: Path | None  # the best on val/elbo, the one tested; None without validation
+    last_checkpoint: Path | None
+
+
+def train(cfg: DictConfig, overrides: list[str] | None = None) -> TrainResult:
+    """Fit, then test on the best checkpoint.
+
+    Once the config, the data, the checkpoint to continue from and the Trainer have passed their
+    checks, the run's config (and ``overrides``, the command line's) is saved in
+    ``<paths.output_dir>/.hydra/``; a start that fails before then writes nothing there."""
+    import time
+    import warnings
+
+    from vaelab.config import validate
+
+    validate(cfg)  # before the slow imports: a bad value fails in a second
+    import lightning as L
+
+    from vaelab.callbacks import FinalSummary
+    from vaelab.checkpointing import RemoveStaleCheckpoints, check_fits, source_commit
+    from vaelab.config import instantiate_setting
+    from vaelab.loggers import build_loggers
+    from vaelab.module import VAELitModule
+    from vaelab.safe_load import read_vaelab_checkpoint
+    from vaelab.wandb_run import finish_wandb
+
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")  # in-memory batches need none
+    warnings.filterwarnings("ignore", ".*treespec, LeafSpec.*")  # Lightning vs. newer torch, harmless
+    if logging.getLogger().hasHandlers():  # Hydra's handlers print Lightning's messages already
+        logging.getLogger("lightning").handlers.clear()
+    import torch
+
+    # joblib's loky workers (hydra/launcher=local_parallel) set OMP_NUM_THREADS to cores // n_jobs
+    log.info("torch threads: %d", torch.get_num_threads())
+    L.seed_everything(cfg.seed, workers=True)
+    try:
+        datamodule = instantiate_setting(cfg.data, "data")
+        module = VAELitModule.from_config(cfg, datamodule)
+        module.run_record = {"commit": source_commit(), "seed": int(cfg.seed),
+                             "config": OmegaConf.to_container(cfg, resolve=True)}
+        if cfg.get("compile"):
+            module.vae.compile()  # in place: the checkpoint's parameter names stay the same
+        # a callback set to null (callbacks.nan_guard=null) is off
+        callbacks = [instantiate_setting(c, f"callbacks.{name}") for name, c in (cfg.get("callbacks") or {}).items()
+                     if c is not None]
+        if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a bar callback then
+            callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.ProgressBar)]
+        callbacks.append(FinalSummary())  # final metrics into the W&B run summary, from global rank 0
+        callbacks.append(RemoveStaleCheckpoints())
+        datamodule.setup()  # missing or damaged data fails here, before any logger writes a file
+        resume_from = checkpoint_to_resume(cfg)
+        ckpt_path, resume_step, metrics_before = None, None, {}
+        if resume_from:  # read as data and checked against this model before Lightning loads it
+            key, ckpt_path = resume_from
+            checkpoint = read_vaelab_checkpoint(ckpt_path, key)
+            check_fits(module, checkpoint, f"{key}={ckpt_path}")
+            resume_step = int(checkpoint.get("global_step", 0))
+            metrics_before = dict((checkpoint.get("vaelab") or {}).get("metrics") or {})
+            del checkpoint
+        # the Trainer checks its arguments before any logger starts a run or writes a file
+        trainer = instantiate_setting(cfg.trainer, "trainer", logger=False, callbacks=callbacks)
+        trainer.loggers = build_loggers(cfg, resume_step=resume_step)
+        if is_global_zero():
+            save_run_config(cfg.paths.output_dir, cfg, overrides)
+        started = time.perf_counter()
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        # a resumed run that had finished its epochs (killed during the test) keeps its last train/ and val/ values
+        metrics = {**metrics_before, **{k: float(v) for k, v in trainer.callback_metrics.items()}}
+        metrics["time/fit_seconds"] = time.perf_counter() - started  # this process only, after a resume
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if cfg.get("test", True):
+            trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+        run_dir = Path(cfg.paths.output_dir)
+        last = run_dir / "checkpoints" / "last.ckpt"
+        return TrainResult(metrics, run_dir, Path(best) if best else None, last if last.is_file() else None)
+    finally:
+        finish_wandb()
+
+
+def run_in_folder(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool = False) -> TrainResult:
+    """Train in ``run_dir`` while holding its lock: a fresh start, or its run continued
+    (``resume=``, ``resume=auto``, a sweep job that stopped), then ``status.json`` says ok.
+    A single run that fails on a bad input leaves no new folder behind."""
+    had_run = (run_dir / ".hydra" / "config.yaml").is_file()
+    try:
+        with FolderLock(run_dir, "run folder"):
+            cfg = plan_start(cfg, run_dir, overrides, multirun=multirun)
+            result = train(cfg, None if cfg.get("resume") else overrides)  # a resumed run keeps its overrides.yaml
+    except Exception as error:
+        user_error = find_user_error(error)
+        if not multirun and user_error and not had_run and not isinstance(user_error, FolderInUseError):
+            remove_if_empty(run_dir)  # never another process's folder
+        raise
+    write_status(run_dir, "ok", result.metrics)
+    return result
