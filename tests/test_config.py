@@ -114,3 +114,18 @@ def test_bad_eval_or_sample_value_names_the_key(command, overrides, message):
     validator = {"eval": validate_eval_config, "sample": validate_sample_config}[command]
     with pytest.raises(ConfigError, match=re.escape(message)):
         validator(app_config(command, ["ckpt=x.ckpt", *overrides]))
+
+
+def test_a_sweep_with_a_value_of_the_wrong_type_stops_before_any_job(tmp_path):
+    import subprocess
+    import sys
+
+    from helpers import child_env
+
+    result = subprocess.run([sys.executable, "-m", "vaelab.train", "-m", "data.batch_size=64,abc", "logger=csv",
+                             f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path, env=child_env(),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: Error merging override data.batch_size=abc: Value 'abc' of type 'str' could not be converted to Integer"]
+    assert not [p for p in (tmp_path / "sweep").glob("*") if p.is_dir()]  # no job started

@@ -6,7 +6,7 @@ from helpers import FAST, compose
 from PIL import Image
 
 from vaelab import panels
-from vaelab.callbacks import SampleGrids
+from vaelab.callbacks import ImagePanels
 from vaelab.checkpointing import load_module
 from vaelab.errors import ConfigError
 from vaelab.training import train
@@ -81,14 +81,14 @@ def test_interpolation_ends_are_the_reconstructions(runs):
 
 
 def test_panel_switches_and_intervals():
-    grids = SampleGrids(every_n_epochs=2, panels={"latent_scatter": False, "traversals": 3})
+    grids = ImagePanels(every_n_epochs=2, panels={"latent_scatter": False, "traversals": 3})
     assert grids.due(0) == set()
     assert grids.due(1) == {"reconstructions", "samples", "class_samples", "interpolations", "manifold"}
     assert grids.due(2) == {"traversals"}
     with pytest.raises(ConfigError, match=r"callbacks.sample_grids.panels.histogram: unknown panel"):
-        SampleGrids(panels={"histogram": True})
+        ImagePanels(panels={"histogram": True})
     with pytest.raises(ConfigError, match=r"callbacks.sample_grids.panels.samples must be true, false or an interval"):
-        SampleGrids(panels={"samples": -1})
+        ImagePanels(panels={"samples": -1})
 
 
 def test_switched_off_panels_are_not_made(tmp_path, data_root):

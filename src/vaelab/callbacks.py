@@ -1,4 +1,4 @@
-"""Callbacks: image panels (``SampleGrids``), collapse warnings (``CollapseMonitor``), the
+"""Callbacks: image panels (``ImagePanels``), collapse warnings (``CollapseMonitor``), the
 NaN guard (``NaNGuard``) and the W&B run summary (``FinalSummary``).
 
 Image panels are made at the end of validation, saved as PNG files in the run folder and
@@ -29,7 +29,7 @@ DEFAULT_PANELS = {"reconstructions": True, "samples": True, "class_samples": Tru
                   "interpolations": True, "manifold": True, "latent_scatter": True}
 
 
-class SampleGrids(L.Callback):
+class ImagePanels(L.Callback):
     """Make the image panels at the end of validation, save them to
     ``<output_dir>/images/<panel>/epoch=NNN.png`` and log them as ``images/<panel>``.
 
@@ -157,6 +157,11 @@ class SampleGrids(L.Callback):
                 logger.log_image(key=f"images/{name}", images=[str(path)],
                                  caption=[f"epoch {trainer.current_epoch}"], step=trainer.global_step)
 
+
+
+class SampleGrids(ImagePanels):
+    """ImagePanels' former name: run folders saved with it (``_target_: vaelab.callbacks.SampleGrids``)
+    still resume."""
 
 class CollapseMonitor(L.Callback):
     """Warn in the log when the posterior collapses, the KL explodes or a loss is not finite.

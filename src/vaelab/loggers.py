@@ -14,7 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from vaelab.config import instantiate_setting
-from vaelab.wandb_run import WANDB_TARGET, choose_wandb_mode, run_id_in
+from vaelab.wandb_run import WANDB_TARGET, choose_wandb_mode, define_best_metrics, run_id_in
 
 log = logging.getLogger(__name__)
 CSV_TARGET = "lightning.pytorch.loggers.CSVLogger"
@@ -59,6 +59,7 @@ def build_loggers(cfg: DictConfig, resume_step: int | None = None) -> list:
             warnings.filterwarnings("ignore", message="Experiment logs directory")
         for logger in loggers:
             logger.log_hyperparams(config)  # a CSV logger's writer starts here (and deletes metrics.csv)
+    define_best_metrics(loggers)
     for index, (header, rows) in kept_csv.items():
         if header:
             restore_csv_rows(loggers[index].experiment, header, rows)

@@ -1,6 +1,6 @@
 """Pictures of what a VAE learned, each one image tensor (3, H, W) in [0, 1].
 
-Used by the ``SampleGrids`` callback (during training) and by ``vaelab-sample`` (from a
+Used by the ``ImagePanels`` callback (during training) and by ``vaelab-sample`` (from a
 checkpoint). Image grids come from ``torchvision.utils.make_grid`` (2-pixel padding unless
 said otherwise); the latent scatter is a matplotlib figure rendered to a tensor.
 

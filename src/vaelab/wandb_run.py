@@ -3,7 +3,7 @@
 - the mode: online with credentials, else offline (never a prompt), ``choose_wandb_mode``;
 - which run a run folder holds (``run_id_in``), so that a resumed run continues it;
 - the final metrics in the run summary (``write_summaries``, called by the ``FinalSummary``
-  callback, and ``update_summary`` after vaelab-eval);
+  callback, and ``update_summary`` after vaelab-eval), the best val/elbo (``define_best_metrics``);
 - finishing the run, so that the next job of a multirun starts its own (``finish_wandb``);
 - reading offline runs back with no network (``read_offline_run``, ``read_history``).
 
@@ -27,6 +27,8 @@ from urllib.parse import urlparse
 
 log = logging.getLogger(__name__)
 WANDB_TARGET = "lightning.pytorch.loggers.WandbLogger"
+# the run summary keeps the best value of these (W&B define_metric), not the last one
+BEST_SUMMARIES = {"val/elbo": "max"}
 
 
 def has_wandb_credentials() -> bool:
@@ -67,9 +69,7 @@ def run_id_in(run_dir: str | Path) -> str | None:
 
 def logged_run_ids(loggers) -> list[str]:
     """The W&B run ids of these Lightning loggers (the WandbLoggers among them)."""
-    from lightning.pytorch.loggers import WandbLogger
-
-    return [logger.version for logger in loggers if isinstance(logger, WandbLogger)]
+    return [logger.version for logger in wandb_loggers(loggers)]
 
 
 def finish_wandb() -> None:
@@ -99,13 +99,26 @@ def update_summary(run_dir: Path, results: dict) -> str | None:
     return run_id
 
 
-def write_summaries(loggers, values: dict) -> None:
-    """Update the summary of the W&B run of every WandbLogger among these Lightning loggers."""
+def wandb_loggers(loggers) -> list:
+    """The WandbLoggers among these Lightning loggers."""
     from lightning.pytorch.loggers import WandbLogger
 
-    for logger in loggers:
-        if isinstance(logger, WandbLogger):
-            logger.experiment.summary.update(values)
+    return [logger for logger in loggers if isinstance(logger, WandbLogger)]
+
+
+def define_best_metrics(loggers) -> None:
+    """Let W&B keep the best value of these metrics as their summary (e.g. the highest val/elbo)."""
+    for logger in wandb_loggers(loggers):
+        for key, best in BEST_SUMMARIES.items():
+            logger.experiment.define_metric(key, summary=best)
+
+
+def write_summaries(loggers, values: dict) -> None:
+    """Update the summary of every W&B run among these Lightning loggers; the metrics whose summary
+    is their best value (BEST_SUMMARIES) keep it."""
+    values = {key: value for key, value in values.items() if key not in BEST_SUMMARIES}
+    for logger in wandb_loggers(loggers):
+        logger.experiment.summary.update(values)
 
 
 BLOCK_SIZE = 32 * 1024

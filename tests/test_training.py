@@ -194,6 +194,7 @@ def test_cli_logs_an_offline_wandb_run_without_credentials(tmp_path, data_root):
     # the final metrics in the summary, for W&B's run table and parallel coordinates
     assert run.summary["val/active_units"] >= 0 and run.summary["epochs"] == 2 and run.summary["time/fit_seconds"] > 0
     assert run.summary["best_checkpoint"].endswith(".ckpt") and "best-epoch-" in run.summary["best_checkpoint"]
+    assert run.summary["val/elbo"] == {"max": max(row["val/elbo"] for row in run.history if "val/elbo" in row)}
 
 
 def test_manifold_panel_for_two_latents(tmp_path, data_root):

@@ -1,0 +1,15 @@
+"""`make bench`'s measurements, one file per path timed (see scripts/bench.py for what they are).
+
+- plain.py: the hand-written loops (b), (b') and (c), and the compute floor;
+- through_vaelab.py: (a), vaelab through Lightning, alone and in lockstep; the start-up time;
+- nll.py: the importance-sampled NLL through vaelab and by hand;
+- report.py: the README table.
+"""
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "src"))  # vaelab from this source tree
+
+BATCH = 128  # images per training step, every path

@@ -1,0 +1,137 @@
+"""(a): vaelab through Lightning, timed alone (StepTimer) and in lockstep with (b) and (b')
+(Lockstep); and the start-up time of `python train.py --cfg job`."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from benchmarks import BATCH, ROOT
+from benchmarks.plain import Meter, in_memory_batches, plain_model, plain_step
+
+
+class StepTimer(L.Callback):
+    """Feeds a Meter from Lightning's training steps; the last one made is StepTimer.last."""
+
+    last: Meter | None = None
+
+    def __init__(self, warmup: int = 20):
+        self.meter = StepTimer.last = Meter(warmup)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.meter.step(len(batch[0]))
+
+
+class Lockstep(L.Callback):
+    """After each of vaelab's training steps, one step of (b) and one of (b'), each timed.
+
+    The three paths then run under the same machine conditions, step by step, which a shared
+    machine's slow spells (seconds to minutes long) cannot tilt. (a)'s time is the interval
+    between its batch starts minus the plain steps inside it, so it keeps the data fetch, the
+    logging steps, the progress bar and the epoch-end checkpoint. Set Lockstep.images first;
+    the last one made is Lockstep.last."""
+
+    images: torch.Tensor | None = None
+    last: Lockstep | None = None
+
+    def __init__(self, warmup: int = 20):
+        self.warmup, self.steps, self.started, self.inside = warmup, 0, None, 0.0
+        self.loops = {"b": plain_model(fused=None), "b_fused": plain_model(fused=True)}
+        self.batches = {name: self.endless(in_memory_batches(Lockstep.images)) for name in self.loops}
+        self.seconds = dict.fromkeys(("a", "b", "b_fused"), 0.0)
+        self.timed_steps = dict.fromkeys(("a", "b", "b_fused"), 0)
+        Lockstep.last = self
+
+    @staticmethod
+    def endless(batches):
+        while True:
+            yield from batches()
+
+    def count(self, name: str, seconds: float) -> None:
+        if self.steps > self.warmup:
+            self.seconds[name] += seconds
+            self.timed_steps[name] += 1
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        if self.started is not None:
+            self.count("a", now - self.started - self.inside)
+        self.started, self.inside = now, 0.0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.steps += 1
+        for name, (model, optimizer) in self.loops.items():
+            started = time.perf_counter()
+            plain_step(model, optimizer, next(self.batches[name]))
+            seconds = time.perf_counter() - started
+            self.inside += seconds
+            self.count(name, seconds)
+
+    def images_per_second(self) -> dict[str, float]:
+        return {name: BATCH * self.timed_steps[name] / self.seconds[name] for name in self.seconds}
+
+
+def lightning_overrides(root: str, epochs: int, work: Path, extra: list[str] = ()) -> list[str]:
+    """train.py's default config with validation and test off, for `epochs` epochs, then `extra`."""
+    return [f"data.root={root}", f"trainer.max_epochs={epochs}", "trainer.limit_val_batches=0", "test=false",
+            f"paths.output_dir={work}", *extra]
+
+
+def compose_train_config(overrides: list[str]):
+    """train.py's config with the overrides, its values checked; a bad override is a UserError."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    from vaelab.cli import CONFIG_DIR
+    from vaelab.config import validate
+    from vaelab.errors import UserError
+
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(config_name="train", overrides=overrides)
+    except HydraException as error:
+        raise UserError(f"--override: {str(error).splitlines()[0]}") from None
+    validate(cfg)
+    return cfg
+
+
+def run_train(overrides: list[str]) -> None:
+    from vaelab.training import train
+
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    train(compose_train_config(overrides))
+
+
+def bench_lockstep(images: torch.Tensor, root: str, epochs: int, warmup: int, work: Path,
+                   extra: list[str] = ()) -> dict[str, float]:
+    """(a), (b) and (b') in turn, one step each, for `epochs` epochs of (a): images/s of each."""
+    Lockstep.images = images
+    run_train([*lightning_overrides(root, epochs, work, extra), "+callbacks.lockstep._target_=benchmarks.through_vaelab.Lockstep",
+               f"+callbacks.lockstep.warmup={warmup}"])
+    return Lockstep.last.images_per_second()
+
+
+def bench_lightning(root: str, epochs: int, warmup: int, work: Path, extra: list[str] = ()) -> float:
+    """(a): vaelab.training.train with train.py's default config (and `extra` overrides); validation and test off."""
+    run_train([*lightning_overrides(root, epochs, work, extra), "+callbacks.bench_timer._target_=benchmarks.through_vaelab.StepTimer",
+               f"+callbacks.bench_timer.warmup={warmup}"])
+    return StepTimer.last.images_per_second
+
+
+def bench_startup(repeats: int = 5) -> float:
+    """Median seconds of `python train.py --cfg job` in a fresh process."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, str(ROOT / "train.py"), "--cfg", "job"], cwd=ROOT, check=True,
+                       capture_output=True)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
