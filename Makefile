@@ -12,7 +12,7 @@ ifneq ($(wildcard $(SHARED_DATA)/MNIST/raw),)
 export VAELAB_DATA_DIR ?= $(SHARED_DATA)
 endif
 
-.PHONY: install train test test-slow test-all lint clean results bench
+.PHONY: install train test test-slow test-all lint format clean results bench
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,8 +35,13 @@ test-slow: install
 test-all: install
 	$(PY) -m pytest $(ARGS)
 
+# ruff's linter and its formatter (line length 120, pyproject.toml); `make format` applies the formatter
 lint: install
 	$(PY) -m ruff check src tests scripts train.py
+	$(PY) -m ruff format --check src tests scripts train.py
+
+format: install
+	$(PY) -m ruff format src tests scripts train.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info

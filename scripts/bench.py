@@ -58,11 +58,19 @@ def main() -> None:
     parser.add_argument("--torchvision-steps", type=int, default=300, help="steps of (c), which is slow")
     parser.add_argument("--nll-images", type=int, default=50)
     parser.add_argument("--k", type=int, default=5000)
-    parser.add_argument("--out", type=Path, help="the JSON file (default: logs/bench/bench.json, or "
-                        "logs/bench/bench-<overrides>.json with --override)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="the JSON file (default: logs/bench/bench.json, or logs/bench/bench-<overrides>.json with --override)",
+    )
     parser.add_argument("--readme", type=Path, help="replace the table between the bench markers in this file")
-    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="a Hydra override for (a), e.g. compile=true (repeatable; the README is then left alone)")
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a Hydra override for (a), e.g. compile=true (repeatable; the README is then left alone)",
+    )
     args = parser.parse_args()
     if args.out is None:
         suffix = "".join(f"-{o}" for o in args.override).replace("/", "_")
@@ -90,23 +98,37 @@ def measure(args: argparse.Namespace) -> None:
     # the best of the repeats: the least disturbed by the other tenants of the machine
     a, b, bf, c = max(a_runs), max(b_runs), max(bf_runs), max(c_runs)
     results = {
-        "command": "make bench" if not args.override else "python scripts/bench.py " + " ".join(
-            f"--override {o}" for o in args.override),
+        "command": "make bench"
+        if not args.override
+        else "python scripts/bench.py " + " ".join(f"--override {o}" for o in args.override),
         "overrides": args.override,
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
-                   f"{torch.get_num_threads()} threads",
-        "training": {"vaelab_lightning": a, "plain_loop": b, "torchvision_loader": c, "plain_loop_fused_adam": bf,
-                     "compute_floor": max(floor_runs),
-                     "a_over_b": a / b, "a_over_b_fused": a / bf, "a_over_c": a / c,
-                     "plain_ms_per_step": 1000 * BATCH / bf, "overhead_ms_per_step": 1000 * BATCH * (1 / a - 1 / bf),
-                     "epochs": args.epochs, "batch_size": BATCH, "warmup_steps": args.warmup,
-                     "runs": {"a": a_runs, "b": b_runs, "b_fused": bf_runs, "c": c_runs, "floor": floor_runs}},
-        "lockstep": {**lockstep, "a_over_b": lockstep["a"] / lockstep["b"],
-                     "a_over_b_fused": lockstep["a"] / lockstep["b_fused"],
-                     "plain_ms_per_step": 1000 * BATCH / lockstep["b_fused"],
-                     "overhead_ms_per_step": 1000 * BATCH * (1 / lockstep["a"] - 1 / lockstep["b_fused"]),
-                     "epochs": args.epochs},
+        "machine": f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "training": {
+            "vaelab_lightning": a,
+            "plain_loop": b,
+            "torchvision_loader": c,
+            "plain_loop_fused_adam": bf,
+            "compute_floor": max(floor_runs),
+            "a_over_b": a / b,
+            "a_over_b_fused": a / bf,
+            "a_over_c": a / c,
+            "plain_ms_per_step": 1000 * BATCH / bf,
+            "overhead_ms_per_step": 1000 * BATCH * (1 / a - 1 / bf),
+            "epochs": args.epochs,
+            "batch_size": BATCH,
+            "warmup_steps": args.warmup,
+            "runs": {"a": a_runs, "b": b_runs, "b_fused": bf_runs, "c": c_runs, "floor": floor_runs},
+        },
+        "lockstep": {
+            **lockstep,
+            "a_over_b": lockstep["a"] / lockstep["b"],
+            "a_over_b_fused": lockstep["a"] / lockstep["b_fused"],
+            "plain_ms_per_step": 1000 * BATCH / lockstep["b_fused"],
+            "overhead_ms_per_step": 1000 * BATCH * (1 / lockstep["a"] - 1 / lockstep["b_fused"]),
+            "epochs": args.epochs,
+        },
         "nll": bench_nll(args.data_root, args.nll_images, args.k),
         "startup_seconds": bench_startup(),
     }

@@ -30,7 +30,9 @@ def run(command: list[str]) -> float:
     started = time.perf_counter()
     code = subprocess.run(command, cwd=ROOT, stdin=subprocess.DEVNULL).returncode
     if code:  # the command has printed its own error above; stop with one line, not a traceback
-        raise SystemExit(f"error: `{shlex.join(command)}` exited with code {code}; the recipes before it are in their folders")
+        raise SystemExit(
+            f"error: `{shlex.join(command)}` exited with code {code}; the recipes before it are in their folders"
+        )
     return time.perf_counter() - started
 
 
@@ -51,31 +53,41 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="override trainer.max_epochs")
     parser.add_argument("--limit-images", type=int, default=None, help="score only the first N test images")
     parser.add_argument("--out", type=Path, default=Path("logs") / "results", help="(default: ./logs/results)")
-    parser.add_argument("--checkpoint", choices=("last", "best"), default="last",
-                        help="score the last checkpoint, or the best one on the validation ELBO")
+    parser.add_argument(
+        "--checkpoint",
+        choices=("last", "best"),
+        default="last",
+        help="score the last checkpoint, or the best one on the validation ELBO",
+    )
     args = parser.parse_args()
     args.out = args.out.resolve()  # the commands run in the source tree
     rows = []
     for name in args.recipes:
         run_dir = args.out / name
         overrides = [f"experiment={name}"] + ([f"trainer.max_epochs={args.epochs}"] if args.epochs else [])
-        train_seconds = run([sys.executable, "train.py", *overrides, f"hydra.run.dir={run_dir}",
-                             "trainer.enable_progress_bar=false"])
+        train_seconds = run(
+            [sys.executable, "train.py", *overrides, f"hydra.run.dir={run_dir}", "trainer.enable_progress_bar=false"]
+        )
         ckpt = pick_checkpoint(run_dir / "checkpoints", args.checkpoint)
-        eval_seconds = run([sys.executable, "-m", "vaelab.evaluate", f"ckpt={ckpt}", f"k={args.k}"]
-                           + ([f"limit_images={args.limit_images}"] if args.limit_images else []))
+        eval_seconds = run(
+            [sys.executable, "-m", "vaelab.evaluate", f"ckpt={ckpt}", f"k={args.k}"]
+            + ([f"limit_images={args.limit_images}"] if args.limit_images else [])
+        )
         results = json.loads(ckpt.with_suffix(".eval.json").read_text())
         rows.append((name, overrides, results, train_seconds, eval_seconds))
     machine = f"{platform.machine()}, {os.cpu_count()} cores"
-    lines = ["| recipe | command | test NLL (k) | test ELBO | active units | CVAE class acc. | train time | eval time |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| recipe | command | test NLL (k) | test ELBO | active units | CVAE class acc. | train time | eval time |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     subset = f", first {args.limit_images} images" if args.limit_images else ""
     for name, overrides, r, train_s, eval_s in rows:
         accuracy = r.get("test/cvae_class_accuracy")
         lines.append(
             f"| {name} | `python train.py {' '.join(overrides)}` | {r['test/nll']:.2f} (k={r['test/k']}{subset}) | "
             f"{r['test/elbo']:.2f} | {r['test/active_units']} | {'' if accuracy is None else f'{accuracy:.2%}'} | "
-            f"{train_s / 60:.1f} min | {eval_s / 60:.1f} min |")
+            f"{train_s / 60:.1f} min | {eval_s / 60:.1f} min |"
+        )
     lines.append(f"\nMachine: {machine}. Nats per image on the {rows[0][2].get('data', '')} test split.")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.md").write_text("\n".join(lines) + "\n")

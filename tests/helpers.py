@@ -91,5 +91,8 @@ def child_env(**extra: str) -> dict[str, str]:
 def snapshot(folder: Path, bookkeeping: tuple[str, ...] = ("train.log", ".lock")) -> dict[str, tuple[int, bytes]]:
     """Every file below folder but the log and the lock (which a failed start may append to or
     leave): relative path -> (mtime in ns, content)."""
-    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.rglob("*")
-            if p.is_file() and p.name not in bookkeeping}
+    return {
+        str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in folder.rglob("*")
+        if p.is_file() and p.name not in bookkeeping
+    }

@@ -35,8 +35,15 @@ def test_capacity_ramp():
     assert [capacity_target(s, 25.0, 100) for s in (0, 40, 100, 500)] == [0.0, 10.0, 25.0, 25.0]
 
 
-@pytest.mark.parametrize("make", [lambda: Linear(warmup_steps=0), lambda: Cyclical(ratio=0.0),
-                                  lambda: Cyclical(cycles=0), lambda: Sigmoid(steepness=0)])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Linear(warmup_steps=0),
+        lambda: Cyclical(ratio=0.0),
+        lambda: Cyclical(cycles=0),
+        lambda: Sigmoid(steepness=0),
+    ],
+)
 def test_bad_parameters_are_refused(make):
     with pytest.raises(ValueError, match="annealing."):
         make()

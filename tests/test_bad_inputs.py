@@ -39,43 +39,81 @@ ROWS = {
     "unknown group option": (lambda t, d, c: train_cmd("loss=poisson"), "Could not find 'loss/poisson'"),
     "unknown key": (lambda t, d, c: train_cmd("model.bet=4"), "Could not override 'model.bet'"),
     "bad annealing": (lambda t, d, c: train_cmd("annealing=linear", "annealing.warmup_steps=-5"), "warmup_steps"),
-    "unknown panel": (lambda t, d, c: train_cmd("+callbacks.sample_grids.panels.histogram=true"),
-                      "callbacks.sample_grids.panels.histogram: unknown panel"),
-    "missing data": (lambda t, d, c: train_cmd(f"data.root={t / 'nowhere'}", "data.download=false"),
-                     "mnist data not found in"),
-    "truncated IDX file": (lambda t, d, c: train_cmd(f"data.root={damaged_data(t / 'cut', 'truncated')}"),
-                           "the file is truncated or corrupt"),
-    "resume without checkpoint": (lambda t, d, c: train_cmd(f"resume={t / 'not_a_run'}"), "there is no checkpoints/last.ckpt"),
-    "eval missing checkpoint": (lambda t, d, c: ["-m", "vaelab.evaluate", f"ckpt={t / 'none.ckpt'}"], "none.ckpt: no such file"),
-    "eval garbage checkpoint": (lambda t, d, c: ["-m", "vaelab.evaluate", f"ckpt={garbage(t)}"],
-                                "garbage.ckpt is not a readable checkpoint"),
-    "sample label without CVAE": (lambda t, d, c: ["-m", "vaelab.sample", f"ckpt={c}", "label=3", f"out={t / 'out.png'}"],
-                                  "label=3 needs a conditional VAE checkpoint"),
-    "compare nothing": (lambda t, d, c: ["-m", "vaelab.compare", str(t / "nowhere"), "--out", str(t / "cmp")], "no such folder"),
+    "unknown panel": (
+        lambda t, d, c: train_cmd("+callbacks.sample_grids.panels.histogram=true"),
+        "callbacks.sample_grids.panels.histogram: unknown panel",
+    ),
+    "missing data": (
+        lambda t, d, c: train_cmd(f"data.root={t / 'nowhere'}", "data.download=false"),
+        "mnist data not found in",
+    ),
+    "truncated IDX file": (
+        lambda t, d, c: train_cmd(f"data.root={damaged_data(t / 'cut', 'truncated')}"),
+        "the file is truncated or corrupt",
+    ),
+    "resume without checkpoint": (
+        lambda t, d, c: train_cmd(f"resume={t / 'not_a_run'}"),
+        "there is no checkpoints/last.ckpt",
+    ),
+    "eval missing checkpoint": (
+        lambda t, d, c: ["-m", "vaelab.evaluate", f"ckpt={t / 'none.ckpt'}"],
+        "none.ckpt: no such file",
+    ),
+    "eval garbage checkpoint": (
+        lambda t, d, c: ["-m", "vaelab.evaluate", f"ckpt={garbage(t)}"],
+        "garbage.ckpt is not a readable checkpoint",
+    ),
+    "sample label without CVAE": (
+        lambda t, d, c: ["-m", "vaelab.sample", f"ckpt={c}", "label=3", f"out={t / 'out.png'}"],
+        "label=3 needs a conditional VAE checkpoint",
+    ),
+    "compare nothing": (
+        lambda t, d, c: ["-m", "vaelab.compare", str(t / "nowhere"), "--out", str(t / "cmp")],
+        "no such folder",
+    ),
     "negative max_epochs": (lambda t, d, c: train_cmd("trainer.max_epochs=-5"), "trainer.max_epochs=-5 is not allowed"),
     "Trainer refuses a value": (lambda t, d, c: train_cmd("trainer.accelerator=abacus"), "trainer: "),
-    "checkpoint is a text file": (lambda t, d, c: train_cmd(f"ckpt_path={text_file(t)}"),
-                                  "notes.txt is not a readable checkpoint"),
-    "checkpoint of another latent size": (lambda t, d, c: train_cmd(f"ckpt_path={c}", "model.latent_dim=5"),
-                                          "does not fit this model: model.latent_dim is 5 here, 2 in the checkpoint"),
+    "checkpoint is a text file": (
+        lambda t, d, c: train_cmd(f"ckpt_path={text_file(t)}"),
+        "notes.txt is not a readable checkpoint",
+    ),
+    "checkpoint of another latent size": (
+        lambda t, d, c: train_cmd(f"ckpt_path={c}", "model.latent_dim=5"),
+        "does not fit this model: model.latent_dim is 5 here, 2 in the checkpoint",
+    ),
     "resume a file": (lambda t, d, c: train_cmd(f"resume={c}"), "last.ckpt is a file: give the run folder"),
-    "log folder cannot be made": (lambda t, d, c: train_cmd(f"paths.log_dir={text_file(t)}/logs"),
-                                  "cannot create the run folder"),
-    "run folder cannot be made": (lambda t, d, c: train_cmd(f"hydra.run.dir={text_file(t)}/run"),
-                                  "notes.txt is a file"),
-    "sample steps=0": (lambda t, d, c: ["-m", "vaelab.sample", f"ckpt={c}", "kind=interpolations", "steps=0",
-                                        f"out={t / 'out.png'}"], "steps=0 is not allowed"),
-    "eval val split without one": (lambda t, d, c: ["-m", "vaelab.evaluate", f"ckpt={without_val_split(c, t)}",
-                                                    "split=val", f"data_root={d}"],
-                                   "split=val: the checkpoint's data has no val images"),
-    "eval GPU without one": (lambda t, d, c: ["-m", "vaelab.evaluate", f"ckpt={c}", "device=cuda"],
-                             "device=cuda: no CUDA GPU is available"),
-    "eval output folder missing": (lambda t, d, c: ["-m", "vaelab.evaluate", f"ckpt={c}", f"out={t / 'no' / 'x.json'}"],
-                                   "the folder"),
-    "classifier zero epochs": (lambda t, d, c: ["-m", "vaelab.classifier", "epochs=0", f"data.root={d}",
-                                                f"out={t / 'out.png'}"], "epochs=0 is not allowed"),
-    "bench bad override value": (lambda t, d, c: bench_cmd(d, t, "--override", "model.beta=-1"),
-                                 "model.beta=-1.0 is not allowed: a number >= 0"),
+    "log folder cannot be made": (
+        lambda t, d, c: train_cmd(f"paths.log_dir={text_file(t)}/logs"),
+        "cannot create the run folder",
+    ),
+    "run folder cannot be made": (
+        lambda t, d, c: train_cmd(f"hydra.run.dir={text_file(t)}/run"),
+        "notes.txt is a file",
+    ),
+    "sample steps=0": (
+        lambda t, d, c: ["-m", "vaelab.sample", f"ckpt={c}", "kind=interpolations", "steps=0", f"out={t / 'out.png'}"],
+        "steps=0 is not allowed",
+    ),
+    "eval val split without one": (
+        lambda t, d, c: ["-m", "vaelab.evaluate", f"ckpt={without_val_split(c, t)}", "split=val", f"data_root={d}"],
+        "split=val: the checkpoint's data has no val images",
+    ),
+    "eval GPU without one": (
+        lambda t, d, c: ["-m", "vaelab.evaluate", f"ckpt={c}", "device=cuda"],
+        "device=cuda: no CUDA GPU is available",
+    ),
+    "eval output folder missing": (
+        lambda t, d, c: ["-m", "vaelab.evaluate", f"ckpt={c}", f"out={t / 'no' / 'x.json'}"],
+        "the folder",
+    ),
+    "classifier zero epochs": (
+        lambda t, d, c: ["-m", "vaelab.classifier", "epochs=0", f"data.root={d}", f"out={t / 'out.png'}"],
+        "epochs=0 is not allowed",
+    ),
+    "bench bad override value": (
+        lambda t, d, c: bench_cmd(d, t, "--override", "model.beta=-1"),
+        "model.beta=-1.0 is not allowed: a number >= 0",
+    ),
     "bench missing data": (lambda t, d, c: bench_cmd(t / "nowhere", t), "mnist data not found in"),
 }
 
@@ -111,16 +149,31 @@ def test_bad_input(row, tmp_path, data_root, ckpt):
     args = build(tmp_path, data_root, ckpt)
     run_dir, ckpt_files = tmp_path / "run", sorted(ckpt.parent.iterdir())
     if args[0] == "train.py":
-        args += [] if any(a.startswith(("hydra.run.dir=", "paths.log_dir=")) for a in args) else [f"hydra.run.dir={run_dir}"]
+        args += (
+            []
+            if any(a.startswith(("hydra.run.dir=", "paths.log_dir=")) for a in args)
+            else [f"hydra.run.dir={run_dir}"]
+        )
         args += [] if any(a.startswith("data.root=") for a in args) else [f"data.root={data_root}"]
-    result = subprocess.run([sys.executable, *args], cwd=PROJECT_ROOT, env=child_env(), capture_output=True, text=True,
-                            timeout=180, stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [sys.executable, *args],
+        cwd=PROJECT_ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        stdin=subprocess.DEVNULL,
+    )
     assert result.returncode == 1, (result.returncode, result.stderr[-2000:])
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     # nothing half-made: no run folder, no results file, no picture, no report; the good checkpoint's folder untouched
     assert not run_dir.exists(), sorted(p.name for p in run_dir.rglob("*"))
-    assert not (tmp_path / "out.png").exists() and not (tmp_path / "cmp").exists() and not (tmp_path / "bench.json").exists()
+    assert (
+        not (tmp_path / "out.png").exists()
+        and not (tmp_path / "cmp").exists()
+        and not (tmp_path / "bench.json").exists()
+    )
     assert not list(tmp_path.glob("*.eval.json")) and sorted(ckpt.parent.iterdir()) == ckpt_files
     shutil.rmtree(tmp_path / "wandb_home", ignore_errors=True)

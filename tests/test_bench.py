@@ -10,14 +10,43 @@ spec.loader.exec_module(bench)
 
 
 def results(floor: float, overrides=()) -> dict:
-    training = {"vaelab_lightning": 20_000, "plain_loop": 22_000, "plain_loop_fused_adam": 28_000,
-                "torchvision_loader": 10_000, "compute_floor": floor, "a_over_b": 20 / 22, "a_over_b_fused": 20 / 28,
-                "a_over_c": 2.0, "runs": {"a": [20_000]}}
-    lockstep = {"a": 19_000, "b": 21_000, "b_fused": 27_000, "a_over_b": 19 / 21, "a_over_b_fused": 19 / 27,
-                "plain_ms_per_step": 4.7, "overhead_ms_per_step": 2.0, "epochs": 2}
-    nll = {"k": 5000, "vaelab_images_per_second": 29.0, "bare_images_per_second": 26.0, "time_ratio_vaelab_over_bare": 0.9}
-    return {"command": "make bench", "machine": "2 CPU cores", "date": "2026-12-01", "overrides": list(overrides),
-            "training": training, "lockstep": lockstep, "nll": nll, "startup_seconds": 0.3}
+    training = {
+        "vaelab_lightning": 20_000,
+        "plain_loop": 22_000,
+        "plain_loop_fused_adam": 28_000,
+        "torchvision_loader": 10_000,
+        "compute_floor": floor,
+        "a_over_b": 20 / 22,
+        "a_over_b_fused": 20 / 28,
+        "a_over_c": 2.0,
+        "runs": {"a": [20_000]},
+    }
+    lockstep = {
+        "a": 19_000,
+        "b": 21_000,
+        "b_fused": 27_000,
+        "a_over_b": 19 / 21,
+        "a_over_b_fused": 19 / 27,
+        "plain_ms_per_step": 4.7,
+        "overhead_ms_per_step": 2.0,
+        "epochs": 2,
+    }
+    nll = {
+        "k": 5000,
+        "vaelab_images_per_second": 29.0,
+        "bare_images_per_second": 26.0,
+        "time_ratio_vaelab_over_bare": 0.9,
+    }
+    return {
+        "command": "make bench",
+        "machine": "2 CPU cores",
+        "date": "2026-12-01",
+        "overrides": list(overrides),
+        "training": training,
+        "lockstep": lockstep,
+        "nll": nll,
+        "startup_seconds": 0.3,
+    }
 
 
 def test_table_says_whether_five_times_the_torchvision_path_is_within_the_floor():

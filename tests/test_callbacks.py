@@ -12,8 +12,11 @@ from vaelab.training import train
 
 
 def fake_trainer(**metrics):
-    return SimpleNamespace(sanity_checking=False, current_epoch=3,
-                           callback_metrics={k.replace("__", "/"): torch.tensor(v) for k, v in metrics.items()})
+    return SimpleNamespace(
+        sanity_checking=False,
+        current_epoch=3,
+        callback_metrics={k.replace("__", "/"): torch.tensor(v) for k, v in metrics.items()},
+    )
 
 
 def test_monitor_flags_non_finite_terms_collapse_and_explosion():
@@ -32,8 +35,11 @@ def test_monitor_flags_non_finite_terms_collapse_and_explosion():
 
 
 def test_a_huge_beta_collapses_the_posterior_and_is_reported(tmp_path, data_root, caplog):
-    cfg = compose([*FAST, "trainer.max_epochs=3", "model.beta=500", "logger=none", "test=false"],
-                  output_dir=tmp_path, data_root=data_root)
+    cfg = compose(
+        [*FAST, "trainer.max_epochs=3", "model.beta=500", "logger=none", "test=false"],
+        output_dir=tmp_path,
+        data_root=data_root,
+    )
     with caplog.at_level("WARNING"):
         metrics = train(cfg).metrics
     assert metrics["val/active_units"] == 0.0 and metrics["val/kl"] < 0.1
@@ -41,8 +47,11 @@ def test_a_huge_beta_collapses_the_posterior_and_is_reported(tmp_path, data_root
 
 
 def test_healthy_run_logs_diagnostics_without_warnings(tmp_path, data_root, caplog):
-    cfg = compose([*FAST, "trainer.max_epochs=2", "model.latent_dim=4", "logger=none", "test=false"],
-                  output_dir=tmp_path, data_root=data_root)
+    cfg = compose(
+        [*FAST, "trainer.max_epochs=2", "model.latent_dim=4", "logger=none", "test=false"],
+        output_dir=tmp_path,
+        data_root=data_root,
+    )
     with caplog.at_level("WARNING"):
         metrics = train(cfg).metrics
     assert metrics["val/active_units"] >= 1

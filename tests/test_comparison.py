@@ -16,9 +16,26 @@ from vaelab.comparison import compare
 def sweep_dir(tmp_path_factory, data_root):
     sweep_dir = tmp_path_factory.mktemp("sweep")
     result = subprocess.run(
-        [sys.executable, "train.py", "-m", "model.beta=1,4", "model.latent_dim=2,3", *FAST, "trainer.max_epochs=2",
-         "logger=csv", "callbacks.sample_grids.every_n_epochs=5", f"data.root={data_root}", f"hydra.sweep.dir={sweep_dir}"],
-        cwd=PROJECT_ROOT, env=child_env(), capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "train.py",
+            "-m",
+            "model.beta=1,4",
+            "model.latent_dim=2,3",
+            *FAST,
+            "trainer.max_epochs=2",
+            "logger=csv",
+            "callbacks.sample_grids.every_n_epochs=5",
+            f"data.root={data_root}",
+            f"hydra.sweep.dir={sweep_dir}",
+        ],
+        cwd=PROJECT_ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return sweep_dir
 
@@ -40,7 +57,11 @@ def test_table_plots_and_report(sweep_dir, tmp_path):
     markdown = written["md"].read_text().splitlines()
     assert len(markdown) == 2 + 4 and "test/elbo" in markdown[0]
 
-    for name, (width, height) in {"rate_distortion": (660, 495), "metrics_vs_latent": (1430, 440), "curves": (1430, 495)}.items():
+    for name, (width, height) in {
+        "rate_distortion": (660, 495),
+        "metrics_vs_latent": (1430, 440),
+        "curves": (1430, 495),
+    }.items():
         image = Image.open(written[name]).convert("L")
         assert image.size == (width, height)
         dark = sum(1 for p in image.getdata() if p < 200) / (width * height)
@@ -64,21 +85,47 @@ def test_curves_come_from_the_csv_logger(sweep_dir):
 
 
 def test_cli_and_errors(sweep_dir, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "vaelab.compare", str(sweep_dir), "--out", str(tmp_path / "c")],
-                            cwd=PROJECT_ROOT, env=child_env(), capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "vaelab.compare", str(sweep_dir), "--out", str(tmp_path / "c")],
+        cwd=PROJECT_ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("compared 4 runs") and (tmp_path / "c" / "report.html").is_file()
-    empty = subprocess.run([sys.executable, "-m", "vaelab.compare", str(tmp_path / "c")],
-                           cwd=PROJECT_ROOT, env=child_env(), capture_output=True, text=True, timeout=120)
+    empty = subprocess.run(
+        [sys.executable, "-m", "vaelab.compare", str(tmp_path / "c")],
+        cwd=PROJECT_ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert empty.returncode == 1 and empty.stderr.strip().startswith("error: no run folders")
     assert not (tmp_path / "c" / "compare").exists()  # nothing written on error
 
 
 def test_nll_from_vaelab_eval_joins_the_table(sweep_dir, data_root, tmp_path):
     job = sorted(p for p in sweep_dir.iterdir() if p.name.startswith("0_"))[0]
-    result = subprocess.run([sys.executable, "-m", "vaelab.evaluate", f"ckpt={job}/checkpoints/last.ckpt", "k=16",
-                             "generation=false", "wandb=false", f"data_root={data_root}"],
-                            cwd=PROJECT_ROOT, env=child_env(), capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vaelab.evaluate",
+            f"ckpt={job}/checkpoints/last.ckpt",
+            "k=16",
+            "generation=false",
+            "wandb=false",
+            f"data_root={data_root}",
+        ],
+        cwd=PROJECT_ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     with open(compare([sweep_dir], tmp_path / "c")["csv"]) as handle:
         rows = {row["run"]: row for row in csv.DictReader(handle)}
@@ -113,8 +160,17 @@ def test_a_resumed_wandb_run_is_read_as_one_run(tmp_path, data_root):
 
     run_dir = tmp_path / "run"
     for epochs in (1, 2):
-        cfg = compose([*FAST, f"trainer.max_epochs={epochs}", "test=false", "callbacks.sample_grids.every_n_epochs=5",
-                       *([f"resume={run_dir}"] if epochs == 2 else [])], output_dir=run_dir, data_root=data_root)
+        cfg = compose(
+            [
+                *FAST,
+                f"trainer.max_epochs={epochs}",
+                "test=false",
+                "callbacks.sample_grids.every_n_epochs=5",
+                *([f"resume={run_dir}"] if epochs == 2 else []),
+            ],
+            output_dir=run_dir,
+            data_root=data_root,
+        )
         train(cfg)
     save_run_config(run_dir, cfg, [])
     run = read_run(run_dir)

@@ -25,8 +25,10 @@ BAD = [
     (["model=beta_vae_capacity", "model.importance_samples=2"], "model.importance_samples=2 cannot be combined"),
     (["model.dreg=true"], "model.dreg=True is not allowed: true only with model.importance_samples > 1"),
     (["model.lr_scheduler={step_size:3}"], "model.lr_scheduler._target_=None is not allowed"),
-    (["model.lr_scheduler={_target_:torch.optim.lr_scheduler.StepLR,step_size:3,interval:batch}"],
-     "model.lr_scheduler.interval='batch' is not allowed: epoch or step"),
+    (
+        ["model.lr_scheduler={_target_:torch.optim.lr_scheduler.StepLR,step_size:3,interval:batch}"],
+        "model.lr_scheduler.interval='batch' is not allowed: epoch or step",
+    ),
     (["model.optimizer.lr=null"], "model.optimizer.lr=None is not allowed: a number > 0"),
     (["model.optimizer.lr=abc"], "model.optimizer.lr='abc' is not allowed: a number > 0"),
     (["model.beta=1e400"], "model.beta=inf is not allowed"),
@@ -70,9 +72,17 @@ def test_bad_value_names_the_key(overrides, message, tmp_path):
     assert "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize("overrides", [[], ["model=cvae", "data=fashion_mnist"], ["model=beta_vae_capacity"],
-                                       ["experiment=beta_vae_mnist"], ["model/net=conv", "loss=gaussian"],
-                                       ["model=iwae", "model.dreg=true", "annealing=linear"]])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],
+        ["model=cvae", "data=fashion_mnist"],
+        ["model=beta_vae_capacity"],
+        ["experiment=beta_vae_mnist"],
+        ["model/net=conv", "loss=gaussian"],
+        ["model=iwae", "model.dreg=true", "annealing=linear"],
+    ],
+)
 def test_good_configs_pass(overrides, tmp_path):
     validate(compose(overrides, output_dir=tmp_path))
 
@@ -106,8 +116,9 @@ COMMAND_BAD = [
 ]
 
 
-@pytest.mark.parametrize(("command", "overrides", "message"), COMMAND_BAD,
-                         ids=[f"{c} {' '.join(o)}" for c, o, _ in COMMAND_BAD])
+@pytest.mark.parametrize(
+    ("command", "overrides", "message"), COMMAND_BAD, ids=[f"{c} {' '.join(o)}" for c, o, _ in COMMAND_BAD]
+)
 def test_bad_eval_or_sample_value_names_the_key(command, overrides, message):
     from vaelab.config import validate_eval_config, validate_sample_config
 
@@ -122,10 +133,24 @@ def test_a_sweep_with_a_value_of_the_wrong_type_stops_before_any_job(tmp_path):
 
     from helpers import child_env
 
-    result = subprocess.run([sys.executable, "-m", "vaelab.train", "-m", "data.batch_size=64,abc", "logger=csv",
-                             f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path, env=child_env(),
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vaelab.train",
+            "-m",
+            "data.batch_size=64,abc",
+            "logger=csv",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+        cwd=tmp_path,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "error: Error merging override data.batch_size=abc: Value 'abc' of type 'str' could not be converted to Integer"]
+        "error: Error merging override data.batch_size=abc: Value 'abc' of type 'str' could not be converted to Integer"
+    ]
     assert not [p for p in (tmp_path / "sweep").glob("*") if p.is_dir()]  # no job started

@@ -10,7 +10,18 @@ from omegaconf import OmegaConf
 
 from vaelab.module import VAELitModule
 
-GROUPS = ["data", "model", "loss", "annealing", "trainer", "logger", "callbacks", "experiment", "hparams_search", "debug"]
+GROUPS = [
+    "data",
+    "model",
+    "loss",
+    "annealing",
+    "trainer",
+    "logger",
+    "callbacks",
+    "experiment",
+    "hparams_search",
+    "debug",
+]
 
 
 def options(group: str) -> list[str]:
@@ -71,7 +82,11 @@ def test_data_root_env_override(tmp_path, monkeypatch):
 def test_cfg_job_prints_the_composed_config_without_torch():
     result = subprocess.run(
         [sys.executable, "train.py", "model=beta_vae", "model.beta=4", "--cfg", "job"],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 0, result.stderr
     printed = OmegaConf.create(result.stdout)

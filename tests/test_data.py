@@ -164,12 +164,15 @@ def test_real_fashion_mnist(real_data_root):
     assert dm.test_set.labels.bincount().tolist() == [1000] * 10
 
 
-@pytest.mark.parametrize(("damage", "message"), [
-    ("truncate", "bytes, but its header promises"),
-    ("magic", "not an uncompressed IDX images file (magic number 2049, expected 2051)"),
-    ("count", "holds 240 images but"),
-    ("empty", "not an uncompressed IDX images file (magic number None"),
-])
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("truncate", "bytes, but its header promises"),
+        ("magic", "not an uncompressed IDX images file (magic number 2049, expected 2051)"),
+        ("count", "holds 240 images but"),
+        ("empty", "not an uncompressed IDX images file (magic number None"),
+    ],
+)
 def test_damaged_idx_files_are_named_in_one_line(tmp_path, damage, message):
     root = write_synthetic_dataset(tmp_path, "mnist")
     raw = root / "MNIST" / "raw"

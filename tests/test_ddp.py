@@ -28,9 +28,23 @@ def assert_one_run_from_rank_zero(run_dir, world_size=2):
 
 def test_ddp_command_trains_with_two_processes(tmp_path, data_root):
     run_dir = tmp_path / "run"
-    result = subprocess.run([sys.executable, "train.py", "trainer=ddp", *TWO_CPUS, *FAST, f"data.root={data_root}",
-                             f"hydra.run.dir={run_dir}"], cwd=PROJECT_ROOT, env=child_env(), capture_output=True,
-                            text=True, timeout=300, stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "trainer=ddp",
+            *TWO_CPUS,
+            *FAST,
+            f"data.root={data_root}",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=PROJECT_ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     log = (run_dir / "train.log").read_text() + result.stdout + result.stderr
     assert "GLOBAL_RANK: 0, MEMBER: 1/2" in log and "GLOBAL_RANK: 1, MEMBER: 2/2" in log

@@ -46,7 +46,9 @@ def test_mutual_information_is_zero_for_collapsed_and_log_n_for_separated_poster
     collapsed = mutual_information(torch.zeros(n, 4), torch.zeros(n, 4), generator=torch.Generator().manual_seed(0))
     assert abs(collapsed) < 0.1  # analytic entropy minus a Monte-Carlo term (He et al. 2019): noise only
     separated_means = torch.arange(n, dtype=torch.float32)[:, None] * 10.0
-    separated = mutual_information(separated_means, torch.full((n, 1), math.log(0.01)), generator=torch.Generator().manual_seed(0))
+    separated = mutual_information(
+        separated_means, torch.full((n, 1), math.log(0.01)), generator=torch.Generator().manual_seed(0)
+    )
     assert separated == pytest.approx(math.log(n), abs=0.05)  # the most it can be
 
 

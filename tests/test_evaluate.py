@@ -27,8 +27,15 @@ def trained_run(tmp_path_factory, data_root):
 
 def run_eval(args, cwd=PROJECT_ROOT):
     env = child_env()
-    return subprocess.run([sys.executable, "-m", "vaelab.evaluate", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "vaelab.evaluate", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_eval_writes_json_stdout_and_wandb_summary(trained_run, data_root):
@@ -72,10 +79,14 @@ def test_long_pass_reports_progress(trained_run, caplog):
     module = load_module(trained_run / "checkpoints" / "last.ckpt")
     images = torch.rand(10, 1, 28, 28).round()
     with caplog.at_level("INFO", logger="vaelab.evaluation"):
-        results = evaluate_split(module, images, torch.zeros(10, dtype=torch.long), k=8, batch_images=3,
-                                 progress_seconds=0)
+        results = evaluate_split(
+            module, images, torch.zeros(10, dtype=torch.long), k=8, batch_images=3, progress_seconds=0
+        )
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("NLL at k=8")]
-    assert [line.split(":")[1].split(",")[0].strip() for line in lines] == ["3 of 10 images", "6 of 10 images",
-                                                                            "9 of 10 images"]
+    assert [line.split(":")[1].split(",")[0].strip() for line in lines] == [
+        "3 of 10 images",
+        "6 of 10 images",
+        "9 of 10 images",
+    ]
     so_far = [float(line.rsplit("so far ", 1)[1].split()[0]) for line in lines]
     assert all(abs(value - results["nll"]) < 0.5 * abs(results["nll"]) for value in so_far)

@@ -40,7 +40,11 @@ class FakeCVAE:
     """Stands in for a trained CVAE: 'generates' the block of the requested class (or of a shifted class)."""
 
     def __init__(self, shift=0):
-        self.vae = SimpleNamespace(num_classes=10, conditional=True, prior=lambda n, device=None: torch.distributions.Normal(torch.zeros(n, 2), 1.0))
+        self.vae = SimpleNamespace(
+            num_classes=10,
+            conditional=True,
+            prior=lambda n, device=None: torch.distributions.Normal(torch.zeros(n, 2), 1.0),
+        )
         self.device, self.shift = "cpu", shift
 
     def generate(self, z, labels):
@@ -83,15 +87,33 @@ def test_ood_auroc():
 
 
 def test_eval_reports_cvae_accuracy_fid_and_ood_auroc(classifier_file, data_root, tmp_path):
-    cfg = compose([*FAST, "trainer.max_epochs=4", "model=cvae", "model.latent_dim=4", "logger=none", "test=false"],
-                  output_dir=tmp_path, data_root=data_root)
+    cfg = compose(
+        [*FAST, "trainer.max_epochs=4", "model=cvae", "model.latent_dim=4", "logger=none", "test=false"],
+        output_dir=tmp_path,
+        data_root=data_root,
+    )
     train(cfg)
     env = child_env()
     result = subprocess.run(
-        [sys.executable, "-m", "vaelab.evaluate", f"ckpt={tmp_path / 'checkpoints' / 'last.ckpt'}", "k=16",
-         f"data_root={data_root}", f"classifier_dir={classifier_file.parent}", "samples_per_class=20",
-         "ood=fashion_mnist", "wandb=false"],
-        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "vaelab.evaluate",
+            f"ckpt={tmp_path / 'checkpoints' / 'last.ckpt'}",
+            "k=16",
+            f"data_root={data_root}",
+            f"classifier_dir={classifier_file.parent}",
+            "samples_per_class=20",
+            "ood=fashion_mnist",
+            "wandb=false",
+        ],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     saved = json.loads((tmp_path / "checkpoints" / "last.eval.json").read_text())
     assert 0.0 <= saved["test/cvae_class_accuracy"] <= 1.0 and len(saved["test/cvae_class_accuracy_per_class"]) == 10

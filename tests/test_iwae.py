@@ -29,7 +29,10 @@ class LinearGaussianVAE(nn.Module):
     def __init__(self, mean_shift=0.0, var_scale=1.0):
         super().__init__()
         q, _ = torch.linalg.qr(torch.randn(P, D, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
-        self.W, self.b = q * torch.tensor([2.0, 0.7], dtype=torch.float64), torch.linspace(-1, 1, P, dtype=torch.float64)
+        self.W, self.b = (
+            q * torch.tensor([2.0, 0.7], dtype=torch.float64),
+            torch.linspace(-1, 1, P, dtype=torch.float64),
+        )
         precision = 1 + (self.W * self.W).sum(0) / SIGMA**2  # diagonal of I + W^T W / s^2
         self.post_var = 1 / precision
         self.mean_shift, self.var_scale = mean_shift, var_scale
@@ -76,7 +79,9 @@ def test_estimate_converges_to_log_px_as_k_grows():
     exact = vae.log_px(x)
     errors = {}
     for k in (1, 10, 100, 5000):
-        estimates = torch.stack([iwae_bound(importance_weighted_terms(vae, IdentityGaussian(), x, None, k)[0]) for _ in range(20)])
+        estimates = torch.stack(
+            [iwae_bound(importance_weighted_terms(vae, IdentityGaussian(), x, None, k)[0]) for _ in range(20)]
+        )
         errors[k] = (estimates.mean(0) - exact).abs().max().item()
     assert errors[5000] < 0.01
     assert errors[1] > errors[10] > errors[100] > errors[5000]
@@ -86,8 +91,12 @@ def test_bound_does_not_get_worse_as_k_grows():
     torch.manual_seed(0)
     vae = LinearGaussianVAE(mean_shift=0.4, var_scale=2.5)
     x = data(vae)
-    means = [torch.stack([iwae_bound(importance_weighted_terms(vae, IdentityGaussian(), x, None, k)[0]) for _ in range(200)]).mean()
-             for k in (1, 4, 16, 64, 256)]
+    means = [
+        torch.stack(
+            [iwae_bound(importance_weighted_terms(vae, IdentityGaussian(), x, None, k)[0]) for _ in range(200)]
+        ).mean()
+        for k in (1, 4, 16, 64, 256)
+    ]
     assert means == sorted(means)
     assert means[-1] <= vae.log_px(x).mean() + 1e-3  # still a lower bound in expectation
 
@@ -96,7 +105,9 @@ def test_k_equal_one_is_an_unbiased_elbo_estimate():
     torch.manual_seed(0)
     vae = LinearGaussianVAE(mean_shift=0.4, var_scale=2.5)
     x = data(vae, n=3)
-    draws = iwae_bound(importance_weighted_terms(vae, IdentityGaussian(), x.repeat(20_000, 1), None, k=1)[0]).view(20_000, 3)
+    draws = iwae_bound(importance_weighted_terms(vae, IdentityGaussian(), x.repeat(20_000, 1), None, k=1)[0]).view(
+        20_000, 3
+    )
     standard_error = draws.std(0) / math.sqrt(20_000)
     assert ((draws.mean(0) - vae.elbo(x)).abs() < 4 * standard_error).all()
     assert (vae.elbo(x) < vae.log_px(x)).all()

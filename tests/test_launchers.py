@@ -21,9 +21,15 @@ QUICK = [*FAST, "trainer.limit_train_batches=3", "callbacks.sample_grids.every_n
 
 
 def sweep(args, sweep_dir, data_root, timeout=600):
-    return subprocess.run([sys.executable, "train.py", *args, *QUICK, f"data.root={data_root}", f"hydra.sweep.dir={sweep_dir}"],
-                          cwd=PROJECT_ROOT, env=child_env(), capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "train.py", *args, *QUICK, f"data.root={data_root}", f"hydra.sweep.dir={sweep_dir}"],
+        cwd=PROJECT_ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def summary_rows(sweep_dir):
@@ -33,8 +39,11 @@ def summary_rows(sweep_dir):
 
 def test_optuna_search_of_three_trials(tmp_path, data_root):
     sweep_dir = tmp_path / "optuna"
-    result = sweep(["hparams_search=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.n_startup_trials=2",
-                    "logger=csv"], sweep_dir, data_root)
+    result = sweep(
+        ["hparams_search=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.n_startup_trials=2", "logger=csv"],
+        sweep_dir,
+        data_root,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = summary_rows(sweep_dir)
     assert len(rows) == 3 and all(row["status"] == "ok" for row in rows)
@@ -64,8 +73,11 @@ def test_joblib_runs_two_jobs_in_parallel_with_their_own_runs(tmp_path, data_roo
 def test_submitit_local_runs_the_jobs(tmp_path, data_root):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[launchers]'")
     sweep_dir = tmp_path / "submitit"
-    result = sweep(["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "model.beta=1,-1"],
-                   sweep_dir, data_root)
+    result = sweep(
+        ["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "model.beta=1,-1"],
+        sweep_dir,
+        data_root,
+    )
     assert result.returncode == 1, result.stderr[-3000:]  # the second job fails on purpose
     rows = summary_rows(sweep_dir)
     assert [row["status"] for row in rows] == ["ok", "failed"]

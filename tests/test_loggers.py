@@ -12,7 +12,11 @@ def test_csv_rows_before_keeps_the_steps_before_the_checkpoint(tmp_path):
     metrics.write_text("epoch,step,train/loss,val/elbo\n0,0,9.0,\n0,49,8.0,\n0,49,,-7.5\n1,99,6.0,\n1,149,5.0,\n")
     header, rows = csv_rows_before(metrics, step=99)  # the checkpoint was saved at global step 99
     assert header == ["epoch", "step", "train/loss", "val/elbo"]
-    assert [(r["step"], r["train/loss"], r["val/elbo"]) for r in rows] == [("0", "9.0", ""), ("49", "8.0", ""), ("49", "", "-7.5")]
+    assert [(r["step"], r["train/loss"], r["val/elbo"]) for r in rows] == [
+        ("0", "9.0", ""),
+        ("49", "8.0", ""),
+        ("49", "", "-7.5"),
+    ]
 
 
 def test_csv_rows_before_without_a_file(tmp_path):
@@ -28,8 +32,13 @@ def test_the_private_apis_vaelab_relies_on_are_there(tmp_path):
     from vaelab.module import lightning_logs_this_step
     from vaelab.wandb_run import record_class
 
-    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, log_every_n_steps=1)
+    trainer = L.Trainer(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+    )
     assert lightning_logs_this_step(trainer) in (True, False)
     writer = CSVLogger(tmp_path).experiment
     restore_csv_rows(writer, ["step", "train/loss"], [{"step": 0, "train/loss": 1.5}])

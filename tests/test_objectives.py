@@ -47,7 +47,7 @@ def test_bernoulli_log_prob_equals_the_torch_distribution_and_broadcasts_over_sa
     expected = likelihood.distribution(logits, event_dims=3).log_prob(x)
     assert log_prob.shape == (3, 5)
     torch.testing.assert_close(log_prob, expected)
-    grad, = torch.autograd.grad(log_prob.sum(), logits)
+    (grad,) = torch.autograd.grad(log_prob.sum(), logits)
     torch.testing.assert_close(grad, x - torch.sigmoid(logits.detach()))  # d/dlogit log Bernoulli = x - p
 
 
@@ -56,7 +56,9 @@ def test_gaussian_log_prob_is_scaled_mse_plus_constant():
     sigma, x, decoder_output = 0.3, torch.rand(3, 1, 28, 28), torch.randn(3, 1, 28, 28)
     squared_error = (x - torch.sigmoid(decoder_output)).square().sum(dim=(1, 2, 3))
     constant = 784 * (math.log(sigma) + 0.5 * math.log(2 * math.pi))
-    torch.testing.assert_close(GaussianLikelihood(sigma).log_prob(x, decoder_output), -squared_error / (2 * sigma**2) - constant)
+    torch.testing.assert_close(
+        GaussianLikelihood(sigma).log_prob(x, decoder_output), -squared_error / (2 * sigma**2) - constant
+    )
 
 
 def test_gaussian_learned_sigma_is_a_parameter_and_gets_gradients():
@@ -88,7 +90,10 @@ def test_elbo_terms_are_per_image_sums_averaged_over_the_batch():
 def test_annealing_scales_the_kl_weight_by_global_step():
     x, decoder_output, mean, logvar = batch()
     objective = Objective(BernoulliLikelihood(), beta=2.0, schedule=Linear(warmup_steps=100))
-    at_0, at_50 = objective(x, decoder_output, mean, logvar, step=0), objective(x, decoder_output, mean, logvar, step=50)
+    at_0, at_50 = (
+        objective(x, decoder_output, mean, logvar, step=0),
+        objective(x, decoder_output, mean, logvar, step=50),
+    )
     assert at_0["beta"] == 0.0 and at_50["beta"] == 1.0
     torch.testing.assert_close(at_0["loss"], at_0["recon"])
     torch.testing.assert_close(at_50["loss"], at_50["recon"] + at_50["kl"])
@@ -148,7 +153,9 @@ def test_autoregressive_bernoulli_shares_the_context_across_samples():
     torch.testing.assert_close(broadcast, one_by_one)
     context = likelihood.context(x)  # blocks of 6 samples (two copies of the batch) give the same logits
     with torch.no_grad():
-        torch.testing.assert_close(likelihood.logits(context, decoder_output, block=6), likelihood.logits(context, decoder_output, block=10**6))
+        torch.testing.assert_close(
+            likelihood.logits(context, decoder_output, block=6), likelihood.logits(context, decoder_output, block=10**6)
+        )
 
 
 def test_autoregressive_pictures_are_the_probabilities_of_a_sequential_sample():
@@ -179,7 +186,9 @@ def iwae_inputs(k=5, seed=0):
 def test_iwae_loss_is_minus_the_importance_weighted_bound():
     x, decoder_output, z, mean, logvar = iwae_inputs(k=5)
     terms = Objective(BernoulliLikelihood(), importance_samples=5)(x, decoder_output, mean, logvar, step=0, z=z)
-    log_px_z = -F.binary_cross_entropy_with_logits(decoder_output, x.expand_as(decoder_output), reduction="none").sum((2, 3, 4))
+    log_px_z = -F.binary_cross_entropy_with_logits(decoder_output, x.expand_as(decoder_output), reduction="none").sum(
+        (2, 3, 4)
+    )
     log_pz = Normal(0.0, 1.0).log_prob(z).sum(-1)
     log_qz = Normal(mean, (0.5 * logvar).exp()).log_prob(z).sum(-1)
     bound = torch.logsumexp(log_px_z + log_pz - log_qz, 0) - math.log(5)  # (8,)
@@ -193,7 +202,10 @@ def test_iwae_loss_is_minus_the_importance_weighted_bound():
 def test_iwae_bound_is_at_least_the_mean_log_weight_and_anneals_the_prior_ratio():
     x, decoder_output, z, mean, logvar = iwae_inputs(k=5)
     objective = Objective(BernoulliLikelihood(), importance_samples=5, schedule=Linear(warmup_steps=100))
-    at_0, at_100 = objective(x, decoder_output, mean, logvar, step=0, z=z), objective(x, decoder_output, mean, logvar, step=100, z=z)
+    at_0, at_100 = (
+        objective(x, decoder_output, mean, logvar, step=0, z=z),
+        objective(x, decoder_output, mean, logvar, step=100, z=z),
+    )
     log_px_z = BernoulliLikelihood().log_prob(x, decoder_output)  # (5, 8)
     # beta_t = 0: the weights are p(x | z_i) alone
     torch.testing.assert_close(at_0["loss"], -(torch.logsumexp(log_px_z, 0) - math.log(5)).mean())
@@ -242,8 +254,11 @@ def test_dreg_matches_its_surrogate_and_leaves_the_decoder_gradient_alone():
     W, x, mean, logvar, eps = dreg_setup(k, copies)
     W = W.clone().requires_grad_(True)
     z = mean + (0.5 * logvar).exp() * eps
-    log_w = (GaussianOfMean().log_prob(x, z @ W.T) + Normal(0.0, 1.0).log_prob(z).sum(-1)
-             - Normal(mean.detach(), (0.5 * logvar).exp().detach()).log_prob(z).sum(-1))
+    log_w = (
+        GaussianOfMean().log_prob(x, z @ W.T)
+        + Normal(0.0, 1.0).log_prob(z).sum(-1)
+        - Normal(mean.detach(), (0.5 * logvar).exp().detach()).log_prob(z).sum(-1)
+    )
     weights = torch.softmax(log_w.detach(), 0)
     surrogate_encoder = -(weights.square() * log_w).sum(0).mean()
     expected_enc = torch.autograd.grad(surrogate_encoder, (mean, logvar), retain_graph=True)

@@ -28,8 +28,12 @@ def test_wheel_installs_and_trains_from_an_empty_folder(tmp_path):
         shutil.copy(PROJECT_ROOT / name, source / name)
     shutil.copytree(PROJECT_ROOT / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
-    built = subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(source)],
-                           capture_output=True, text=True, timeout=300)
+    built = subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert built.returncode == 0, built.stderr
     (wheel,) = (tmp_path / "dist").glob("vaelab-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
@@ -38,8 +42,12 @@ def test_wheel_installs_and_trains_from_an_empty_folder(tmp_path):
     assert any(n.endswith("licenses/LICENSE") for n in names)
 
     target = tmp_path / "target"
-    installed = subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", str(target), str(wheel)],
-                               capture_output=True, text=True, timeout=300)
+    installed = subprocess.run(
+        [*pip, "install", "--no-deps", "--no-index", "--target", str(target), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert installed.returncode == 0, installed.stderr
     # a Python whose site-packages are this environment's, without its editable install of src/:
     # a .pth line adds a folder to the path but does not run that folder's own .pth files
@@ -58,9 +66,22 @@ def test_wheel_installs_and_trains_from_an_empty_folder(tmp_path):
     assert Path(config_dir) == target / "vaelab" / "configs"
     assert not any(Path(p).resolve() == (PROJECT_ROOT / "src").resolve() for p in path if p)
 
-    run = subprocess.run([python, "-m", "vaelab.train", "debug=fast", "logger=csv", "data.val_size=40",
-                          "trainer.enable_progress_bar=false"], cwd=workdir, env=env, capture_output=True, text=True,
-                         timeout=600)
+    run = subprocess.run(
+        [
+            python,
+            "-m",
+            "vaelab.train",
+            "debug=fast",
+            "logger=csv",
+            "data.val_size=40",
+            "trainer.enable_progress_bar=false",
+        ],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     (run_dir,) = (workdir / "logs" / "runs").iterdir()
     assert (run_dir / ".hydra" / "config.yaml").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
@@ -102,7 +123,9 @@ def test_train_twice_in_one_process_gives_two_runs(api_runs):
     for result in (vae, cvae):
         assert (result.run_dir / ".hydra" / "config.yaml").is_file()
         assert json.loads((result.run_dir / "status.json").read_text())["status"] == "ok"
-        assert result.best_checkpoint.is_file() and result.last_checkpoint == result.run_dir / "checkpoints" / "last.ckpt"
+        assert (
+            result.best_checkpoint.is_file() and result.last_checkpoint == result.run_dir / "checkpoints" / "last.ckpt"
+        )
         assert result.metrics["test/elbo"] < 0
     ids = [offline_run_ids(r.run_dir) for r in (vae, cvae)]
     assert all(len(i) == 1 for i in ids) and ids[0] != ids[1]
@@ -146,9 +169,25 @@ def test_evaluate_agrees_with_vaelab_eval(api_runs, tmp_path):
     vae, _, data_root, _ = api_runs
     scores = vaelab.evaluate(vae.best_checkpoint, k=20, limit_images=30, data_root=str(data_root), generation=False)
     out = tmp_path / "eval.json"
-    cli = subprocess.run([sys.executable, "-m", "vaelab.evaluate", f"ckpt={vae.best_checkpoint}", "k=20",
-                          "limit_images=30", f"data_root={data_root}", "generation=false", "wandb=false", f"out={out}"],
-                         cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=300)
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vaelab.evaluate",
+            f"ckpt={vae.best_checkpoint}",
+            "k=20",
+            "limit_images=30",
+            f"data_root={data_root}",
+            "generation=false",
+            "wandb=false",
+            f"out={out}",
+        ],
+        cwd=tmp_path,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert cli.returncode == 0, cli.stderr
     written = json.loads(out.read_text())
     for key in ("test/nll", "test/elbo", "test/recon", "test/kl", "test/active_units", "test/mutual_info"):
@@ -182,18 +221,28 @@ def test_api_errors_are_exceptions_and_leave_no_folder(tmp_path):
     assert not list(tmp_path.glob("runs/*"))  # no run folder left behind
 
 
-SCRIPTS = {"vaelab-train": ["model:", "data:", "trainer:", "experiment:", "Examples:", "./logs/runs"],
-           "vaelab-eval": ["ckpt:", "k:", "split:", "Examples:"],
-           "vaelab-sample": ["ckpt:", "kind:", "label:", "Examples:"],
-           "vaelab-classifier": ["data:", "epochs:", "Examples:"],
-           "vaelab-compare": ["paths", "--out"]}
+SCRIPTS = {
+    "vaelab-train": ["model:", "data:", "trainer:", "experiment:", "Examples:", "./logs/runs"],
+    "vaelab-eval": ["ckpt:", "k:", "split:", "Examples:"],
+    "vaelab-sample": ["ckpt:", "kind:", "label:", "Examples:"],
+    "vaelab-classifier": ["data:", "epochs:", "Examples:"],
+    "vaelab-compare": ["paths", "--out"],
+}
 
 
 def test_every_console_script_has_a_help():
     scripts = Path(sys.executable).parent
-    processes = {name: subprocess.Popen([str(scripts / name), "--help"], cwd=PROJECT_ROOT, env=child_env(),
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for name in SCRIPTS}
+    processes = {
+        name: subprocess.Popen(
+            [str(scripts / name), "--help"],
+            cwd=PROJECT_ROOT,
+            env=child_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in SCRIPTS
+    }
     for name, process in processes.items():
         out, err = process.communicate(timeout=120)
         assert process.returncode == 0, (name, err)
@@ -205,17 +254,29 @@ def test_every_console_script_has_a_help():
 def test_a_config_folder_of_ones_own(tmp_path):
     (tmp_path / "experiment").mkdir()
     (tmp_path / "experiment" / "mine.yaml").write_text(
-        "# @package _global_\ndefaults:\n  - override /model: beta_vae\nmodel:\n  beta: 3\n  latent_dim: 5\n")
-    result = subprocess.run([sys.executable, "-m", "vaelab.train", "--config-dir", str(tmp_path), "experiment=mine",
-                             "--cfg", "job"], cwd=tmp_path, env={**os.environ}, capture_output=True, text=True,
-                            timeout=60)
+        "# @package _global_\ndefaults:\n  - override /model: beta_vae\nmodel:\n  beta: 3\n  latent_dim: 5\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "vaelab.train", "--config-dir", str(tmp_path), "experiment=mine", "--cfg", "job"],
+        cwd=tmp_path,
+        env={**os.environ},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert "name: beta_vae" in result.stdout and "beta: 3" in result.stdout and "latent_dim: 5" in result.stdout
 
 
 def test_resume_from_python_continues_the_run(tmp_path):
     data_root = write_synthetic_dataset(tmp_path / "data", "mnist")
-    common = [*SMALL, "logger=csv", "callbacks.sample_grids=null", f"data.root={data_root}", f"paths.log_dir={tmp_path}"]
+    common = [
+        *SMALL,
+        "logger=csv",
+        "callbacks.sample_grids=null",
+        f"data.root={data_root}",
+        f"paths.log_dir={tmp_path}",
+    ]
     first = vaelab.train([*common, "model=beta_vae", "model.beta=4"])
     resumed = vaelab.train([f"resume={first.run_dir}", "trainer.max_epochs=2"])
     assert resumed.run_dir == first.run_dir

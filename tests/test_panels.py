@@ -25,10 +25,23 @@ def runs(tmp_path_factory, data_root):
     out = {}
     for name, args in {"vae": ["model.latent_dim=2"], "cvae": ["model=cvae", "model.latent_dim=3"]}.items():
         run_dir = tmp_path_factory.mktemp(name)
-        train(compose([*FAST, *args, "logger=none", "test=false", "callbacks.sample_grids.manifold_steps=5",
-                       "callbacks.sample_grids.traversal_steps=7", "callbacks.sample_grids.interpolation_pairs=3",
-                       "callbacks.sample_grids.interpolation_steps=6", "callbacks.sample_grids.num_samples=9"],
-                      output_dir=run_dir, data_root=data_root))
+        train(
+            compose(
+                [
+                    *FAST,
+                    *args,
+                    "logger=none",
+                    "test=false",
+                    "callbacks.sample_grids.manifold_steps=5",
+                    "callbacks.sample_grids.traversal_steps=7",
+                    "callbacks.sample_grids.interpolation_pairs=3",
+                    "callbacks.sample_grids.interpolation_steps=6",
+                    "callbacks.sample_grids.num_samples=9",
+                ],
+                output_dir=run_dir,
+                data_root=data_root,
+            )
+        )
         out[name] = run_dir
     return out
 
@@ -52,7 +65,9 @@ def test_every_panel_has_the_expected_size(runs):
 
 
 def test_scatter_is_not_blank(runs):
-    pixels = torch.tensor(list(Image.open(runs["cvae"] / "images" / "latent_scatter" / "epoch=000.png").convert("L").getdata()))
+    pixels = torch.tensor(
+        list(Image.open(runs["cvae"] / "images" / "latent_scatter" / "epoch=000.png").convert("L").getdata())
+    )
     assert (pixels < 250).float().mean() > 0.02  # axes, labels and points, not a white page
 
 
@@ -65,7 +80,7 @@ def test_traversal_rows_follow_the_kl_order(runs, data_root):
     z[:, 1] = torch.tensor([-2.0, 0.0, 2.0])  # the first row moves dimension 1, which has the larger KL
     first_row = module.generate(z)
     torch.testing.assert_close(grid[:, 2:30, 2:30], first_row[0].expand(3, -1, -1))
-    torch.testing.assert_close(grid[:, 2:30, 2 + 2 * TILE:30 + 2 * TILE], first_row[2].expand(3, -1, -1))
+    torch.testing.assert_close(grid[:, 2:30, 2 + 2 * TILE : 30 + 2 * TILE], first_row[2].expand(3, -1, -1))
     assert panels.dimensions_by_kl(None, 3) == [0, 1, 2]
     assert panels.dimensions_by_kl(torch.tensor([1.0, 3.0, 2.0]), 3, limit=2) == [1, 2]
 
@@ -75,7 +90,7 @@ def test_interpolation_ends_are_the_reconstructions(runs):
     a, b = torch.rand(2, 1, 28, 28), torch.rand(2, 1, 28, 28)
     grid = panels.interpolations(module, a, b, steps=4)
     assert grid.shape[1:] == (2 + 2 * TILE, 2 + 4 * TILE)
-    tile = lambda row, col: grid[0, 2 + row * TILE:30 + row * TILE, 2 + col * TILE:30 + col * TILE]  # noqa: E731
+    tile = lambda row, col: grid[0, 2 + row * TILE : 30 + row * TILE, 2 + col * TILE : 30 + col * TILE]  # noqa: E731
     torch.testing.assert_close(tile(1, 0), module.reconstruct(a)[1, 0])
     torch.testing.assert_close(tile(1, 3), module.reconstruct(b)[1, 0])
 
@@ -92,7 +107,18 @@ def test_panel_switches_and_intervals():
 
 
 def test_switched_off_panels_are_not_made(tmp_path, data_root):
-    train(compose([*FAST, "logger=none", "test=false", "callbacks.sample_grids.panels.latent_scatter=false",
-                   "callbacks.sample_grids.panels.traversals=false"], output_dir=tmp_path, data_root=data_root))
+    train(
+        compose(
+            [
+                *FAST,
+                "logger=none",
+                "test=false",
+                "callbacks.sample_grids.panels.latent_scatter=false",
+                "callbacks.sample_grids.panels.traversals=false",
+            ],
+            output_dir=tmp_path,
+            data_root=data_root,
+        )
+    )
     made = {p.name for p in (tmp_path / "images").iterdir()}
     assert made == {"reconstructions", "samples", "interpolations"}

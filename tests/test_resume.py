@@ -18,15 +18,23 @@ from vaelab.wandb_run import find_offline_runs, read_offline_run
 
 def cli(args, tmp_path):
     env = child_env()
-    return [sys.executable, "train.py", *args], dict(cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL,
-                                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return [sys.executable, "train.py", *args], dict(
+        cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_metrics_in_the_same_wandb_run(tmp_path):
     root = write_synthetic_dataset(tmp_path / "data", "mnist", n_train=3000, n_test=100)
-    args = [*FAST, "trainer.max_epochs=3", "trainer.deterministic=true", "data.batch_size=16", "data.val_size=200",
-            "callbacks.sample_grids.every_n_epochs=10", f"data.root={root}"]
+    args = [
+        *FAST,
+        "trainer.max_epochs=3",
+        "trainer.deterministic=true",
+        "data.batch_size=16",
+        "data.val_size=200",
+        "callbacks.sample_grids.every_n_epochs=10",
+        f"data.root={root}",
+    ]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
 
     command, options = cli([*args, f"hydra.run.dir={whole}"], tmp_path)
@@ -52,7 +60,11 @@ def test_killed_run_resumes_to_the_same_metrics_in_the_same_wandb_run(tmp_path):
     resumed = json.loads((killed / "status.json").read_text())["metrics"]
     # equal up to float summation order (a wrong data order or random state moves them by nats)
     assert resumed.keys() == expected.keys()
-    different = {k: (resumed[k], expected[k]) for k in expected if not k.startswith("time/") and resumed[k] != pytest.approx(expected[k], rel=1e-5, abs=1e-6)}
+    different = {
+        k: (resumed[k], expected[k])
+        for k in expected
+        if not k.startswith("time/") and resumed[k] != pytest.approx(expected[k], rel=1e-5, abs=1e-6)
+    }
     assert not different, different
     runs = [read_offline_run(path) for path in find_offline_runs(killed)]
     assert len(runs) == 2 and len({run.run_id for run in runs}) == 1
@@ -101,8 +113,18 @@ def test_checkpoints_are_written_through_a_temporary_file(tmp_path, monkeypatch)
 def test_last_checkpoint_is_rewritten_every_epoch_whether_or_not_the_best_one_is(tmp_path, data_root):
     # mode=min: the rising validation ELBO is never "better" after the first validation (epoch 1),
     # and with validation every 2 epochs epoch 4 ends between validations
-    cfg = compose([*FAST, "trainer.max_epochs=5", "trainer.check_val_every_n_epoch=2", "logger=none", "test=false",
-                   "callbacks.model_checkpoint.mode=min"], output_dir=tmp_path, data_root=data_root)
+    cfg = compose(
+        [
+            *FAST,
+            "trainer.max_epochs=5",
+            "trainer.check_val_every_n_epoch=2",
+            "logger=none",
+            "test=false",
+            "callbacks.model_checkpoint.mode=min",
+        ],
+        output_dir=tmp_path,
+        data_root=data_root,
+    )
     train(cfg)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best-epoch-001.ckpt", "last.ckpt"]
     best = torch.load(tmp_path / "checkpoints" / "best-epoch-001.ckpt", weights_only=True)

@@ -22,8 +22,16 @@ CSV = [*FAST, "logger=csv"]
 
 
 def cli(*args, timeout=300, **options):
-    return subprocess.run([sys.executable, "train.py", *args], cwd=PROJECT_ROOT, env=child_env(), capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL, **options)
+    return subprocess.run(
+        [sys.executable, "train.py", *args],
+        cwd=PROJECT_ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        **options,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +70,14 @@ def test_resume_starts_from_the_saved_config_and_applies_only_the_overrides_give
     assert (run / ".hydra" / "overrides.yaml").read_bytes() == overrides_before
 
 
-@pytest.mark.parametrize("override, key", [("model.latent_dim=3", "model.latent_dim is 3 here, 20 in the checkpoint"),
-                                           ("model/net=conv", "model.net.encoder._target_"),
-                                           ("model.optimizer.lr=-1", "model.optimizer.lr=-1")])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("model.latent_dim=3", "model.latent_dim is 3 here, 20 in the checkpoint"),
+        ("model/net=conv", "model.net.encoder._target_"),
+        ("model.optimizer.lr=-1", "model.optimizer.lr=-1"),
+    ],
+)
 def test_a_failed_resume_leaves_the_run_folder_as_it_was(override, key, tmp_path, data_root, finished_run):
     run = copy_of(finished_run, tmp_path)
     before = snapshot(run)
@@ -77,17 +90,21 @@ def test_a_fresh_start_in_a_folder_that_holds_a_run_is_refused(tmp_path, data_ro
     run = copy_of(finished_run, tmp_path)
     before = snapshot(run)
     assert f"run folder {run} holds a run already: continue it with resume={run}" in one_error_line(
-        cli(*CSV, f"data.root={data_root}", f"hydra.run.dir={run}"))
+        cli(*CSV, f"data.root={data_root}", f"hydra.run.dir={run}")
+    )
     assert snapshot(run) == before
     assert "resume=" in one_error_line(cli(*CSV, f"data.root={data_root}", f"resume={run}", f"ckpt_path={run}/x.ckpt"))
     assert f"resume={run / 'status.json'} is a file" in one_error_line(
-        cli(*CSV, f"data.root={data_root}", f"resume={run / 'status.json'}", f"hydra.run.dir={tmp_path / 'other'}"))
+        cli(*CSV, f"data.root={data_root}", f"resume={run / 'status.json'}", f"hydra.run.dir={tmp_path / 'other'}")
+    )
 
 
 def test_resume_auto_starts_then_continues(tmp_path, data_root):
     run = tmp_path / "run"
     for epochs in (1, 2):
-        result = cli(*CSV, f"data.root={data_root}", f"trainer.max_epochs={epochs}", "resume=auto", f"hydra.run.dir={run}")
+        result = cli(
+            *CSV, f"data.root={data_root}", f"trainer.max_epochs={epochs}", "resume=auto", f"hydra.run.dir={run}"
+        )
         assert result.returncode == 0, result.stderr[-2000:]
         checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
         assert checkpoint["epoch"] == epochs - 1 and checkpoint["global_step"] == 7 * epochs  # 240 - 40 images / 32
@@ -105,9 +122,17 @@ def test_a_held_run_folder_stops_a_second_process_naming_the_holder(tmp_path, da
 
 
 def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from vaelab.runs import FolderLock; "
-                               f"lock = FolderLock({str(tmp_path)!r}, 'run folder').__enter__(); print('held', flush=True); "
-                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from vaelab.runs import FolderLock; "
+            f"lock = FolderLock({str(tmp_path)!r}, 'run folder').__enter__(); print('held', flush=True); "
+            "time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(UserError, match=f"in use by process {holder.pid}"):
         FolderLock(tmp_path, "run folder").__enter__()
@@ -127,12 +152,18 @@ def test_a_sweep_into_a_held_sweep_folder_stops_at_once(tmp_path, data_root):
 
 def test_two_runs_started_together_get_folders_of_their_own(tmp_path, data_root):
     args = [sys.executable, "train.py", *CSV, f"data.root={data_root}", f"paths.log_dir={tmp_path}"]
-    processes = [subprocess.Popen(args, cwd=PROJECT_ROOT, env=child_env(), stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    processes = [
+        subprocess.Popen(
+            args, cwd=PROJECT_ROOT, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     assert [p.wait(timeout=300) for p in processes] == [0, 0], [p.stderr.read()[-1000:] for p in processes]
     runs = sorted((tmp_path / "runs").iterdir())
     assert len(runs) == 2 and all(json.loads((r / "status.json").read_text())["status"] == "ok" for r in runs)
-    assert all(sorted(p.name for p in (r / "checkpoints").iterdir()) == ["best-epoch-000.ckpt", "last.ckpt"] for r in runs)
+    assert all(
+        sorted(p.name for p in (r / "checkpoints").iterdir()) == ["best-epoch-000.ckpt", "last.ckpt"] for r in runs
+    )
 
 
 def test_run_names_cannot_lead_out_of_the_log_folder():
@@ -145,12 +176,21 @@ def test_run_names_cannot_lead_out_of_the_log_folder():
 @pytest.mark.slow
 def test_a_sweep_killed_during_its_second_job_continues_where_it_stopped(tmp_path):
     root = write_synthetic_dataset(tmp_path / "data", "mnist", n_train=3000, n_test=100)
-    common = [*FAST, "trainer.max_epochs=3", "trainer.deterministic=true", "data.batch_size=16", "data.val_size=200",
-              "callbacks.sample_grids.every_n_epochs=10", f"data.root={root}", "logger=wandb"]
+    common = [
+        *FAST,
+        "trainer.max_epochs=3",
+        "trainer.deterministic=true",
+        "data.batch_size=16",
+        "data.val_size=200",
+        "callbacks.sample_grids.every_n_epochs=10",
+        f"data.root={root}",
+        "logger=wandb",
+    ]
     sweep, reference = tmp_path / "sweep", tmp_path / "reference"
     args = [sys.executable, "train.py", "-m", *common, "model.latent_dim=2,3,4,5", f"hydra.sweep.dir={sweep}"]
-    process = subprocess.Popen(args, cwd=PROJECT_ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+    process = subprocess.Popen(
+        args, cwd=PROJECT_ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 400
     while not list(sweep.glob("1_*/checkpoints/last.ckpt")) and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -172,14 +212,22 @@ def test_a_sweep_killed_during_its_second_job_continues_where_it_stopped(tmp_pat
     wandb_runs = [read_offline_run(p) for p in find_offline_runs(second)]
     assert len(wandb_runs) == 2 and len({run.run_id for run in wandb_runs}) == 1  # one W&B run, two segments
 
-    uninterrupted = subprocess.run([sys.executable, "train.py", "-m", *common, "model.latent_dim=3",
-                                    f"hydra.sweep.dir={reference}"], cwd=PROJECT_ROOT, env=child_env(),
-                                   capture_output=True, text=True, timeout=600)
+    uninterrupted = subprocess.run(
+        [sys.executable, "train.py", "-m", *common, "model.latent_dim=3", f"hydra.sweep.dir={reference}"],
+        cwd=PROJECT_ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert uninterrupted.returncode == 0, uninterrupted.stderr[-2000:]
     expected = json.loads(next(reference.glob("0_*/status.json")).read_text())["metrics"]
     resumed = json.loads((second / "status.json").read_text())["metrics"]
-    different = {k: (resumed.get(k), v) for k, v in expected.items()
-                 if not k.startswith("time/") and resumed.get(k) != pytest.approx(v, rel=1e-5, abs=1e-6)}
+    different = {
+        k: (resumed.get(k), v)
+        for k, v in expected.items()
+        if not k.startswith("time/") and resumed.get(k) != pytest.approx(v, rel=1e-5, abs=1e-6)
+    }
     assert not different, different
 
 

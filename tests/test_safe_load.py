@@ -53,7 +53,11 @@ def crafted(good_run: Path, folder: Path, how: str) -> tuple[Path, Path]:
     if how == "pickled callable":
         checkpoint["hyper_parameters"]["note"] = RunsCode(marker)
     elif how == "foreign target":  # would write the marker file when instantiated
-        checkpoint["hyper_parameters"]["loss"] = {"_target_": "pathlib.Path.write_text", "self": str(marker), "data": "x"}
+        checkpoint["hyper_parameters"]["loss"] = {
+            "_target_": "pathlib.Path.write_text",
+            "self": str(marker),
+            "data": "x",
+        }
     elif how == "shared-reference bomb":  # 5 KB on disk, 2**40 values when expanded
         nested = [0]
         for _ in range(40):
@@ -64,16 +68,39 @@ def crafted(good_run: Path, folder: Path, how: str) -> tuple[Path, Path]:
 
 
 ENTRY_POINTS = {
-    "train ckpt_path": lambda run, out, d: ["train.py", *FAST, f"data.root={d}", "logger=csv", f"hydra.run.dir={out}",
-                                            f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"],
+    "train ckpt_path": lambda run, out, d: [
+        "train.py",
+        *FAST,
+        f"data.root={d}",
+        "logger=csv",
+        f"hydra.run.dir={out}",
+        f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+    ],
     "train resume": lambda run, out, d: ["train.py", *FAST, f"data.root={d}", "logger=csv", f"resume={run}"],
-    "eval": lambda run, out, d: ["-m", "vaelab.evaluate", f"ckpt={run / 'checkpoints' / 'last.ckpt'}", f"out={out}.json"],
-    "eval scan": lambda run, out, d: ["-m", "vaelab.evaluate", f"ckpt={run / 'checkpoints' / 'last.ckpt'}", "scan=true"],
-    "sample": lambda run, out, d: ["-m", "vaelab.sample", f"ckpt={run / 'checkpoints' / 'last.ckpt'}", f"out={out}.png"],
+    "eval": lambda run, out, d: [
+        "-m",
+        "vaelab.evaluate",
+        f"ckpt={run / 'checkpoints' / 'last.ckpt'}",
+        f"out={out}.json",
+    ],
+    "eval scan": lambda run, out, d: [
+        "-m",
+        "vaelab.evaluate",
+        f"ckpt={run / 'checkpoints' / 'last.ckpt'}",
+        "scan=true",
+    ],
+    "sample": lambda run, out, d: [
+        "-m",
+        "vaelab.sample",
+        f"ckpt={run / 'checkpoints' / 'last.ckpt'}",
+        f"out={out}.png",
+    ],
 }
-MESSAGES = {"pickled callable": "holds a pickled object (posix.system)",
-            "foreign target": "hyper_parameters: loss._target_='pathlib.Path.write_text' is not allowed",
-            "shared-reference bomb": f"is refused: its structure is larger than {MAX_VALUES:,} values"}
+MESSAGES = {
+    "pickled callable": "holds a pickled object (posix.system)",
+    "foreign target": "hyper_parameters: loss._target_='pathlib.Path.write_text' is not allowed",
+    "shared-reference bomb": f"is refused: its structure is larger than {MAX_VALUES:,} values",
+}
 CASES = [(how, entry) for how in ("pickled callable", "foreign target") for entry in ENTRY_POINTS]
 CASES += [("shared-reference bomb", "eval")]
 
@@ -83,8 +110,15 @@ def test_every_entry_point_refuses_a_crafted_checkpoint_without_running_it(how, 
     run_dir, marker = crafted(good_run, tmp_path, how)
     before = snapshot(run_dir)
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, *ENTRY_POINTS[entry](run_dir, out, data_root)], cwd=PROJECT_ROOT,
-                            env=child_env(), capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [sys.executable, *ENTRY_POINTS[entry](run_dir, out, data_root)],
+        cwd=PROJECT_ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
     assert result.returncode == 1, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and MESSAGES[how] in errors[0] and "last.ckpt" in errors[0], result.stderr[-2000:]
@@ -97,9 +131,15 @@ def test_every_entry_point_refuses_a_crafted_checkpoint_without_running_it(how, 
 def test_a_cached_classifier_with_a_pickled_callable_is_refused(tmp_path, data_root):
     marker, cached = tmp_path / "MARKER", tmp_path / "mnist.pt"
     torch.save({"state_dict": {}, "num_classes": 10, "test_accuracy": RunsCode(marker)}, cached)
-    result = subprocess.run([sys.executable, "-m", "vaelab.classifier", f"out={cached}", f"data.root={data_root}"],
-                            cwd=PROJECT_ROOT, env=child_env(), capture_output=True, text=True, timeout=300,
-                            stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [sys.executable, "-m", "vaelab.classifier", f"out={cached}", f"data.root={data_root}"],
+        cwd=PROJECT_ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"error: classifier={cached} is refused: it holds a pickled object (posix.system)" in result.stderr
     assert not marker.exists()
@@ -108,8 +148,11 @@ def test_a_cached_classifier_with_a_pickled_callable_is_refused(tmp_path, data_r
 def test_in_process_loading_refuses_the_same_files(tmp_path, good_run):
     from vaelab.checkpointing import load_module
 
-    for how, error in (("pickled callable", CheckpointError), ("foreign target", ConfigError),
-                       ("shared-reference bomb", CheckpointError)):
+    for how, error in (
+        ("pickled callable", CheckpointError),
+        ("foreign target", ConfigError),
+        ("shared-reference bomb", CheckpointError),
+    ):
         run_dir, marker = crafted(good_run, tmp_path / how.replace(" ", "_"), how)
         with pytest.raises(error, match=MESSAGES[how].replace("(", r"\(").replace(")", r"\)")):
             load_module(run_dir / "checkpoints" / "last.ckpt")
@@ -138,19 +181,34 @@ def test_non_checkpoints_are_one_line_errors(tmp_path, good_run):
 def test_every_target_that_vaelab_ships_is_allowed():
     shipped = []
     for path in CONFIG_DIR.rglob("*.yaml"):
-        if "hydra" not in path.relative_to(CONFIG_DIR).parts:  # launchers and sweepers are Hydra's, never instantiated from a file
+        if (
+            "hydra" not in path.relative_to(CONFIG_DIR).parts
+        ):  # launchers and sweepers are Hydra's, never instantiated from a file
             shipped += [target for _, target in find_targets(yaml.safe_load(path.read_text()) or {})]
     assert len(shipped) > 20
     assert [target for target in shipped if not is_allowed(target)] == []
 
 
-@pytest.mark.parametrize("target", [
-    "builtins.exec", "os.system", "pathlib.Path.write_text", "torch.load", "torch.save", "subprocess.Popen",
-    "vaelab.train.main",  # a vaelab function, not a class
-    "vaelab.train.Path",  # a class imported into vaelab, not defined there
-    "torch.optim.lr_scheduler.LambdaLR.__init__", "lightning.pytorch.callbacks.Callback.on_fit_start",
-    "lightning.pytorch.seed_everything", "torch.optim.Optimizer.__class__", "vaelab.nowhere.Thing", "", 42,
-])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "builtins.exec",
+        "os.system",
+        "pathlib.Path.write_text",
+        "torch.load",
+        "torch.save",
+        "subprocess.Popen",
+        "vaelab.train.main",  # a vaelab function, not a class
+        "vaelab.train.Path",  # a class imported into vaelab, not defined there
+        "torch.optim.lr_scheduler.LambdaLR.__init__",
+        "lightning.pytorch.callbacks.Callback.on_fit_start",
+        "lightning.pytorch.seed_everything",
+        "torch.optim.Optimizer.__class__",
+        "vaelab.nowhere.Thing",
+        "",
+        42,
+    ],
+)
 def test_targets_outside_the_allow_list_are_refused(target):
     assert not is_allowed(target)
     with pytest.raises(ConfigError, match=r"model\.net\.encoder\._target_=.* is not allowed"):

@@ -13,10 +13,25 @@ def test_sweep_keeps_going_past_a_failed_job_and_summarises(tmp_path, data_root)
     sweep_dir = tmp_path / "sweep"
     env = child_env()
     result = subprocess.run(
-        [sys.executable, "train.py", "-m", "model.beta=1,-1,4", "model.latent_dim=2,3", *FAST,
-         "trainer.limit_train_batches=2", "callbacks.sample_grids.every_n_epochs=5", f"data.root={data_root}",
-         f"hydra.sweep.dir={sweep_dir}"],
-        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "train.py",
+            "-m",
+            "model.beta=1,-1,4",
+            "model.latent_dim=2,3",
+            *FAST,
+            "trainer.limit_train_batches=2",
+            "callbacks.sample_grids.every_n_epochs=5",
+            f"data.root={data_root}",
+            f"hydra.sweep.dir={sweep_dir}",
+        ],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+    )
     assert result.returncode == 1, result.stderr[-3000:]
     with open(sweep_dir / "sweep_summary.csv") as handle:
         rows = list(csv.DictReader(handle))
@@ -31,7 +46,11 @@ def test_sweep_keeps_going_past_a_failed_job_and_summarises(tmp_path, data_root)
     assert len(runs) == 4 and len({run.run_id for run in runs}) == 4
     assert {run.group for run in runs} == {f"sweep-{sweep_dir.name}"}
     assert sorted((run.config["model"]["beta"], run.config["model"]["latent_dim"]) for run in runs) == [
-        (1, 2), (1, 3), (4, 2), (4, 3)]
+        (1, 2),
+        (1, 3),
+        (4, 2),
+        (4, 3),
+    ]
     for run in runs:  # each run holds only its own job's history
         assert run.name == f"vae-mnist-z{run.config['model']['latent_dim']}-b{run.config['model']['beta']}-s0"
         assert len([row for row in run.history if "test/elbo" in row]) == 1
@@ -50,9 +69,25 @@ def test_a_sweep_over_importance_samples_summarises_the_iwae_bound(tmp_path, dat
 
     sweep_dir = tmp_path / "sweep"
     result = subprocess.run(
-        [sys.executable, "train.py", "-m", "model.importance_samples=1,4", *FAST, "trainer.limit_train_batches=2",
-         "logger=csv", "callbacks.sample_grids.every_n_epochs=5", f"data.root={data_root}", f"hydra.sweep.dir={sweep_dir}"],
-        cwd=PROJECT_ROOT, env=child_env(), capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "train.py",
+            "-m",
+            "model.importance_samples=1,4",
+            *FAST,
+            "trainer.limit_train_batches=2",
+            "logger=csv",
+            "callbacks.sample_grids.every_n_epochs=5",
+            f"data.root={data_root}",
+            f"hydra.sweep.dir={sweep_dir}",
+        ],
+        cwd=PROJECT_ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     with open(sweep_dir / "sweep_summary.csv") as handle:
         elbo_job, iwae_job = list(csv.DictReader(handle))

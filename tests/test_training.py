@@ -16,12 +16,22 @@ from vaelab.training import train
 from vaelab.wandb_run import find_offline_runs, read_offline_run
 
 VARIANTS = [
-    ["model=vae"], ["model=beta_vae"], ["model=cvae"], ["model=beta_vae_capacity"],
-    ["model=vae", "model/net=conv"], ["model=cvae", "model/net=conv", "data=fashion_mnist"],
-    ["loss=gaussian"], ["loss=gaussian", "loss.learn_sigma=true"],
-    ["annealing=linear"], ["annealing=cyclical"], ["annealing=sigmoid"], ["model.free_bits=0.5"],
-    ["loss=ar_bernoulli"], ["loss=ar_bernoulli", "model/net=conv", "model=cvae"],
-    ["model=iwae"], ["model=iwae", "model.dreg=true", "annealing=linear"],
+    ["model=vae"],
+    ["model=beta_vae"],
+    ["model=cvae"],
+    ["model=beta_vae_capacity"],
+    ["model=vae", "model/net=conv"],
+    ["model=cvae", "model/net=conv", "data=fashion_mnist"],
+    ["loss=gaussian"],
+    ["loss=gaussian", "loss.learn_sigma=true"],
+    ["annealing=linear"],
+    ["annealing=cyclical"],
+    ["annealing=sigmoid"],
+    ["model.free_bits=0.5"],
+    ["loss=ar_bernoulli"],
+    ["loss=ar_bernoulli", "model/net=conv", "model=cvae"],
+    ["model=iwae"],
+    ["model=iwae", "model.dreg=true", "annealing=linear"],
     ["model=iwae", "model.conditional=true", "model/net=conv", "loss=ar_bernoulli"],
 ]
 
@@ -39,8 +49,14 @@ def test_one_training_step_updates_every_parameter(overrides, tmp_path, data_roo
 
     cfg, datamodule, module = build(overrides, tmp_path, data_root)
     before = {name: p.detach().clone() for name, p in module.named_parameters()}
-    trainer = L.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        fast_dev_run=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, datamodule=datamodule)
     metrics = trainer.callback_metrics
     assert {"train/loss", "train/recon", "train/kl", "train/elbo", "val/elbo"} <= set(metrics)
@@ -74,9 +90,17 @@ def test_training_steps_do_not_probe_nvml_without_a_gpu(monkeypatch, tmp_path, d
     when_training_starts = L.Callback()
     when_training_starts.on_train_start = lambda *_: probes_at_start.append(len(probes))
     _, datamodule, module = build([], tmp_path, data_root)
-    trainer = L.Trainer(max_steps=12, limit_val_batches=0, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
-                        callbacks=[when_training_starts])
+    trainer = L.Trainer(
+        max_steps=12,
+        limit_val_batches=0,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+        callbacks=[when_training_starts],
+    )
     trainer.fit(module, datamodule=datamodule)
     assert trainer.global_step == 12
     assert probes_at_start[0] >= 1  # the trainer's set-up asked NVML (Lightning's flag was on)
@@ -84,8 +108,13 @@ def test_training_steps_do_not_probe_nvml_without_a_gpu(monkeypatch, tmp_path, d
 
 
 def test_training_lowers_the_loss(tmp_path, data_root):
-    metrics = train(compose([*FAST, "trainer.max_epochs=3", "logger=csv", "callbacks=none", "test=false"],
-                            output_dir=tmp_path, data_root=data_root)).metrics
+    metrics = train(
+        compose(
+            [*FAST, "trainer.max_epochs=3", "logger=csv", "callbacks=none", "test=false"],
+            output_dir=tmp_path,
+            data_root=data_root,
+        )
+    ).metrics
     rows = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
     val = [float(r.split(",")[header.index("val/elbo")]) for r in rows[1:] if r.split(",")[header.index("val/elbo")]]
@@ -94,8 +123,13 @@ def test_training_lowers_the_loss(tmp_path, data_root):
 
 
 def test_a_callback_set_to_null_is_off(tmp_path, data_root):
-    train(compose([*FAST, "logger=csv", "callbacks.sample_grids=null", "callbacks.nan_guard=null", "test=false"],
-                  output_dir=tmp_path, data_root=data_root))
+    train(
+        compose(
+            [*FAST, "logger=csv", "callbacks.sample_grids=null", "callbacks.nan_guard=null", "test=false"],
+            output_dir=tmp_path,
+            data_root=data_root,
+        )
+    )
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()  # the other callbacks still run
     assert not (tmp_path / "images").exists()  # no image panels
 
@@ -112,7 +146,9 @@ def logged(csv_file, key: str) -> dict[int, float]:
     return values
 
 
-HALVE_LR_EVERY_EPOCH = "model.lr_scheduler={_target_:torch.optim.lr_scheduler.StepLR,_partial_:true,step_size:1,gamma:0.5}"
+HALVE_LR_EVERY_EPOCH = (
+    "model.lr_scheduler={_target_:torch.optim.lr_scheduler.StepLR,_partial_:true,step_size:1,gamma:0.5}"
+)
 
 
 def test_lr_schedule_steps_every_epoch_and_survives_a_resume(tmp_path, data_root):
@@ -125,8 +161,13 @@ def test_lr_schedule_steps_every_epoch_and_survives_a_resume(tmp_path, data_root
 
 def test_lr_schedule_per_step(tmp_path, data_root):
     per_step = HALVE_LR_EVERY_EPOCH.replace("}", ",interval:step}")
-    train(compose([*FAST, "logger=csv", "callbacks=none", "test=false", "trainer.limit_train_batches=3", per_step],
-                  output_dir=tmp_path, data_root=data_root))
+    train(
+        compose(
+            [*FAST, "logger=csv", "callbacks=none", "test=false", "trainer.limit_train_batches=3", per_step],
+            output_dir=tmp_path,
+            data_root=data_root,
+        )
+    )
     rows = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()
     column = rows[0].split(",").index("train/lr")
     lr = [float(r.split(",")[column]) for r in rows[1:] if r.split(",")[column]]
@@ -135,8 +176,9 @@ def test_lr_schedule_per_step(tmp_path, data_root):
 
 def test_same_seed_same_metrics(tmp_path, data_root):
     def run(name):
-        metrics = train(compose([*FAST, "logger=none", "callbacks=none", "seed=7"], output_dir=tmp_path / name,
-                                data_root=data_root)).metrics
+        metrics = train(
+            compose([*FAST, "logger=none", "callbacks=none", "seed=7"], output_dir=tmp_path / name, data_root=data_root)
+        ).metrics
         return {k: v for k, v in metrics.items() if not k.startswith("time/")}  # wall time differs, of course
 
     first = run("a")
@@ -164,14 +206,30 @@ def run_cli(args, tmp_path, env_extra=None, timeout=300):
     del env["WANDB_MODE"]  # as a user without W&B set up has it
     env.update({"HOME": str(tmp_path / "home"), "NETRC": str(tmp_path / "no-netrc"), **(env_extra or {})})
     env.pop("WANDB_API_KEY", None)
-    return subprocess.run([sys.executable, "train.py", *args], cwd=PROJECT_ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "train.py", *args],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_cli_logs_an_offline_wandb_run_without_credentials(tmp_path, data_root):
     run_dir = tmp_path / "run"
-    result = run_cli([*FAST, "trainer.max_epochs=2", "model=cvae", "model.latent_dim=2", f"data.root={data_root}",
-                      f"hydra.run.dir={run_dir}"], tmp_path)
+    result = run_cli(
+        [
+            *FAST,
+            "trainer.max_epochs=2",
+            "model=cvae",
+            "model.latent_dim=2",
+            f"data.root={data_root}",
+            f"hydra.run.dir={run_dir}",
+        ],
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     notices = [line for line in (result.stdout + result.stderr).splitlines() if "no credentials found" in line]
     assert len(notices) == 1 and "offline" in notices[0]
@@ -200,8 +258,13 @@ def test_cli_logs_an_offline_wandb_run_without_credentials(tmp_path, data_root):
 def test_manifold_panel_for_two_latents(tmp_path, data_root):
     from PIL import Image
 
-    train(compose([*FAST, "logger=none", "model.latent_dim=2", "callbacks.sample_grids.manifold_steps=5", "test=false"],
-                  output_dir=tmp_path, data_root=data_root))
+    train(
+        compose(
+            [*FAST, "logger=none", "model.latent_dim=2", "callbacks.sample_grids.manifold_steps=5", "test=false"],
+            output_dir=tmp_path,
+            data_root=data_root,
+        )
+    )
     manifold = Image.open(tmp_path / "images" / "manifold" / "epoch=000.png")
     assert manifold.size == (5 * 28, 5 * 28)
     recon = Image.open(tmp_path / "images" / "reconstructions" / "epoch=000.png")
@@ -212,8 +275,17 @@ def test_manifold_panel_for_two_latents(tmp_path, data_root):
 @pytest.mark.parametrize("args", [["model=beta_vae", "model.beta=4"], ["model=cvae", "data=fashion_mnist"]])
 def test_readme_commands_on_real_data(args, tmp_path, real_data_root):
     run_dir = tmp_path / "run"
-    result = run_cli([*args, "trainer.max_epochs=1", "trainer.limit_train_batches=50", f"data.root={real_data_root}",
-                      f"hydra.run.dir={run_dir}", "trainer.enable_progress_bar=false"], tmp_path)
+    result = run_cli(
+        [
+            *args,
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=50",
+            f"data.root={real_data_root}",
+            f"hydra.run.dir={run_dir}",
+            "trainer.enable_progress_bar=false",
+        ],
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     run = read_offline_run(find_offline_runs(run_dir)[0])
     assert run.summary["test/elbo"] < 0 and run.summary["test/kl"] > 0
@@ -224,8 +296,9 @@ def test_readme_commands_on_real_data(args, tmp_path, real_data_root):
 
 def test_missing_data_is_one_clear_line_and_a_non_zero_exit(tmp_path):
     empty = tmp_path / "empty"
-    result = run_cli(["logger=none", "data.download=false", f"data.root={empty}", f"hydra.run.dir={tmp_path / 'run'}"],
-                     tmp_path)
+    result = run_cli(
+        ["logger=none", "data.download=false", f"data.root={empty}", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path
+    )
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, result.stderr[-2000:]
@@ -234,29 +307,40 @@ def test_missing_data_is_one_clear_line_and_a_non_zero_exit(tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["model.beta=-1"], "error: model.beta=-1.0 is not allowed"),
-    (["annealing=linear", "annealing.warmup_steps=0"], "error: annealing.warmup_steps must be >= 1"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["model.beta=-1"], "error: model.beta=-1.0 is not allowed"),
+        (["annealing=linear", "annealing.warmup_steps=0"], "error: annealing.warmup_steps must be >= 1"),
+    ],
+)
 def test_bad_config_is_one_line_and_a_non_zero_exit(args, message, tmp_path, data_root):
     result = run_cli([*args, "logger=none", f"data.root={data_root}", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     assert result.returncode == 1
     assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
-        line for line in result.stderr.splitlines() if message in line]
+        line for line in result.stderr.splitlines() if message in line
+    ]
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_bf16_mixed_precision_trains_with_float32_sums(tmp_path, data_root):
-    metrics = train(compose([*FAST, "logger=none", "callbacks=none", "trainer.precision=bf16-mixed"],
-                            output_dir=tmp_path, data_root=data_root)).metrics
+    metrics = train(
+        compose(
+            [*FAST, "logger=none", "callbacks=none", "trainer.precision=bf16-mixed"],
+            output_dir=tmp_path,
+            data_root=data_root,
+        )
+    ).metrics
     assert all(math.isfinite(v) for v in metrics.values())
     assert metrics["test/elbo"] == pytest.approx(-(metrics["test/recon"] + metrics["test/kl"]), rel=1e-5)
 
 
 @pytest.mark.slow
 def test_compiled_model_trains_and_loads(tmp_path, data_root):
-    metrics = train(compose([*FAST, "logger=none", "compile=true", "test=false"], output_dir=tmp_path, data_root=data_root)).metrics
+    metrics = train(
+        compose([*FAST, "logger=none", "compile=true", "test=false"], output_dir=tmp_path, data_root=data_root)
+    ).metrics
     assert math.isfinite(metrics["val/elbo"])
     loaded = load_module(tmp_path / "checkpoints" / "last.ckpt")
     assert not any("_orig_mod" in name for name in loaded.state_dict())

@@ -23,8 +23,9 @@ def bare_iwae_nll(vae, images: torch.Tensor, k: int, batch_images: int) -> float
         eps = torch.randn(k, *mean.shape)
         z = mean + std * eps  # (k, B, D)
         logits = vae.decode(z.reshape(-1, z.shape[-1])).view(k, len(x), -1)
-        log_px_z = -F.binary_cross_entropy_with_logits(logits, x.view(1, len(x), -1).expand_as(logits),
-                                                       reduction="none").sum(-1)
+        log_px_z = -F.binary_cross_entropy_with_logits(
+            logits, x.view(1, len(x), -1).expand_as(logits), reduction="none"
+        ).sum(-1)
         log_pz = (-0.5 * z.pow(2) - half_log_2pi).sum(-1)
         log_qz = (-0.5 * eps.pow(2) - half_log_2pi - 0.5 * logvar).sum(-1)
         log_w = (log_px_z + log_pz - log_qz).double()
@@ -47,8 +48,10 @@ def bench_nll(root: str, n_images: int, k: int) -> dict:
     images, labels = datamodule.test_set.images[:n_images], datamodule.test_set.labels[:n_images]
     batch_images = images_per_forward(k)
     timings = {}
-    for name, run in (("bare", lambda: bare_iwae_nll(module.vae, images, k, batch_images)),
-                      ("vaelab", lambda: evaluate_split(module, images, labels, k=k)["nll"])):
+    for name, run in (
+        ("bare", lambda: bare_iwae_nll(module.vae, images, k, batch_images)),
+        ("vaelab", lambda: evaluate_split(module, images, labels, k=k)["nll"]),
+    ):
         run_times = []
         for _ in range(2):  # the second run is timed warm
             torch.manual_seed(0)
@@ -56,8 +59,12 @@ def bench_nll(root: str, n_images: int, k: int) -> dict:
             nll = run()
             run_times.append(time.perf_counter() - started)
         timings[name] = {"seconds": min(run_times), "nll": nll}
-    return {"n_images": n_images, "k": k,
-            "vaelab_images_per_second": n_images / timings["vaelab"]["seconds"],
-            "bare_images_per_second": n_images / timings["bare"]["seconds"],
-            "time_ratio_vaelab_over_bare": timings["vaelab"]["seconds"] / timings["bare"]["seconds"],
-            "nll_vaelab": timings["vaelab"]["nll"], "nll_bare": timings["bare"]["nll"]}
+    return {
+        "n_images": n_images,
+        "k": k,
+        "vaelab_images_per_second": n_images / timings["vaelab"]["seconds"],
+        "bare_images_per_second": n_images / timings["bare"]["seconds"],
+        "time_ratio_vaelab_over_bare": timings["vaelab"]["seconds"] / timings["bare"]["seconds"],
+        "nll_vaelab": timings["vaelab"]["nll"],
+        "nll_bare": timings["bare"]["nll"],
+    }

@@ -17,7 +17,11 @@ class PlainVAE(nn.Module):
 
     def __init__(self, latent_dim: int = 20, hidden: int = 400):
         super().__init__()
-        self.fc1, self.fc21, self.fc22 = nn.Linear(784, hidden), nn.Linear(hidden, latent_dim), nn.Linear(hidden, latent_dim)
+        self.fc1, self.fc21, self.fc22 = (
+            nn.Linear(784, hidden),
+            nn.Linear(hidden, latent_dim),
+            nn.Linear(hidden, latent_dim),
+        )
         self.fc3, self.fc4 = nn.Linear(latent_dim, hidden), nn.Linear(hidden, 784)
 
     def forward(self, x):
@@ -92,7 +96,7 @@ def in_memory_batches(images: torch.Tensor):
     def batches():
         order = torch.randperm(len(x_all))
         for start in range(0, len(order), BATCH):
-            yield x_all[order[start:start + BATCH]]
+            yield x_all[order[start : start + BATCH]]
 
     return batches
 

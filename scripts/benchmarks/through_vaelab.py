@@ -80,8 +80,14 @@ class Lockstep(L.Callback):
 
 def lightning_overrides(root: str, epochs: int, work: Path, extra: list[str] = ()) -> list[str]:
     """train.py's default config with validation and test off, for `epochs` epochs, then `extra`."""
-    return [f"data.root={root}", f"trainer.max_epochs={epochs}", "trainer.limit_val_batches=0", "test=false",
-            f"paths.output_dir={work}", *extra]
+    return [
+        f"data.root={root}",
+        f"trainer.max_epochs={epochs}",
+        "trainer.limit_val_batches=0",
+        "test=false",
+        f"paths.output_dir={work}",
+        *extra,
+    ]
 
 
 def compose_train_config(overrides: list[str]):
@@ -110,19 +116,30 @@ def run_train(overrides: list[str]) -> None:
     train(compose_train_config(overrides))
 
 
-def bench_lockstep(images: torch.Tensor, root: str, epochs: int, warmup: int, work: Path,
-                   extra: list[str] = ()) -> dict[str, float]:
+def bench_lockstep(
+    images: torch.Tensor, root: str, epochs: int, warmup: int, work: Path, extra: list[str] = ()
+) -> dict[str, float]:
     """(a), (b) and (b') in turn, one step each, for `epochs` epochs of (a): images/s of each."""
     Lockstep.images = images
-    run_train([*lightning_overrides(root, epochs, work, extra), "+callbacks.lockstep._target_=benchmarks.through_vaelab.Lockstep",
-               f"+callbacks.lockstep.warmup={warmup}"])
+    run_train(
+        [
+            *lightning_overrides(root, epochs, work, extra),
+            "+callbacks.lockstep._target_=benchmarks.through_vaelab.Lockstep",
+            f"+callbacks.lockstep.warmup={warmup}",
+        ]
+    )
     return Lockstep.last.images_per_second()
 
 
 def bench_lightning(root: str, epochs: int, warmup: int, work: Path, extra: list[str] = ()) -> float:
     """(a): vaelab.training.train with train.py's default config (and `extra` overrides); validation and test off."""
-    run_train([*lightning_overrides(root, epochs, work, extra), "+callbacks.bench_timer._target_=benchmarks.through_vaelab.StepTimer",
-               f"+callbacks.bench_timer.warmup={warmup}"])
+    run_train(
+        [
+            *lightning_overrides(root, epochs, work, extra),
+            "+callbacks.bench_timer._target_=benchmarks.through_vaelab.StepTimer",
+            f"+callbacks.bench_timer.warmup={warmup}",
+        ]
+    )
     return StepTimer.last.images_per_second
 
 
@@ -131,7 +148,8 @@ def bench_startup(repeats: int = 5) -> float:
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        subprocess.run([sys.executable, str(ROOT / "train.py"), "--cfg", "job"], cwd=ROOT, check=True,
-                       capture_output=True)
+        subprocess.run(
+            [sys.executable, str(ROOT / "train.py"), "--cfg", "job"], cwd=ROOT, check=True, capture_output=True
+        )
         times.append(time.perf_counter() - started)
     return statistics.median(times)

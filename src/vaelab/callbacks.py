@@ -25,8 +25,15 @@ from vaelab.wandb_run import write_summaries
 log = logging.getLogger(__name__)
 
 # panel name -> on (every every_n_epochs), off, or its own interval in validation epochs
-DEFAULT_PANELS = {"reconstructions": True, "samples": True, "class_samples": True, "traversals": True,
-                  "interpolations": True, "manifold": True, "latent_scatter": True}
+DEFAULT_PANELS = {
+    "reconstructions": True,
+    "samples": True,
+    "class_samples": True,
+    "traversals": True,
+    "interpolations": True,
+    "manifold": True,
+    "latent_scatter": True,
+}
 
 
 class ImagePanels(L.Callback):
@@ -51,23 +58,40 @@ class ImagePanels(L.Callback):
         seed: seeds the prior samples, which are the same every epoch.
     """
 
-    def __init__(self, every_n_epochs: int = 1, panels: dict | None = None, num_images: int = 16, num_samples: int = 64,
-                 samples_per_class: int = 10, manifold_steps: int = 15, traversal_steps: int = 9,
-                 traversal_span: float = 3.0, traversal_dims: int = 10, interpolation_pairs: int = 5,
-                 interpolation_steps: int = 10, scatter_images: int = 5000, output_dir: str | None = None, seed: int = 0):
+    def __init__(
+        self,
+        every_n_epochs: int = 1,
+        panels: dict | None = None,
+        num_images: int = 16,
+        num_samples: int = 64,
+        samples_per_class: int = 10,
+        manifold_steps: int = 15,
+        traversal_steps: int = 9,
+        traversal_span: float = 3.0,
+        traversal_dims: int = 10,
+        interpolation_pairs: int = 5,
+        interpolation_steps: int = 10,
+        scatter_images: int = 5000,
+        output_dir: str | None = None,
+        seed: int = 0,
+    ):
         super().__init__()
         if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
             raise ConfigError(f"callbacks.sample_grids.every_n_epochs must be >= 1, got {every_n_epochs}")
         self.intervals = {}
         for name, setting in {**DEFAULT_PANELS, **(panels or {})}.items():
             if name not in DEFAULT_PANELS:
-                raise ConfigError(f"callbacks.sample_grids.panels.{name}: unknown panel; allowed: {', '.join(DEFAULT_PANELS)}")
+                raise ConfigError(
+                    f"callbacks.sample_grids.panels.{name}: unknown panel; allowed: {', '.join(DEFAULT_PANELS)}"
+                )
             if isinstance(setting, bool) or setting is None:
                 self.intervals[name] = every_n_epochs if setting else 0
             elif isinstance(setting, int) and setting >= 0:
                 self.intervals[name] = setting
             else:
-                raise ConfigError(f"callbacks.sample_grids.panels.{name} must be true, false or an interval >= 0, got {setting!r}")
+                raise ConfigError(
+                    f"callbacks.sample_grids.panels.{name} must be true, false or an interval >= 0, got {setting!r}"
+                )
         self.num_images = num_images
         self.num_samples = num_samples
         self.samples_per_class = samples_per_class
@@ -114,8 +138,9 @@ class ImagePanels(L.Callback):
         kl_per_dim = pl_module.last_diagnostics.get("kl_per_dim")
         images = {}
         if "reconstructions" in wanted:
-            images["reconstructions"] = draw.reconstructions(pl_module, x[: self.num_images],
-                                                             None if y_or_none is None else y_or_none[: self.num_images])
+            images["reconstructions"] = draw.reconstructions(
+                pl_module, x[: self.num_images], None if y_or_none is None else y_or_none[: self.num_images]
+            )
         if "samples" in wanted:
             z = torch.randn(self.num_samples, vae.latent_dim, generator=generator).to(device)
             labels = torch.arange(self.num_samples, device=device) % vae.num_classes if vae.conditional else None
@@ -123,13 +148,24 @@ class ImagePanels(L.Callback):
         if "class_samples" in wanted and vae.conditional:
             images["class_samples"] = draw.class_samples(pl_module, self.samples_per_class, generator)
         if "traversals" in wanted:
-            images["traversals"] = draw.traversals(pl_module, x[:1], None if y_or_none is None else y_or_none[:1],
-                                                   kl_per_dim, self.traversal_steps, self.traversal_span, self.traversal_dims)
+            images["traversals"] = draw.traversals(
+                pl_module,
+                x[:1],
+                None if y_or_none is None else y_or_none[:1],
+                kl_per_dim,
+                self.traversal_steps,
+                self.traversal_span,
+                self.traversal_dims,
+            )
         pairs = min(self.interpolation_pairs, len(x) // 2)
         if "interpolations" in wanted and pairs:
-            images["interpolations"] = draw.interpolations(pl_module, x[:pairs], x[pairs:2 * pairs],
-                                                           None if y_or_none is None else y_or_none[:pairs],
-                                                           self.interpolation_steps)
+            images["interpolations"] = draw.interpolations(
+                pl_module,
+                x[:pairs],
+                x[pairs : 2 * pairs],
+                None if y_or_none is None else y_or_none[:pairs],
+                self.interpolation_steps,
+            )
         if "manifold" in wanted and vae.latent_dim == 2 and not vae.conditional:
             images["manifold"] = draw.manifold(pl_module, self.manifold_steps)
         if "latent_scatter" in wanted:
@@ -141,8 +177,13 @@ class ImagePanels(L.Callback):
         class: drawn at validation, it reads no test image."""
         val_x, val_y = datamodule.fixed_batch("val", self.scatter_images or 10**9)
         mean, logvar = draw.encode_all(pl_module, val_x, val_y)
-        return draw.latent_scatter(mean, val_y, kl_per_dimension(mean, logvar), datamodule.classes,
-                                   title=f"{datamodule.name} validation posterior means")
+        return draw.latent_scatter(
+            mean,
+            val_y,
+            kl_per_dimension(mean, logvar),
+            datamodule.classes,
+            title=f"{datamodule.name} validation posterior means",
+        )
 
     def save(self, name: str, grid: torch.Tensor, trainer: L.Trainer) -> Path:
         root = Path(self.output_dir or trainer.default_root_dir)
@@ -154,14 +195,18 @@ class ImagePanels(L.Callback):
     def log_image(self, trainer: L.Trainer, name: str, path: Path) -> None:
         for logger in trainer.loggers:
             if hasattr(logger, "log_image"):
-                logger.log_image(key=f"images/{name}", images=[str(path)],
-                                 caption=[f"epoch {trainer.current_epoch}"], step=trainer.global_step)
-
+                logger.log_image(
+                    key=f"images/{name}",
+                    images=[str(path)],
+                    caption=[f"epoch {trainer.current_epoch}"],
+                    step=trainer.global_step,
+                )
 
 
 class SampleGrids(ImagePanels):
     """ImagePanels' former name: run folders saved with it (``_target_: vaelab.callbacks.SampleGrids``)
     still resume."""
+
 
 class CollapseMonitor(L.Callback):
     """Warn in the log when the posterior collapses, the KL explodes or a loss is not finite.
@@ -182,8 +227,11 @@ class CollapseMonitor(L.Callback):
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         epoch = trainer.current_epoch
-        found = [f"epoch {epoch}: {key} is {value} (not finite)" for key, value in sorted(metrics.items())
-                 if key.split("/")[-1] in ("loss", "recon", "kl", "elbo", "iwae") and not math.isfinite(value)]
+        found = [
+            f"epoch {epoch}: {key} is {value} (not finite)"
+            for key, value in sorted(metrics.items())
+            if key.split("/")[-1] in ("loss", "recon", "kl", "elbo", "iwae") and not math.isfinite(value)
+        ]
         kl, units = metrics.get("val/kl"), metrics.get("val/active_units")
         if kl is not None and math.isfinite(kl):
             if units == 0 or kl < self.min_kl:
@@ -230,20 +278,28 @@ class NaNGuard(L.Callback):
         bad = {name: float(value.detach()) for name, value in terms.items() if not torch.isfinite(value)}
         if bad:
             culprits = [name for name in ("recon", "kl") if name in bad] or ["loss"]
-            raise NonFiniteError(f"step {step}: the training loss is not finite ({', '.join(f'{n}={bad[n]}' for n in culprits)}); "
-                                 f"training stopped, the checkpoints written so far are kept{self._last(trainer)}")
+            raise NonFiniteError(
+                f"step {step}: the training loss is not finite ({', '.join(f'{n}={bad[n]}' for n in culprits)}); "
+                f"training stopped, the checkpoints written so far are kept{self._last(trainer)}"
+            )
         names = [n for n, p in pl_module.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
         if not names:  # every gradient finite, only their sum overflows
             return
-        raise NonFiniteError(f"step {step}: non-finite gradients in {', '.join(names[:3])}"
-                             f"{' ...' if len(names) > 3 else ''}; training stopped, the checkpoints written so far are kept"
-                             f"{self._last(trainer)}")
+        raise NonFiniteError(
+            f"step {step}: non-finite gradients in {', '.join(names[:3])}"
+            f"{' ...' if len(names) > 3 else ''}; training stopped, the checkpoints written so far are kept"
+            f"{self._last(trainer)}"
+        )
 
     @staticmethod
     def _last(trainer: L.Trainer) -> str:
         """The newest checkpoint written: last.ckpt (callbacks.last_checkpoint) or Lightning's save_last."""
-        paths = [path for cb in trainer.checkpoint_callbacks for path in (cb.last_model_path, cb.best_model_path)
-                 if path and Path(path).stem == "last"]
+        paths = [
+            path
+            for cb in trainer.checkpoint_callbacks
+            for path in (cb.last_model_path, cb.best_model_path)
+            if path and Path(path).stem == "last"
+        ]
         return f" (last: {paths[0]})" if paths else ""
 
 
@@ -274,6 +330,11 @@ class FinalSummary(L.Callback):
             return
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         final = {name: float(value) for name, value in trainer.callback_metrics.items()}
-        final.update(extra, epochs=trainer.current_epoch, global_step=trainer.global_step, best_checkpoint=best,
-                     world_size=trainer.world_size)
+        final.update(
+            extra,
+            epochs=trainer.current_epoch,
+            global_step=trainer.global_step,
+            best_checkpoint=best,
+            world_size=trainer.world_size,
+        )
         write_summaries(trainer.loggers, final)

@@ -90,8 +90,10 @@ def check_fits(module, checkpoint: dict, source: str) -> None:
     keys = [k for k in set(ours) | set(theirs) if k.startswith(SHAPE_KEYS) and ours.get(k) != theirs.get(k)]
     keys.sort(key=lambda k: (not k.endswith("_target_"), k))  # a different network class says the most
     differ = "; ".join(f"{k} is {ours.get(k)!r} here, {theirs.get(k)!r} in the checkpoint" for k in keys[:3])
-    raise CheckpointError(f"{source} does not fit this model: {differ or 'the networks differ'} (parameter {name}: "
-                          f"{here.get(name)} here, {saved.get(name)} in the checkpoint)")
+    raise CheckpointError(
+        f"{source} does not fit this model: {differ or 'the networks differ'} (parameter {name}: "
+        f"{here.get(name)} here, {saved.get(name)} in the checkpoint)"
+    )
 
 
 def source_commit() -> str | None:
@@ -101,14 +103,22 @@ def source_commit() -> str | None:
 
     package = Path(__file__).resolve().parent
     try:
-        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=package, capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
+        top = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"], cwd=package, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
         if not top or Path(top).resolve() / "src" / "vaelab" != package:  # another project's repository
             return None
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=top, capture_output=True, text=True, timeout=10,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=top,
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=top, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=top,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return f"{commit}+dirty" if dirty else commit
@@ -124,17 +134,19 @@ def describe(checkpoint: dict) -> list[str]:
     tensors = [t for t in checkpoint["state_dict"].values() if isinstance(t, torch.Tensor)]
     meta = checkpoint.get("vaelab") or {}
     commit = meta.get("commit") or "not recorded"
-    lines = [f"vaelab {meta.get('version', 'version not recorded')} (commit {commit}), "
-             f"Lightning {checkpoint.get('pytorch-lightning_version', '?')}",
-             f"seed {meta.get('seed', 'not recorded')}, W&B run id {meta.get('wandb_run_id') or 'none'}",
-             f"epoch {checkpoint.get('epoch', '?')}, global step {checkpoint.get('global_step', '?')}",
-             f"model {model.get('name', '?')}: latent_dim={model.get('latent_dim')}, beta={model.get('beta')}, "
-             f"conditional={model.get('conditional', False)}, importance_samples={model.get('importance_samples', 1)}",
-             f"encoder {(net.get('encoder') or {}).get('_target_')}, decoder {(net.get('decoder') or {}).get('_target_')}, "
-             f"likelihood {hparams['loss'].get('_target_')}, annealing {hparams['annealing'].get('_target_')}",
-             f"data {data.get('name', '?')}: binarize={data.get('binarize')}, val_size={data.get('val_size')}",
-             f"{sum(t.numel() for t in tensors):,} parameters in {len(tensors)} tensors",
-             f"{len(find_targets(hparams))} _target_ entries, all on the allow-list"]
+    lines = [
+        f"vaelab {meta.get('version', 'version not recorded')} (commit {commit}), "
+        f"Lightning {checkpoint.get('pytorch-lightning_version', '?')}",
+        f"seed {meta.get('seed', 'not recorded')}, W&B run id {meta.get('wandb_run_id') or 'none'}",
+        f"epoch {checkpoint.get('epoch', '?')}, global step {checkpoint.get('global_step', '?')}",
+        f"model {model.get('name', '?')}: latent_dim={model.get('latent_dim')}, beta={model.get('beta')}, "
+        f"conditional={model.get('conditional', False)}, importance_samples={model.get('importance_samples', 1)}",
+        f"encoder {(net.get('encoder') or {}).get('_target_')}, decoder {(net.get('decoder') or {}).get('_target_')}, "
+        f"likelihood {hparams['loss'].get('_target_')}, annealing {hparams['annealing'].get('_target_')}",
+        f"data {data.get('name', '?')}: binarize={data.get('binarize')}, val_size={data.get('val_size')}",
+        f"{sum(t.numel() for t in tensors):,} parameters in {len(tensors)} tensors",
+        f"{len(find_targets(hparams))} _target_ entries, all on the allow-list",
+    ]
     return lines
 
 
@@ -176,7 +188,10 @@ def module_from_checkpoint(checkpoint: dict, source: str, device: str = "cpu"):
         module.load_state_dict(checkpoint["state_dict"])
     except Exception as error:  # noqa: BLE001 - any failure to rebuild means the same to the user
         written_by = (checkpoint.get("vaelab") or {}).get("version")
-        other = "" if written_by == __version__ else (
-            f" (written by vaelab {written_by or 'of unrecorded version'}, this is vaelab {__version__})")
+        other = (
+            ""
+            if written_by == __version__
+            else (f" (written by vaelab {written_by or 'of unrecorded version'}, this is vaelab {__version__})")
+        )
         raise CheckpointError(f"{source} is not a usable vaelab checkpoint{other}: {first_line(error)}") from None
     return module.to(device).eval()

@@ -27,8 +27,9 @@ def app(cfg: DictConfig) -> float:
             model, test_accuracy = load_classifier(path)
             print(f"{cfg.data.name} classifier (cached at {path}): test accuracy {test_accuracy:.4f}")
             return test_accuracy
-        model, test_accuracy = train_classifier(cfg.data.name, cfg.data.root, cfg.epochs, seed=cfg.seed,
-                                                 download=cfg.data.download)
+        model, test_accuracy = train_classifier(
+            cfg.data.name, cfg.data.root, cfg.epochs, seed=cfg.seed, download=cfg.data.download
+        )
         save_classifier(model, test_accuracy, cfg.data.name, path)
         print(f"{cfg.data.name} classifier saved to {path}: test accuracy {test_accuracy:.4f}")
         return test_accuracy

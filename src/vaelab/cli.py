@@ -31,8 +31,10 @@ def hydra_output_dir() -> str:
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
-        raise ConfigError("paths.output_dir is not set and no Hydra app is running: call vaelab.train([...]) "
-                          "from Python, or set paths.output_dir=<folder>")
+        raise ConfigError(
+            "paths.output_dir is not set and no Hydra app is running: call vaelab.train([...]) "
+            "from Python, or set paths.output_dir=<folder>"
+        )
     return HydraConfig.get().runtime.output_dir
 
 

@@ -14,14 +14,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="vaelab-compare",
         description="Compare vaelab runs: a table of final metrics (nats per image), rate-distortion, metrics "
-                    "against the latent size, training curves, and one HTML report.")
+        "against the latent size, training curves, and one HTML report.",
+    )
     parser.add_argument("paths", nargs="+", type=Path, help="run folders, or folders above them (a multirun folder)")
-    parser.add_argument("--out", type=Path, help="where to write (default: <PATH>/compare for one PATH, else ./compare)")
+    parser.add_argument(
+        "--out", type=Path, help="where to write (default: <PATH>/compare for one PATH, else ./compare)"
+    )
     args = parser.parse_args(argv)
     out = args.out or (args.paths[0] / "compare" if len(args.paths) == 1 else Path("compare"))
     written = compare(args.paths, out)
-    print(f"compared {sum(1 for _ in open(written['csv'])) - 1} runs; wrote {written['html']} and {out}/runs.{{csv,md}}, "
-          f"rate_distortion.png, metrics_vs_latent.png, curves.png")
+    print(
+        f"compared {sum(1 for _ in open(written['csv'])) - 1} runs; wrote {written['html']} and {out}/runs.{{csv,md}}, "
+        f"rate_distortion.png, metrics_vs_latent.png, curves.png"
+    )
 
 
 if __name__ == "__main__":

@@ -28,8 +28,18 @@ from vaelab.errors import first_line
 from vaelab.tables import cell, iwae_columns, write_table
 from vaelab.wandb_run import read_history
 
-TABLE_METRICS = ("test/nll", "test/elbo", "test/recon", "test/kl", "val/elbo", "val/recon", "val/kl",
-                 "val/active_units", "val/mutual_info", "time/fit_seconds")
+TABLE_METRICS = (
+    "test/nll",
+    "test/elbo",
+    "test/recon",
+    "test/kl",
+    "val/elbo",
+    "val/recon",
+    "val/kl",
+    "val/active_units",
+    "val/mutual_info",
+    "time/fit_seconds",
+)
 
 
 @dataclass
@@ -67,7 +77,10 @@ def find_run_folders(paths: list[Path]) -> list[Path]:
         if not path.exists():
             raise SystemExit(f"error: {path}: no such folder")
         found += [config.parent.parent for config in path.rglob(".hydra/config.yaml")]
-    return sorted(set(found), key=lambda p: (str(p.parent), int(p.name.split("_")[0]) if p.name.split("_")[0].isdigit() else 0, p.name))
+    return sorted(
+        set(found),
+        key=lambda p: (str(p.parent), int(p.name.split("_")[0]) if p.name.split("_")[0].isdigit() else 0, p.name),
+    )
 
 
 def read_csv_history(folder: Path) -> list[dict]:
@@ -84,12 +97,22 @@ def read_run(folder: Path) -> Run:
 
     cfg = load_yaml(folder / ".hydra" / "config.yaml", f"{folder}: config.yaml")
     overrides_file = folder / ".hydra" / "overrides.yaml"
-    overrides = " ".join(map(str, load_yaml(overrides_file, str(overrides_file), list))) if overrides_file.is_file() else ""
+    overrides = (
+        " ".join(map(str, load_yaml(overrides_file, str(overrides_file), list))) if overrides_file.is_file() else ""
+    )
     status_file = folder / "status.json"
     status = json.loads(status_file.read_text()) if status_file.is_file() else {"status": "unknown", "metrics": {}}
-    run = Run(folder=folder, model=str(cfg.model.name), data=str(cfg.data.name), beta=float(cfg.model.beta),
-              latent_dim=int(cfg.model.latent_dim), seed=int(cfg.get("seed", 0)), overrides=overrides,
-              status=status["status"], metrics=dict(status.get("metrics") or {}))
+    run = Run(
+        folder=folder,
+        model=str(cfg.model.name),
+        data=str(cfg.data.name),
+        beta=float(cfg.model.beta),
+        latent_dim=int(cfg.model.latent_dim),
+        seed=int(cfg.get("seed", 0)),
+        overrides=overrides,
+        status=status["status"],
+        metrics=dict(status.get("metrics") or {}),
+    )
     run.history, run.curve_source = read_csv_history(folder), "csv"
     if not run.history:
         run.history, summary = read_history(folder)
@@ -103,7 +126,9 @@ def read_run(folder: Path) -> Run:
     run.metrics = {**last_logged, **run.metrics}  # status.json's final metrics win; else (a killed run) the last logged
     for eval_file in sorted(folder.glob("checkpoints/*.eval.json")):
         results = json.loads(eval_file.read_text())  # vaelab-eval's "<split>/nll", "<split>/bits_per_dim", ...
-        run.metrics.update({k: v for k, v in results.items() if k.endswith(("/nll", "/bits_per_dim")) and isinstance(v, (int, float))})
+        run.metrics.update(
+            {k: v for k, v in results.items() if k.endswith(("/nll", "/bits_per_dim")) and isinstance(v, (int, float))}
+        )
     return run
 
 
@@ -111,8 +136,15 @@ def table_rows(runs: list[Run]) -> list[dict]:
     iwae = iwae_columns([run.metrics for run in runs])
     rows = []
     for run in runs:
-        row = {"run": str(run.folder), "model": run.model, "data": run.data, "beta": run.beta,
-               "latent_dim": run.latent_dim, "seed": run.seed, "status": run.status}
+        row = {
+            "run": str(run.folder),
+            "model": run.model,
+            "data": run.data,
+            "beta": run.beta,
+            "latent_dim": run.latent_dim,
+            "seed": run.seed,
+            "status": run.status,
+        }
         row.update({key: run.metrics.get(key, "") for key in (*TABLE_METRICS, *iwae)})
         rows.append(row)
     return rows
@@ -129,12 +161,22 @@ def plot_rate_distortion(runs: list[Run], path: Path) -> None:
     fig = figure(figsize=(6, 4.5), dpi=110)
     ax = fig.subplots()
     for latent_dim in sorted({r.latent_dim for r in runs}):
-        group = sorted((r for r in runs if r.latent_dim == latent_dim and not math.isnan(r.final("kl"))), key=lambda r: r.beta)
+        group = sorted(
+            (r for r in runs if r.latent_dim == latent_dim and not math.isnan(r.final("kl"))), key=lambda r: r.beta
+        )
         if not group:
             continue
-        ax.plot([r.final("kl") for r in group], [r.final("recon") for r in group], "o-", label=f"latent_dim = {latent_dim}")
+        ax.plot(
+            [r.final("kl") for r in group], [r.final("recon") for r in group], "o-", label=f"latent_dim = {latent_dim}"
+        )
         for r in group:
-            ax.annotate(f"β={r.beta:g}", (r.final("kl"), r.final("recon")), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            ax.annotate(
+                f"β={r.beta:g}",
+                (r.final("kl"), r.final("recon")),
+                textcoords="offset points",
+                xytext=(5, 4),
+                fontsize=8,
+            )
     split = "test" if any("test/kl" in r.metrics for r in runs) else "val"
     ax.set_xlabel(f"rate: {split} KL(q(z|x) || p(z)) [nats per image]")
     ax.set_ylabel(f"distortion: {split} −log p(x|z) [nats per image]")
@@ -156,7 +198,9 @@ def plot_metrics_vs_latent(runs: list[Run], path: Path) -> None:
             if all(math.isnan(v) for v in values):
                 continue
             ax.plot([r.latent_dim for r in group], values, "o-", label=f"β = {beta:g}")
-        split = "val" if name == "active_units" else ("test" if any(f"test/{name}" in r.metrics for r in runs) else "val")
+        split = (
+            "val" if name == "active_units" else ("test" if any(f"test/{name}" in r.metrics for r in runs) else "val")
+        )
         ax.set_xlabel("latent_dim")
         ax.set_ylabel(f"{split} {unit}")
         ax.set_xscale("log", base=2)
@@ -197,17 +241,23 @@ def plot_curves(runs: list[Run], path: Path) -> None:
 def write_html(rows: list[dict], plots: list[Path], out: Path, sources: list[str]) -> Path:
     images = "\n".join(
         f'<h2>{html.escape(p.stem.replace("_", " "))}</h2>\n<img alt="{p.stem}" src="data:image/png;base64,'
-        f'{base64.b64encode(p.read_bytes()).decode()}">' for p in plots)
+        f'{base64.b64encode(p.read_bytes()).decode()}">'
+        for p in plots
+    )
     columns = list(rows[0]) if rows else []
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "\n".join("<tr>" + "".join(f"<td>{html.escape(cell(Path(r[c]).name if c == 'run' else r[c]))}</td>" for c in columns)
-                     + "</tr>" for r in rows)
+    body = "\n".join(
+        "<tr>"
+        + "".join(f"<td>{html.escape(cell(Path(r[c]).name if c == 'run' else r[c]))}</td>" for c in columns)
+        + "</tr>"
+        for r in rows
+    )
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>vaelab: {len(rows)} runs</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse;font-size:13px}}
 td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} img{{max-width:100%}}</style></head>
 <body><h1>vaelab: {len(rows)} runs</h1>
-<p>From {html.escape(', '.join(sources))}. Metrics are in nats per image (summed over pixels or latent
+<p>From {html.escape(", ".join(sources))}. Metrics are in nats per image (summed over pixels or latent
 dimensions, averaged over images); ELBO is the plain ELBO (β = 1); test/ metrics are on the best checkpoint.</p>
 <table><tr>{head}</tr>
 {body}
@@ -235,8 +285,12 @@ def compare(paths: list[Path], out: Path) -> dict[str, Path]:
         raise SystemExit(f"error: no readable run folder under {', '.join(map(str, paths))}")
     out.mkdir(parents=True, exist_ok=True)
     rows = table_rows(runs)
-    write_table(rows, list(rows[0]) if rows else ["run"], out / "runs",
-                shown_rows=[{**row, "run": Path(row["run"]).name} for row in rows])
+    write_table(
+        rows,
+        list(rows[0]) if rows else ["run"],
+        out / "runs",
+        shown_rows=[{**row, "run": Path(row["run"]).name} for row in rows],
+    )
     plots = [out / "rate_distortion.png", out / "metrics_vs_latent.png", out / "curves.png"]
     plot_rate_distortion(runs, plots[0])
     plot_metrics_vs_latent(runs, plots[1])

@@ -75,8 +75,12 @@ class CapacitySchema:
 
     def __post_init__(self):
         require(math.isfinite(self.gamma) and self.gamma > 0, "model.capacity.gamma", self.gamma, "a number > 0")
-        require(math.isfinite(self.max_nats) and self.max_nats >= 0, "model.capacity.max_nats", self.max_nats,
-                "a number >= 0")
+        require(
+            math.isfinite(self.max_nats) and self.max_nats >= 0,
+            "model.capacity.max_nats",
+            self.max_nats,
+            "a number >= 0",
+        )
         require(self.ramp_steps >= 1, "model.capacity.ramp_steps", self.ramp_steps, "an integer >= 1")
 
 
@@ -95,31 +99,63 @@ class ModelSchema:
     lr_scheduler: Any = None
 
     def __post_init__(self):
-        require(1 <= self.latent_dim <= MAX_LATENT_DIM, "model.latent_dim", self.latent_dim,
-                f"an integer in [1, {MAX_LATENT_DIM}]")
+        require(
+            1 <= self.latent_dim <= MAX_LATENT_DIM,
+            "model.latent_dim",
+            self.latent_dim,
+            f"an integer in [1, {MAX_LATENT_DIM}]",
+        )
         require(math.isfinite(self.beta) and self.beta >= 0, "model.beta", self.beta, "a number >= 0")
-        require(math.isfinite(self.free_bits) and self.free_bits >= 0, "model.free_bits", self.free_bits,
-                "a number >= 0 (nats per latent dimension)")
-        require(self.name != "cvae" or self.conditional, "model.conditional", self.conditional,
-                "model.name='cvae' is a conditional VAE (use model=vae for an unconditional one)")
+        require(
+            math.isfinite(self.free_bits) and self.free_bits >= 0,
+            "model.free_bits",
+            self.free_bits,
+            "a number >= 0 (nats per latent dimension)",
+        )
+        require(
+            self.name != "cvae" or self.conditional,
+            "model.conditional",
+            self.conditional,
+            "model.name='cvae' is a conditional VAE (use model=vae for an unconditional one)",
+        )
         require(self.importance_samples >= 1, "model.importance_samples", self.importance_samples, "an integer >= 1")
         if self.importance_samples > 1 and (self.free_bits > 0 or self.capacity is not None):
-            raise ConfigError(f"model.importance_samples={self.importance_samples} cannot be combined with "
-                              "model.free_bits or model.capacity: the IWAE bound has no per-dimension KL term")
-        require(not self.dreg or self.importance_samples > 1, "model.dreg", self.dreg,
-                "true only with model.importance_samples > 1")
+            raise ConfigError(
+                f"model.importance_samples={self.importance_samples} cannot be combined with "
+                "model.free_bits or model.capacity: the IWAE bound has no per-dimension KL term"
+            )
+        require(
+            not self.dreg or self.importance_samples > 1,
+            "model.dreg",
+            self.dreg,
+            "true only with model.importance_samples > 1",
+        )
         if "lr" in (self.optimizer or {}):
             lr = self.optimizer["lr"]
             require(is_number(lr) and lr > 0, "model.optimizer.lr", lr, "a number > 0")
         if self.lr_scheduler:
-            require("_target_" in self.lr_scheduler, "model.lr_scheduler._target_", None, "a torch.optim.lr_scheduler class")
+            require(
+                "_target_" in self.lr_scheduler, "model.lr_scheduler._target_", None, "a torch.optim.lr_scheduler class"
+            )
             interval = self.lr_scheduler.get("interval", "epoch")
             require(interval in ("epoch", "step"), "model.lr_scheduler.interval", interval, "epoch or step")
 
 
 # every precision that Lightning's Trainer accepts
-PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "64", "16", "bf16",
-              "transformer-engine", "transformer-engine-float16")
+PRECISIONS = (
+    "32-true",
+    "32",
+    "bf16-mixed",
+    "16-mixed",
+    "bf16-true",
+    "16-true",
+    "64-true",
+    "64",
+    "16",
+    "bf16",
+    "transformer-engine",
+    "transformer-engine-float16",
+)
 
 
 @dataclass
@@ -139,20 +175,44 @@ class TrainerSchema:
     enable_model_summary: bool = True
 
     def __post_init__(self):
-        require(self.max_epochs is None or self.max_epochs == -1 or self.max_epochs >= 1, "trainer.max_epochs",
-                self.max_epochs, "an integer >= 1, or -1 for no limit")
-        require(self.max_steps == -1 or self.max_steps >= 1, "trainer.max_steps", self.max_steps,
-                "an integer >= 1, or -1 for no limit")
+        require(
+            self.max_epochs is None or self.max_epochs == -1 or self.max_epochs >= 1,
+            "trainer.max_epochs",
+            self.max_epochs,
+            "an integer >= 1, or -1 for no limit",
+        )
+        require(
+            self.max_steps == -1 or self.max_steps >= 1,
+            "trainer.max_steps",
+            self.max_steps,
+            "an integer >= 1, or -1 for no limit",
+        )
         require(self.num_nodes >= 1, "trainer.num_nodes", self.num_nodes, "an integer >= 1")
-        require(self.num_sanity_val_steps >= -1, "trainer.num_sanity_val_steps", self.num_sanity_val_steps,
-                "an integer >= 0, or -1 for all")
+        require(
+            self.num_sanity_val_steps >= -1,
+            "trainer.num_sanity_val_steps",
+            self.num_sanity_val_steps,
+            "an integer >= 0, or -1 for all",
+        )
         require(self.log_every_n_steps >= 1, "trainer.log_every_n_steps", self.log_every_n_steps, "an integer >= 1")
-        require(self.check_val_every_n_epoch is None or self.check_val_every_n_epoch >= 1,
-                "trainer.check_val_every_n_epoch", self.check_val_every_n_epoch, "null or an integer >= 1")
-        require(self.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", self.accumulate_grad_batches,
-                "an integer >= 1")
-        require(self.gradient_clip_val is None or (math.isfinite(self.gradient_clip_val) and self.gradient_clip_val >= 0),
-                "trainer.gradient_clip_val", self.gradient_clip_val, "null or a number >= 0")
+        require(
+            self.check_val_every_n_epoch is None or self.check_val_every_n_epoch >= 1,
+            "trainer.check_val_every_n_epoch",
+            self.check_val_every_n_epoch,
+            "null or an integer >= 1",
+        )
+        require(
+            self.accumulate_grad_batches >= 1,
+            "trainer.accumulate_grad_batches",
+            self.accumulate_grad_batches,
+            "an integer >= 1",
+        )
+        require(
+            self.gradient_clip_val is None or (math.isfinite(self.gradient_clip_val) and self.gradient_clip_val >= 0),
+            "trainer.gradient_clip_val",
+            self.gradient_clip_val,
+            "null or a number >= 0",
+        )
 
 
 def register_schemas() -> None:
@@ -202,8 +262,11 @@ def simple_types(annotation) -> set[type] | None:
     import types
     import typing
 
-    parts = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (
-        annotation,)
+    parts = (
+        typing.get_args(annotation)
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType)
+        else (annotation,)
+    )
     return set(parts) if parts and all(part in TYPE_NAMES for part in parts) else None
 
 
@@ -269,10 +332,18 @@ def validate_eval_config(cfg: DictConfig) -> None:
     for key in ("batch_images", "limit_images"):
         require(is_count(cfg.get(key), allow_null=True), key, cfg.get(key), "null or an integer >= 1")
     progress = cfg.get("progress_seconds", 60)
-    require(isinstance(progress, int | float) and not isinstance(progress, bool) and progress >= 0,
-            "progress_seconds", progress, "a number >= 0")
-    require(cfg.device in ("auto", "cpu", "cuda") or str(cfg.device).startswith("cuda:"), "device", cfg.device,
-            "auto, cpu, cuda or cuda:N")
+    require(
+        isinstance(progress, int | float) and not isinstance(progress, bool) and progress >= 0,
+        "progress_seconds",
+        progress,
+        "a number >= 0",
+    )
+    require(
+        cfg.device in ("auto", "cpu", "cuda") or str(cfg.device).startswith("cuda:"),
+        "device",
+        cfg.device,
+        "auto, cpu, cuda or cuda:N",
+    )
     require(cfg.get("ood") in (None, *DATA_NAMES), "ood", cfg.get("ood"), f"null or one of {', '.join(DATA_NAMES)}")
     require(is_count(cfg.samples_per_class), "samples_per_class", cfg.samples_per_class, "an integer >= 1")
 
@@ -287,8 +358,12 @@ def validate_sample_config(cfg: DictConfig) -> None:
     require(is_count(cfg.scatter_images), "scatter_images", cfg.scatter_images, "an integer >= 1")
     require(isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool), "seed", cfg.seed, "an integer")
     label = cfg.get("label")
-    require(label is None or (isinstance(label, int) and not isinstance(label, bool)), "label", label,
-            "null or a class number")
+    require(
+        label is None or (isinstance(label, int) and not isinstance(label, bool)),
+        "label",
+        label,
+        "null or a class number",
+    )
 
 
 def validate_classifier_config(cfg: DictConfig) -> None:

@@ -53,7 +53,9 @@ def check_idx_file(path: Path, kind: str) -> tuple[int, ...]:
         head = handle.read(4)
         found = int.from_bytes(head, "big") if len(head) == 4 else None
         if found != magic:
-            raise DataCorruptError(f"{path}: not an uncompressed IDX {kind} file (magic number {found}, expected {magic})")
+            raise DataCorruptError(
+                f"{path}: not an uncompressed IDX {kind} file (magic number {found}, expected {magic})"
+            )
         ndim = magic & 0xFF
         dims_bytes = handle.read(4 * ndim)
     if len(dims_bytes) < 4 * ndim:
@@ -62,8 +64,10 @@ def check_idx_file(path: Path, kind: str) -> tuple[int, ...]:
     expected = 4 + 4 * ndim + math.prod(shape)
     size = path.stat().st_size
     if size != expected:
-        raise DataCorruptError(f"{path}: {size} bytes, but its header promises {expected} (shape {shape}): "
-                               "the file is truncated or corrupt; replace it")
+        raise DataCorruptError(
+            f"{path}: {size} bytes, but its header promises {expected} (shape {shape}): "
+            "the file is truncated or corrupt; replace it"
+        )
     return shape
 
 
@@ -244,8 +248,19 @@ class VAEDataModule(L.LightningDataModule):
         data_on_device: bool = True,
     ):
         super().__init__()
-        check("data", DataSchema, {"name": name, "root": root, "batch_size": batch_size, "eval_batch_size": eval_batch_size,
-                                   "val_size": val_size, "binarize": binarize, "num_workers": num_workers})
+        check(
+            "data",
+            DataSchema,
+            {
+                "name": name,
+                "root": root,
+                "batch_size": batch_size,
+                "eval_batch_size": eval_batch_size,
+                "val_size": val_size,
+                "binarize": binarize,
+                "num_workers": num_workers,
+            },
+        )
         self.name = name
         self.root = root
         self.batch_size = batch_size
@@ -357,8 +372,14 @@ def datamodule_like(datamodule, name: str):
     """Another data set prepared exactly as the checkpoint's (root, split, binarization, seeds)."""
     from vaelab.data import VAEDataModule
 
-    other = VAEDataModule(name=name, root=datamodule.root, val_size=datamodule.val_size, binarize=datamodule.binarize,
-                          split_seed=datamodule.split_seed, binarize_seed=datamodule.binarize_seed,
-                          download=datamodule.download)
+    other = VAEDataModule(
+        name=name,
+        root=datamodule.root,
+        val_size=datamodule.val_size,
+        binarize=datamodule.binarize,
+        split_seed=datamodule.split_seed,
+        binarize_seed=datamodule.binarize_seed,
+        download=datamodule.download,
+    )
     other.setup("test")
     return other

@@ -35,13 +35,27 @@ def images_per_forward(k: int, budget: int = 20_000) -> int:
 def report_progress(done: int, total: int, k: int, seconds: float, nll_so_far: float) -> None:
     """One log line on a long NLL pass: images done, images/s, minutes left, running NLL."""
     rate = done / seconds
-    log.info("NLL at k=%d: %d of %d images, %.1f images/s, about %.1f min left, NLL so far %.2f nats",
-             k, done, total, rate, (total - done) / rate / 60, nll_so_far)
+    log.info(
+        "NLL at k=%d: %d of %d images, %.1f images/s, about %.1f min left, NLL so far %.2f nats",
+        k,
+        done,
+        total,
+        rate,
+        (total - done) / rate / 60,
+        nll_so_far,
+    )
 
 
 @torch.no_grad()
-def evaluate_split(module, images, labels, k: int = 5000, batch_images: int | None = None, mi_images: int = 1000,
-                   progress_seconds: float = 60.0) -> dict:
+def evaluate_split(
+    module,
+    images,
+    labels,
+    k: int = 5000,
+    batch_images: int | None = None,
+    mi_images: int = 1000,
+    progress_seconds: float = 60.0,
+) -> dict:
     """Score images (N, C, H, W) with labels (N,): nats per image, averaged over the N images.
 
     One encoder and one decoder pass per batch: nll from the k importance weights, recon as the
@@ -120,7 +134,9 @@ def generation_quality(module, classifier_path: Path, real_images: torch.Tensor,
         images, labels = generate_per_class(module, samples_per_class)
         predicted = torch.cat([classifier(x).argmax(1) for x in images.split(1000)])
         per_class = [(predicted[labels == c] == c).float().mean().item() for c in range(module.vae.num_classes)]
-        results.update(cvae_class_accuracy=accuracy(classifier, images, labels), cvae_class_accuracy_per_class=per_class)
+        results.update(
+            cvae_class_accuracy=accuracy(classifier, images, labels), cvae_class_accuracy_per_class=per_class
+        )
     else:
         images = module.generate(module.vae.prior(len(real_images), device=module.device).sample()).cpu()
     results["classifier_fid"] = classifier_fid(classifier, real_images, images)
@@ -147,20 +163,31 @@ def evaluate_checkpoint(cfg: DictConfig, checkpoint: dict | None = None) -> dict
     datamodule = datamodule_for(module, cfg.get("data_root"))
     dataset = {"val": datamodule.val_set, "test": datamodule.test_set}[cfg.split]
     if len(dataset) == 0:
-        raise ConfigError(f"split={cfg.split}: the checkpoint's data has no {cfg.split} images "
-                          f"(data.val_size={datamodule.val_size}); use split=test")
+        raise ConfigError(
+            f"split={cfg.split}: the checkpoint's data has no {cfg.split} images "
+            f"(data.val_size={datamodule.val_size}); use split=test"
+        )
     images, labels = dataset.images, dataset.labels
     if cfg.get("limit_images"):
         images, labels = images[: cfg.limit_images], labels[: cfg.limit_images]
-    results = evaluate_split(module, images, labels, k=cfg.k, batch_images=cfg.get("batch_images"),
-                             progress_seconds=cfg.get("progress_seconds", 60))
+    results = evaluate_split(
+        module,
+        images,
+        labels,
+        k=cfg.k,
+        batch_images=cfg.get("batch_images"),
+        progress_seconds=cfg.get("progress_seconds", 60),
+    )
     classifier_path = Path(cfg.classifier_dir) / f"{datamodule.name}.pt"
     if cfg.get("generation") and classifier_path.is_file():
         real = to_float_images(load_split(datamodule.name, datamodule.root, train=False)[0])
         results.update(generation_quality(module, classifier_path, real, cfg.samples_per_class))
     elif cfg.get("generation"):
-        log.info("no classifier at %s: skipping class accuracy and FID (run vaelab-classifier data=%s)",
-                 classifier_path, datamodule.name)
+        log.info(
+            "no classifier at %s: skipping class accuracy and FID (run vaelab-classifier data=%s)",
+            classifier_path,
+            datamodule.name,
+        )
     if cfg.get("ood"):
         other = datamodule_like(datamodule, cfg.ood)
         other_set = {"val": other.val_set, "test": other.test_set}[cfg.split]

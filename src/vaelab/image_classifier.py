@@ -32,9 +32,16 @@ class SmallCNN(nn.Module):
     def __init__(self, num_classes: int = 10):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Dropout(0.25), nn.Linear(64 * 7 * 7, self.num_features), nn.ReLU(),
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Dropout(0.25),
+            nn.Linear(64 * 7 * 7, self.num_features),
+            nn.ReLU(),
         )
         self.head = nn.Sequential(nn.Dropout(0.25), nn.Linear(self.num_features, num_classes))
 
@@ -60,13 +67,18 @@ class FeatureExtractor(nn.Module):
 @torch.no_grad()
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
     model.eval()
-    correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in zip(images.split(batch_size), labels.split(batch_size), strict=True))
+    correct = sum(
+        int((model(x).argmax(1) == y).sum())
+        for x, y in zip(images.split(batch_size), labels.split(batch_size), strict=True)
+    )
     return correct / len(labels)
 
 
-def train_classifier(data: str, root: str, epochs: int = 5, batch_size: int = 128, lr: float = 2e-3, seed: int = 0,
-                     download: bool = True):
-    """Train on the 60k training images (Adam, cosine-decayed learning rate); returns (model, test accuracy in [0, 1])."""
+def train_classifier(
+    data: str, root: str, epochs: int = 5, batch_size: int = 128, lr: float = 2e-3, seed: int = 0, download: bool = True
+):
+    """Train on the 60k training images (Adam, cosine-decayed learning rate).
+    Returns (model, test accuracy in [0, 1])."""
     torch.manual_seed(seed)
     train_images, train_labels, classes = load_split(data, root, train=True, download=download)
     test_images, test_labels, _ = load_split(data, root, train=False, download=download)
@@ -91,8 +103,15 @@ def train_classifier(data: str, root: str, epochs: int = 5, batch_size: int = 12
 def save_classifier(model: SmallCNN, test_accuracy: float, data: str, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save({"state_dict": model.state_dict(), "test_accuracy": test_accuracy, "data": data,
-                "num_classes": model.head[-1].out_features}, tmp)
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "test_accuracy": test_accuracy,
+            "data": data,
+            "num_classes": model.head[-1].out_features,
+        },
+        tmp,
+    )
     tmp.replace(path)  # atomic: a killed save never leaves a half-written file
 
 
@@ -115,8 +134,9 @@ def classifier_fid(classifier: SmallCNN, real: torch.Tensor, fake: torch.Tensor,
     """Fréchet distance between two image sets (N, 1, H, W) in [0, 1], in the classifier's feature space."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    fid = FrechetInceptionDistance(feature=FeatureExtractor(classifier.eval()), normalize=True,
-                                   input_img_size=tuple(real.shape[1:]))
+    fid = FrechetInceptionDistance(
+        feature=FeatureExtractor(classifier.eval()), normalize=True, input_img_size=tuple(real.shape[1:])
+    )
     for images, is_real in ((real, True), (fake, False)):
         for batch in images.split(batch_size):
             fid.update(batch, real=is_real)

@@ -73,8 +73,10 @@ def restore_csv_rows(writer, header: list[str], rows: list[dict]) -> None:
     if not hasattr(writer, "metrics_file_path"):  # not rank 0: no file
         return
     if not isinstance(getattr(writer, "metrics_keys", None), list):
-        raise RuntimeError(f"Lightning's CSV writer {type(writer).__name__} has no metrics_keys list, which vaelab "
-                           "sets when it keeps a resumed run's metrics.csv (vaelab/loggers.py)")
+        raise RuntimeError(
+            f"Lightning's CSV writer {type(writer).__name__} has no metrics_keys list, which vaelab "
+            "sets when it keeps a resumed run's metrics.csv (vaelab/loggers.py)"
+        )
     with open(writer.metrics_file_path, "w", newline="") as file:
         table = csv.DictWriter(file, fieldnames=header)
         table.writeheader()

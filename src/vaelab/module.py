@@ -5,7 +5,8 @@ enough to rebuild it: ``vaelab.load(path)`` (read as data, weights_only).
 
 Logged metrics, all in nats per image (sum over pixels / latent dims, mean over the batch):
 ``{train,val,test}/recon``, ``/kl``, ``/elbo`` (beta = 1), ``/loss`` (the weighted training
-objective), ``/iwae`` (the k-sample IWAE bound, when ``model.importance_samples`` > 1), ``train/beta`` (the current KL weight, beta * schedule(step)) and ``train/lr``.
+objective), ``/iwae`` (the k-sample IWAE bound, when ``model.importance_samples`` > 1), ``train/beta`` (the
+current KL weight, beta * schedule(step)) and ``train/lr``.
 """
 
 from __future__ import annotations
@@ -42,8 +43,10 @@ def lightning_logs_this_step(trainer: L.Trainer) -> bool:
     it stops here with a message saying so, rather than logging silently on every step or none."""
     connector = getattr(trainer, "_logger_connector", None)
     if connector is None or not hasattr(type(connector), "should_update_logs"):
-        raise RuntimeError(f"Lightning {L.__version__} has no trainer._logger_connector.should_update_logs, "
-                           "which vaelab uses to log only on logging steps (vaelab/module.py)")
+        raise RuntimeError(
+            f"Lightning {L.__version__} has no trainer._logger_connector.should_update_logs, "
+            "which vaelab uses to log only on logging steps (vaelab/module.py)"
+        )
     return bool(connector.should_update_logs or trainer.fast_dev_run)
 
 
@@ -59,8 +62,16 @@ class VAELitModule(L.LightningModule):
     diagnostics: compute KL per dimension, active units and I(x; z) after each validation.
     """
 
-    def __init__(self, model: dict, loss: dict, annealing: dict, image_shape=(1, 28, 28), num_classes: int = 10,
-                 data: dict | None = None, diagnostics: bool = True):
+    def __init__(
+        self,
+        model: dict,
+        loss: dict,
+        annealing: dict,
+        image_shape=(1, 28, 28),
+        num_classes: int = 10,
+        data: dict | None = None,
+        diagnostics: bool = True,
+    ):
         super().__init__()
         self.save_hyperparameters(logger=False)  # the loggers get the whole run config once (build_loggers)
         self._posteriors: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -96,7 +107,9 @@ class VAELitModule(L.LightningModule):
 
         from vaelab.errors import find_user_error, first_line
 
-        settings = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "loss", "annealing", "data")}
+        settings = {
+            key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "loss", "annealing", "data")
+        }
         try:
             return cls(**settings, image_shape=datamodule.image_shape, num_classes=datamodule.num_classes)
         except Exception as error:  # noqa: BLE001 - a network, likelihood or schedule refused its settings
@@ -120,7 +133,9 @@ class VAELitModule(L.LightningModule):
             self._posteriors.append((out.mean.detach(), out.logvar.detach()))
         if on_step and not self._logging_step():
             return terms["loss"]
-        names = terms if on_step else [n for n in ("recon", "kl", "elbo", "loss", "iwae") if n in terms]  # the KL weight only in train/
+        names = (
+            terms if on_step else [n for n in ("recon", "kl", "elbo", "loss", "iwae") if n in terms]
+        )  # the KL weight only in train/
         metrics = {f"{stage}/{name}": terms[name] for name in names}
         if on_step and self._trainer is not None and self.trainer.optimizers:
             metrics["train/lr"] = self.trainer.optimizers[0].param_groups[0]["lr"]
@@ -163,8 +178,10 @@ class VAELitModule(L.LightningModule):
         if self.trainer.world_size > 1:  # every rank sees the whole split
             mean, logvar = (self.all_gather(t).flatten(0, 1) for t in (mean, logvar))
         self.last_diagnostics = summarize(mean.float().cpu(), logvar.float().cpu())
-        metrics = {"val/active_units": float(self.last_diagnostics["active_units"]),
-                   "val/mutual_info": self.last_diagnostics["mutual_info"]}
+        metrics = {
+            "val/active_units": float(self.last_diagnostics["active_units"]),
+            "val/mutual_info": self.last_diagnostics["mutual_info"],
+        }
         metrics.update({f"val/kl_dim/{d:02d}": v for d, v in enumerate(self.last_diagnostics["kl_per_dim"])})
         self.log_dict(metrics, on_epoch=True, rank_zero_only=True)
 
@@ -181,10 +198,12 @@ class VAELitModule(L.LightningModule):
         trainer = self._trainer
         metrics = trainer.callback_metrics if trainer is not None else {}
         wandb_ids = logged_run_ids(trainer.loggers) if trainer is not None else []
-        checkpoint["vaelab"] = {"version": __version__,
-                                "metrics": {k: float(v) for k, v in metrics.items() if v.numel() == 1},
-                                "wandb_run_id": wandb_ids[0] if wandb_ids else None,
-                                **self.run_record}
+        checkpoint["vaelab"] = {
+            "version": __version__,
+            "metrics": {k: float(v) for k, v in metrics.items() if v.numel() == 1},
+            "wandb_run_id": wandb_ids[0] if wandb_ids else None,
+            **self.run_record,
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._rng_to_restore = checkpoint.get("rng_states")
@@ -205,7 +224,10 @@ class VAELitModule(L.LightningModule):
         if not scheduler:
             return optimizer
         interval = scheduler.pop("interval", "epoch")
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": instantiate(scheduler)(optimizer), "interval": interval}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": instantiate(scheduler)(optimizer), "interval": interval},
+        }
 
     def _inputs(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Images (B, C, H, W) in [0, 1] and labels (B,) on this module's device; a CVAE needs the labels."""
@@ -218,7 +240,8 @@ class VAELitModule(L.LightningModule):
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """q(z | x): images (B, C, H, W) in [0, 1] (and labels (B,) for a CVAE) -> mean, logvar, each (B, latent_dim)."""
+        """q(z | x): images (B, C, H, W) in [0, 1] (and labels (B,) for a CVAE) -> mean, logvar,
+        each (B, latent_dim)."""
         return self.vae.encode(*self._inputs(x, y))
 
     @torch.no_grad()

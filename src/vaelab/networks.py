@@ -83,15 +83,19 @@ class MLPDecoder(nn.Module):
 class ConvEncoder(nn.Module):
     """x (B, C, 28, 28) -> two stride-2 convolutions (32, 64 channels) -> 7x7 -> [+ c] -> MLP -> mean, logvar."""
 
-    def __init__(self, image_shape, latent_dim: int, cond_dim: int = 0, channels=(32, 64), hidden_dim=256, activation="ReLU"):
+    def __init__(
+        self, image_shape, latent_dim: int, cond_dim: int = 0, channels=(32, 64), hidden_dim=256, activation="ReLU"
+    ):
         super().__init__()
         in_channels, height, width = image_shape
         if height % 4 or width % 4:
             raise ConfigError(f"ConvEncoder needs image sides divisible by 4, got {tuple(image_shape)}")
         c1, c2 = channels
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, c1, 4, stride=2, padding=1), activation_layer(activation),
-            nn.Conv2d(c1, c2, 4, stride=2, padding=1), activation_layer(activation),
+            nn.Conv2d(in_channels, c1, 4, stride=2, padding=1),
+            activation_layer(activation),
+            nn.Conv2d(c1, c2, 4, stride=2, padding=1),
+            activation_layer(activation),
             nn.Flatten(),
         )
         self.body = mlp([c2 * (height // 4) * (width // 4) + cond_dim, hidden_dim], activation)
@@ -104,14 +108,17 @@ class ConvEncoder(nn.Module):
 class ConvDecoder(nn.Module):
     """z (B, D) [+ c] -> MLP -> 64x7x7 -> two stride-2 transposed convolutions -> (B, C, 28, 28)."""
 
-    def __init__(self, image_shape, latent_dim: int, cond_dim: int = 0, channels=(32, 64), hidden_dim=256, activation="ReLU"):
+    def __init__(
+        self, image_shape, latent_dim: int, cond_dim: int = 0, channels=(32, 64), hidden_dim=256, activation="ReLU"
+    ):
         super().__init__()
         out_channels, height, width = image_shape
         c1, c2 = channels
         self.grid = (c2, height // 4, width // 4)
         self.body = mlp([latent_dim + cond_dim, hidden_dim, math.prod(self.grid)], activation)
         self.deconv = nn.Sequential(
-            nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1), activation_layer(activation),
+            nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1),
+            activation_layer(activation),
             nn.ConvTranspose2d(c1, out_channels, 4, stride=2, padding=1),
         )
 
@@ -133,8 +140,8 @@ class MaskedConv2d(nn.Conv2d):
         super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
         centre = kernel_size // 2
         weight_mask = torch.ones_like(self.weight)
-        weight_mask[:, :, centre, centre + (mask == "B"):] = 0
-        weight_mask[:, :, centre + 1:] = 0
+        weight_mask[:, :, centre, centre + (mask == "B") :] = 0
+        weight_mask[:, :, centre + 1 :] = 0
         self.register_buffer("weight_mask", weight_mask)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -82,7 +82,8 @@ class GaussianLikelihood(nn.Module):
         return Independent(Normal(torch.sigmoid(decoder_output), scale, validate_args=False), event_dims)
 
     def log_prob(self, x: torch.Tensor, decoder_output: torch.Tensor) -> torch.Tensor:
-        """x (B, C, H, W), decoder_output (..., B, C, H, W) -> log p(x | z) (..., B) in nats (x broadcasts, no copies)."""
+        """x (B, C, H, W), decoder_output (..., B, C, H, W) -> log p(x | z) (..., B) in nats
+        (x broadcasts, no copies)."""
         return self.distribution(decoder_output, x.dim() - 1).log_prob(x)
 
     def image(self, decoder_output: torch.Tensor) -> torch.Tensor:
@@ -107,8 +108,9 @@ class LocalAutoregressiveBernoulli(nn.Module):
         super().__init__()
         if channels < 1:
             raise ConfigError(f"loss.channels must be >= 1, got {channels}")
-        self.context_net = nn.Sequential(MaskedConv2d(1, channels, kernel_size, "A"), nn.ReLU(),
-                                         MaskedConv2d(channels, channels, 3, "B"))
+        self.context_net = nn.Sequential(
+            MaskedConv2d(1, channels, kernel_size, "A"), nn.ReLU(), MaskedConv2d(channels, channels, 3, "B")
+        )
         self.from_base = nn.Conv2d(1, channels, 3, padding=1)
         self.head = nn.Conv2d(channels, 1, 1)
         self.rows_above = kernel_size // 2 + 1
@@ -129,7 +131,7 @@ class LocalAutoregressiveBernoulli(nn.Module):
         base = decoder_output.reshape(-1, *shape[-3:])
         step = max(batch, block // batch * batch)  # whole copies of the batch, aligned with the context
         context = context.repeat(min(step, len(base)) // batch, 1, 1, 1)
-        blocks = [part + self.head(F.relu(self.from_base(part) + context[:len(part)])) for part in base.split(step)]
+        blocks = [part + self.head(F.relu(self.from_base(part) + context[: len(part)])) for part in base.split(step)]
         return torch.cat(blocks).view(shape)
 
     def log_prob(self, x: torch.Tensor, decoder_output: torch.Tensor) -> torch.Tensor:
@@ -148,7 +150,7 @@ class LocalAutoregressiveBernoulli(nn.Module):
         for row in range(height):
             top = max(0, row - self.rows_above)
             for col in range(width):
-                context = self.context(x[..., top:row + 1, :])[..., -1, :]  # (B, channels, W)
+                context = self.context(x[..., top : row + 1, :])[..., -1, :]  # (B, channels, W)
                 hidden = F.relu(from_base[..., row, :] + context)
                 logit = decoder_output[..., 0, row, col] + self.head(hidden.unsqueeze(-2))[..., 0, 0, col]
                 probs[..., 0, row, col] = torch.sigmoid(logit)
@@ -205,8 +207,15 @@ class Objective(nn.Module):
         """beta * schedule(step): a Python float, no device sync."""
         return self.beta * self.schedule(step)
 
-    def forward(self, x: torch.Tensor, decoder_output: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor, step: int,
-                z: torch.Tensor | None = None) -> dict:
+    def forward(
+        self,
+        x: torch.Tensor,
+        decoder_output: torch.Tensor,
+        mean: torch.Tensor,
+        logvar: torch.Tensor,
+        step: int,
+        z: torch.Tensor | None = None,
+    ) -> dict:
         """x (B, C, H, W), decoder_output (B, C, H, W), mean, logvar (B, D) -> dict of scalar tensors (nats per
         image) and floats. With k = importance_samples > 1: decoder_output (k, B, C, H, W) and the codes z
         (k, B, D) they were decoded from; recon is then the mean over the k samples.
@@ -231,8 +240,9 @@ class Objective(nn.Module):
             terms["beta"] = weight
         return terms
 
-    def importance_weighted(self, log_px_z: torch.Tensor, z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor,
-                            step: int) -> dict:
+    def importance_weighted(
+        self, log_px_z: torch.Tensor, z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor, step: int
+    ) -> dict:
         """log p(x | z_i) (k, B), z (k, B, D), mean, logvar (B, D) -> loss (minus the IWAE bound on the
         beta_t-weighted weights), iwae (the bound at beta = 1), beta: batch means, nats per image."""
         k = log_px_z.shape[0]
@@ -240,7 +250,9 @@ class Objective(nn.Module):
         if self.dreg:  # q's parameters reach the loss only through z
             posterior = Normal(posterior.loc.detach(), posterior.scale.detach(), validate_args=False)
         z32 = z.float()
-        log_ratio = (-0.5 * (z32.square() + LOG_2PI)).sum(-1) - posterior.log_prob(z32).sum(-1)  # log p(z) - log q(z | x)
+        log_ratio = (-0.5 * (z32.square() + LOG_2PI)).sum(-1) - posterior.log_prob(z32).sum(
+            -1
+        )  # log p(z) - log q(z | x)
         weight = self.kl_weight(step)
         log_w = log_px_z + weight * log_ratio
         bound = torch.logsumexp(log_w, 0) - math.log(k)

@@ -59,7 +59,9 @@ def class_samples(module, per_class: int, generator: torch.Generator) -> torch.T
     return make_grid(module.generate(z, labels), nrow=per_class, **GRID)
 
 
-def dimensions_by_kl(kl_per_dim: torch.Tensor | list[float] | None, latent_dim: int, limit: int | None = None) -> list[int]:
+def dimensions_by_kl(
+    kl_per_dim: torch.Tensor | list[float] | None, latent_dim: int, limit: int | None = None
+) -> list[int]:
     """Latent dimensions sorted by KL (nats), largest first; in index order when KL is unknown."""
     if kl_per_dim is None or len(kl_per_dim) != latent_dim:
         order = list(range(latent_dim))
@@ -69,8 +71,15 @@ def dimensions_by_kl(kl_per_dim: torch.Tensor | list[float] | None, latent_dim: 
 
 
 @torch.no_grad()
-def traversals(module, x: torch.Tensor, y: torch.Tensor | None, kl_per_dim=None, steps: int = 9,
-               span: float = 3.0, max_dims: int | None = 10) -> torch.Tensor:
+def traversals(
+    module,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    kl_per_dim=None,
+    steps: int = 9,
+    span: float = 3.0,
+    max_dims: int | None = 10,
+) -> torch.Tensor:
     """x (1, C, H, W): rows = latent dims by decreasing KL (at most max_dims), columns = steps values
     of that dimension from -span to +span around the posterior mean of x, the other dims fixed."""
     mean, _ = module.vae.encode(x, y)
@@ -78,14 +87,15 @@ def traversals(module, x: torch.Tensor, y: torch.Tensor | None, kl_per_dim=None,
     values = torch.linspace(-span, span, steps, device=mean.device)
     z = mean.repeat(len(dims) * steps, 1)
     for row, dim in enumerate(dims):
-        z[row * steps:(row + 1) * steps, dim] = values
+        z[row * steps : (row + 1) * steps, dim] = values
     labels = y.repeat(len(z)) if y is not None and module.vae.conditional else None
     return make_grid(module.generate(z, labels), nrow=steps, **GRID)
 
 
 @torch.no_grad()
-def interpolations(module, x_start: torch.Tensor, x_end: torch.Tensor, y_start: torch.Tensor | None = None,
-                   steps: int = 10) -> torch.Tensor:
+def interpolations(
+    module, x_start: torch.Tensor, x_end: torch.Tensor, y_start: torch.Tensor | None = None, steps: int = 10
+) -> torch.Tensor:
     """x_start, x_end (P, C, H, W): one row per pair, steps images along the line between the
     posterior means. A CVAE decodes the whole row with the start image's label."""
     conditional = module.vae.conditional
@@ -104,8 +114,15 @@ def manifold(module, steps: int = 15) -> torch.Tensor:
     return make_grid(module.generate(z), nrow=steps, padding=0)
 
 
-def latent_scatter(mean: torch.Tensor, labels: torch.Tensor, kl_per_dim=None, class_names=None,
-                   title: str = "posterior means", size_inches: float = 5.0, dpi: int = 100) -> torch.Tensor:
+def latent_scatter(
+    mean: torch.Tensor,
+    labels: torch.Tensor,
+    kl_per_dim=None,
+    class_names=None,
+    title: str = "posterior means",
+    size_inches: float = 5.0,
+    dpi: int = 100,
+) -> torch.Tensor:
     """mean (N, D) posterior means, labels (N,): a scatter of the two dimensions with the largest KL,
     coloured by class, as a (3, size * dpi, size * dpi) image."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -119,7 +136,11 @@ def latent_scatter(mean: torch.Tensor, labels: torch.Tensor, kl_per_dim=None, cl
     canvas = FigureCanvasAgg(fig)
     ax = fig.subplots()
     points = ax.scatter(xs, ys, c=labels, cmap="tab10", vmin=-0.5, vmax=9.5, s=4, alpha=0.7, linewidths=0)
-    kl_text = lambda d: f", KL {float(kl_per_dim[d]):.2f} nats" if kl_per_dim is not None and len(kl_per_dim) == mean.shape[1] else ""  # noqa: E731
+
+    def kl_text(dim: int) -> str:
+        known = kl_per_dim is not None and len(kl_per_dim) == mean.shape[1]
+        return f", KL {float(kl_per_dim[dim]):.2f} nats" if known else ""
+
     ax.set_xlabel(f"z[{dims[0]}] posterior mean{kl_text(dims[0])}")
     ax.set_ylabel(f"z[{dims[1]}] posterior mean{kl_text(dims[1])}" if len(dims) > 1 else "(one latent dimension)")
     ax.set_title(f"{title} ({len(mean)} images)")
@@ -135,12 +156,14 @@ def latent_scatter(mean: torch.Tensor, labels: torch.Tensor, kl_per_dim=None, cl
 
 
 @torch.no_grad()
-def encode_all(module, images: torch.Tensor, labels: torch.Tensor, batch_images: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_all(
+    module, images: torch.Tensor, labels: torch.Tensor, batch_images: int = 1000
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior means and log-variances of a whole split, batch by batch: two (N, D) tensors on the CPU."""
     means, logvars = [], []
     for start in range(0, len(images), batch_images):
-        x = images[start:start + batch_images].to(module.device)
-        y = labels[start:start + batch_images].to(module.device) if module.vae.conditional else None
+        x = images[start : start + batch_images].to(module.device)
+        y = labels[start : start + batch_images].to(module.device) if module.vae.conditional else None
         mean, logvar = module.vae.encode(x, y)
         means.append(mean.float().cpu())
         logvars.append(logvar.float().cpu())
@@ -167,7 +190,10 @@ def make_picture(module, cfg: DictConfig) -> torch.Tensor:
         return make_grid(module.sample(n, cfg.get("label"), cfg.seed), nrow=nrow, pad_value=1.0)
     if kind == "manifold":
         if vae.latent_dim != 2 or vae.conditional:
-            raise ConfigError(f"kind=manifold needs an unconditional model with latent_dim=2, this one has latent_dim={vae.latent_dim}")
+            raise ConfigError(
+                "kind=manifold needs an unconditional model with latent_dim=2, "
+                f"this one has latent_dim={vae.latent_dim}"
+            )
         return manifold(module, cfg.get("nrow") or 15)
     images, labels = pick_test_images(module, cfg, max(2 * n, cfg.scatter_images) if kind == "scatter" else 2 * n)
     y = labels if vae.conditional else None
@@ -176,8 +202,15 @@ def make_picture(module, cfg: DictConfig) -> torch.Tensor:
         return latent_scatter(mean, labels, kl_per_dimension(mean, logvar), title="test posterior means")
     if kind == "traversals":
         mean, logvar = encode_all(module, images[:1000], labels[:1000])
-        return traversals(module, images[:1], None if y is None else y[:1], kl_per_dimension(mean, logvar),
-                                 steps=cfg.steps, span=cfg.span, max_dims=n)
+        return traversals(
+            module,
+            images[:1],
+            None if y is None else y[:1],
+            kl_per_dimension(mean, logvar),
+            steps=cfg.steps,
+            span=cfg.span,
+            max_dims=n,
+        )
     if len(images) < 2 * n:
         raise ConfigError(f"n={n} interpolation pairs need {2 * n} test images, the split has {len(images)}")
-    return interpolations(module, images[:n], images[n:2 * n], None if y is None else y[:n], steps=cfg.steps)
+    return interpolations(module, images[:n], images[n : 2 * n], None if y is None else y[:n], steps=cfg.steps)

@@ -62,8 +62,9 @@ class FolderLock:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             handle.close()
-            raise FolderInUseError(f"{self.what} {self.folder} is in use by {holder}; wait for it to end or use another "
-                            "folder") from None
+            raise FolderInUseError(
+                f"{self.what} {self.folder} is in use by {holder}; wait for it to end or use another folder"
+            ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"process {os.getpid()} on {socket.gethostname()} (since {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
@@ -177,8 +178,10 @@ def config_to_resume(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Di
         else:
             value = OmegaConf.select(cfg, key, default=_MISSING, throw_on_resolution_failure=False)
             if value is _MISSING:
-                raise UserError(f"resume={run_dir}: the override {override.input_line!r} sets a group of keys, which "
-                                "a resumed run cannot take; give each key to change (e.g. trainer.max_epochs=20)")
+                raise UserError(
+                    f"resume={run_dir}: the override {override.input_line!r} sets a group of keys, which "
+                    "a resumed run cannot take; give each key to change (e.g. trainer.max_epochs=20)"
+                )
             OmegaConf.update(resumed, key, value, merge=False, force_add=True)
         given.append(override.input_line)
     resumed.resume, resumed.ckpt_path = str(run_dir), None
@@ -211,14 +214,18 @@ def plan_start(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: b
         if not has_run:
             return cfg
         if multirun and saved_overrides(run_dir) not in (None, list(overrides)):
-            raise UserError(f"sweep job folder {run_dir} holds a job with other overrides "
-                            f"({' '.join(saved_overrides(run_dir) or [])}); use another hydra.sweep.dir")
+            raise UserError(
+                f"sweep job folder {run_dir} holds a job with other overrides "
+                f"({' '.join(saved_overrides(run_dir) or [])}); use another hydra.sweep.dir"
+            )
         if not (run_dir / "checkpoints" / "last.ckpt").is_file():
             return cfg  # stopped before its first checkpoint: start it again
         resume = str(run_dir)
     elif not resume and has_run:
-        raise UserError(f"run folder {run_dir} holds a run already: continue it with resume={run_dir}, "
-                        "or choose another hydra.run.dir")
+        raise UserError(
+            f"run folder {run_dir} holds a run already: continue it with resume={run_dir}, "
+            "or choose another hydra.run.dir"
+        )
     return config_to_resume(cfg, Path(resume), overrides) if resume else cfg
 
 
@@ -240,4 +247,3 @@ def remove_if_empty(run_dir: str | Path) -> None:
             if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == run_dir.resolve():
                 handler.close()
         shutil.rmtree(run_dir, ignore_errors=True)
-

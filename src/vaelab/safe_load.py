@@ -50,8 +50,10 @@ def check_bounded(data, source: str) -> None:
         value, depth = stack.pop()
         count += 1
         if count > MAX_VALUES or depth > MAX_DEPTH:
-            raise UserError(f"{source} is refused: its structure is larger than {MAX_VALUES:,} values or deeper than "
-                            f"{MAX_DEPTH} levels (shared references are counted each time they are reached)")
+            raise UserError(
+                f"{source} is refused: its structure is larger than {MAX_VALUES:,} values or deeper than "
+                f"{MAX_DEPTH} levels (shared references are counted each time they are reached)"
+            )
         if isinstance(value, dict):
             stack.extend((item, depth + 1) for pair in value.items() for item in pair)
         elif isinstance(value, list | tuple | set | frozenset):
@@ -76,8 +78,10 @@ def read_checkpoint(path: str | Path, key: str = "ckpt") -> dict:
     except Exception as error:  # noqa: BLE001 - any failure to read means the same to the user
         unsafe = re.search(r"GLOBAL ([\w.]+)", str(error))
         if unsafe:
-            raise CheckpointError(f"{source} is refused: it holds a pickled object ({unsafe.group(1)}), and vaelab "
-                                  "loads only tensors and plain data (weights_only=True)") from None
+            raise CheckpointError(
+                f"{source} is refused: it holds a pickled object ({unsafe.group(1)}), and vaelab "
+                "loads only tensors and plain data (weights_only=True)"
+            ) from None
         raise CheckpointError(f"{source} is not a readable checkpoint: {first_line(error)}") from None
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"{source} is not a checkpoint: it holds a {type(checkpoint).__name__}, not a dict")
@@ -93,10 +97,15 @@ def read_vaelab_checkpoint(path: str | Path, key: str = "ckpt") -> dict:
     data configs whose every ``_target_`` is on the allow-list."""
     checkpoint = read_checkpoint(path, key)
     hparams = checkpoint.get("hyper_parameters")
-    if not isinstance(checkpoint.get("state_dict"), dict) or not isinstance(hparams, dict) or not all(
-            isinstance(hparams.get(name), dict) for name in ("model", "loss", "annealing")):
-        raise CheckpointError(f"{key}={path} is not a vaelab checkpoint: it has no state_dict or no model, loss "
-                              "and annealing hyperparameters")
+    if (
+        not isinstance(checkpoint.get("state_dict"), dict)
+        or not isinstance(hparams, dict)
+        or not all(isinstance(hparams.get(name), dict) for name in ("model", "loss", "annealing"))
+    ):
+        raise CheckpointError(
+            f"{key}={path} is not a vaelab checkpoint: it has no state_dict or no model, loss "
+            "and annealing hyperparameters"
+        )
     check_targets(hparams, f"{key}={path}: hyper_parameters")
     return checkpoint
 
@@ -130,7 +139,9 @@ def load_yaml(path: Path, source: str, kind: type = dict) -> DictConfig | ListCo
     return OmegaConf.load(path)  # OmegaConf's own YAML rules (1e-3 is a float)
 
 
-ALLOWED = "vaelab classes, torch optimizers and LR schedulers, Lightning callbacks and loggers, lightning.pytorch.Trainer"
+ALLOWED = (
+    "vaelab classes, torch optimizers and LR schedulers, Lightning callbacks and loggers, lightning.pytorch.Trainer"
+)
 
 
 def defines_class(module_name: str, name: str) -> bool:
@@ -215,5 +226,6 @@ def check_targets(config, source: str) -> None:
     for key, target in find_targets(config):
         if not is_allowed(target):
             where = f"{key}._target_" if key else "_target_"
-            raise ConfigError(f"{source}: {where}={target!r} is not allowed in a config read from a file "
-                              f"(allowed: {ALLOWED})")
+            raise ConfigError(
+                f"{source}: {where}={target!r} is not allowed in a config read from a file (allowed: {ALLOWED})"
+            )

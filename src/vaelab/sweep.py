@@ -66,8 +66,12 @@ def collect(sweep_dir: Path) -> list[dict]:
     job_dirs |= {p.parent for p in sweep_dir.glob(f"*/{STATUS_FILE}")}
     for job_dir in sorted(job_dirs):
         status = read_status(job_dir) or {"status": "missing", "metrics": {}}
-        row = {"job": job_dir.name, "overrides": " ".join(saved_overrides(job_dir) or []),
-               "status": status.get("status", "missing"), "error": status.get("error") or ""}
+        row = {
+            "job": job_dir.name,
+            "overrides": " ".join(saved_overrides(job_dir) or []),
+            "status": status.get("status", "missing"),
+            "error": status.get("error") or "",
+        }
         metrics = status.get("metrics") or {}
         row.update({key: metrics.get(key, "") for key in (*SUMMARY_METRICS, *IWAE_METRICS)})
         rows.append(row)

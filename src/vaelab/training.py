@@ -85,13 +85,19 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> TrainResult:
     try:
         datamodule = instantiate_setting(cfg.data, "data")
         module = VAELitModule.from_config(cfg, datamodule)
-        module.run_record = {"commit": source_commit(), "seed": int(cfg.seed),
-                             "config": OmegaConf.to_container(cfg, resolve=True)}
+        module.run_record = {
+            "commit": source_commit(),
+            "seed": int(cfg.seed),
+            "config": OmegaConf.to_container(cfg, resolve=True),
+        }
         if cfg.get("compile"):
             module.vae.compile()  # in place: the checkpoint's parameter names stay the same
         # a callback set to null (callbacks.nan_guard=null) is off
-        callbacks = [instantiate_setting(c, f"callbacks.{name}") for name, c in (cfg.get("callbacks") or {}).items()
-                     if c is not None]
+        callbacks = [
+            instantiate_setting(c, f"callbacks.{name}")
+            for name, c in (cfg.get("callbacks") or {}).items()
+            if c is not None
+        ]
         if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a bar callback then
             callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.ProgressBar)]
         callbacks.append(FinalSummary())  # final metrics into the W&B run summary, from global rank 0

@@ -51,8 +51,10 @@ def choose_wandb_mode() -> str:
     if has_wandb_credentials():
         return "online"
     os.environ["WANDB_MODE"] = "offline"
-    log.warning("W&B: no credentials found (WANDB_API_KEY or ~/.netrc), logging offline; "
-                "sync later with `wandb sync <run>/wandb/offline-run-*`.")
+    log.warning(
+        "W&B: no credentials found (WANDB_API_KEY or ~/.netrc), logging offline; "
+        "sync later with `wandb sync <run>/wandb/offline-run-*`."
+    )
     return "offline"
 
 
@@ -186,8 +188,10 @@ def record_class():
     try:
         from wandb.proto.wandb_internal_pb2 import Record
     except ImportError as error:
-        raise RuntimeError(f"this wandb ({version('wandb')}) has no wandb.proto.wandb_internal_pb2.Record, "
-                           f"which vaelab reads offline runs with: {error}") from None
+        raise RuntimeError(
+            f"this wandb ({version('wandb')}) has no wandb.proto.wandb_internal_pb2.Record, "
+            f"which vaelab reads offline runs with: {error}"
+        ) from None
     return Record
 
 
