@@ -46,16 +46,16 @@ format: install
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info
 
-# long trainings and evaluations for the README's results table (not part of the tests)
+# long trainings and evaluations for docs/results.md (not part of the tests)
 RECIPES ?= cvae_mnist beta_vae_mnist cvae_fashion_mnist best_cpu_vae_mnist best_cpu_vae_fashion_mnist iwae_paper_vae_mnist iwae_paper_iwae_mnist iwae_paper_vae_fashion_mnist
 # statically binarized data can be memorized: these recipes are scored on their best checkpoint on val/elbo
 BEST_CKPT_RECIPES ?= static_vae_mnist
 results: install
 	$(PY) -m vaelab.classifier data=mnist
 	$(PY) -m vaelab.classifier data=fashion_mnist
-	$(PY) scripts/results.py $(RECIPES)
-	$(if $(BEST_CKPT_RECIPES),$(PY) scripts/results.py --checkpoint best --out logs/results/best_checkpoint $(BEST_CKPT_RECIPES))
+	$(PY) scripts/results.py --doc docs/results.md --block last $(RECIPES)
+	$(if $(BEST_CKPT_RECIPES),$(PY) scripts/results.py --checkpoint best --out logs/results/best_checkpoint --doc docs/results.md --block best $(BEST_CKPT_RECIPES))
 
 # speed: vaelab through Lightning vs a plain loop vs a torchvision DataLoader; NLL and start-up times
 bench: install
-	$(PY) scripts/bench.py --readme README.md $(ARGS)
+	$(PY) scripts/bench.py --doc docs/benchmarks.md $(ARGS)

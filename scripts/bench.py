@@ -1,6 +1,6 @@
 """Speed of vaelab against hand-written PyTorch, measured side by side in one process (`make bench`).
 
-    python scripts/bench.py [--epochs 2] [--out logs/bench/bench.json] [--readme README.md]
+    python scripts/bench.py [--epochs 2] [--out logs/bench/bench.json] [--doc docs/benchmarks.md]
 
 On the real MNIST training images, the 784-400-20 MLP VAE, batch 128, Adam, dynamic binarization:
   (a) vaelab: `train.py`'s own configuration (Lightning Trainer, callbacks, offline W&B logger)
@@ -17,9 +17,9 @@ On the real MNIST training images, the 784-400-20 MLP VAE, batch 128, Adam, dyna
 Images per second are counted after `--warmup` steps. It also times the importance-sampled NLL
 (k = 5000) of the IWAE-paper MLP through `vaelab.evaluation.evaluate_split` against the same
 batched computation written out by hand, and the start-up time of `python train.py --cfg job`.
-Results go to a JSON file and, with --readme, into the README between the bench markers.
+Results go to a JSON file and, with --doc, into that Markdown file between the bench markers.
 `--override KEY=VALUE` (repeatable) passes Hydra overrides to (a), e.g. `--override compile=true`;
-the README is then left alone.
+the document is then left alone.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import os
 import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks package beside this file
@@ -38,7 +37,7 @@ import torch  # noqa: E402
 from benchmarks import BATCH  # noqa: E402
 from benchmarks.nll import bench_nll  # noqa: E402
 from benchmarks.plain import bench_compute_floor, bench_plain, bench_torchvision  # noqa: E402
-from benchmarks.report import README_END, README_START, readme_table  # noqa: E402
+from benchmarks.report import TABLE_END, TABLE_START, markdown_table  # noqa: E402
 from benchmarks.through_vaelab import (  # noqa: E402
     bench_lightning,
     bench_lockstep,
@@ -46,6 +45,7 @@ from benchmarks.through_vaelab import (  # noqa: E402
     compose_train_config,
 )
 
+from vaelab.checkpointing import source_commit  # noqa: E402
 from vaelab.errors import one_line_errors  # noqa: E402
 
 
@@ -63,13 +63,13 @@ def main() -> None:
         type=Path,
         help="the JSON file (default: logs/bench/bench.json, or logs/bench/bench-<overrides>.json with --override)",
     )
-    parser.add_argument("--readme", type=Path, help="replace the table between the bench markers in this file")
+    parser.add_argument("--doc", type=Path, help="replace the table between the bench markers in this Markdown file")
     parser.add_argument(
         "--override",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a Hydra override for (a), e.g. compile=true (repeatable; the README is then left alone)",
+        help="a Hydra override for (a), e.g. compile=true (repeatable; --doc is then left alone)",
     )
     args = parser.parse_args()
     if args.out is None:
@@ -102,7 +102,7 @@ def measure(args: argparse.Namespace) -> None:
         if not args.override
         else "python scripts/bench.py " + " ".join(f"--override {o}" for o in args.override),
         "overrides": args.override,
-        "date": time.strftime("%Y-%m-%d"),
+        "commit": source_commit() or "not a git checkout",
         "machine": f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads",
         "training": {
@@ -134,18 +134,18 @@ def measure(args: argparse.Namespace) -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
-    table = readme_table(results)
+    table = markdown_table(results)
     print(table)
     print(f"wrote {args.out}")
-    if args.readme and args.override:
-        print(f"{args.readme} left alone: its table is of train.py's own config, without overrides")
-    elif args.readme:
-        text = args.readme.read_text()
-        if README_START not in text or README_END not in text:
-            raise SystemExit(f"error: {args.readme} has no {README_START} ... {README_END} block")
-        head, rest = text.split(README_START, 1)
-        args.readme.write_text(head + table + rest.split(README_END, 1)[1])
-        print(f"updated {args.readme}")
+    if args.doc and args.override:
+        print(f"{args.doc} left alone: its table is of train.py's own config, without overrides")
+    elif args.doc:
+        text = args.doc.read_text()
+        if TABLE_START not in text or TABLE_END not in text:
+            raise SystemExit(f"error: {args.doc} has no {TABLE_START} ... {TABLE_END} block")
+        head, rest = text.split(TABLE_START, 1)
+        args.doc.write_text(head + table + rest.split(TABLE_END, 1)[1])
+        print(f"updated {args.doc}")
 
 
 if __name__ == "__main__":

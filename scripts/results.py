@@ -1,4 +1,4 @@
-"""Train and evaluate the named recipes, and write the README's results table.
+"""Train and evaluate the named recipes, and write their results table.
 
     python scripts/results.py cvae_mnist beta_vae_mnist      # or: make results RECIPES="..."
     python scripts/results.py --k 5000 --epochs 5 cvae_mnist  # shorter runs
@@ -7,7 +7,8 @@
 
 Each recipe runs as `python train.py experiment=<name>` in logs/results/<name>/, then
 `python -m vaelab.evaluate ckpt=<run>/checkpoints/last.ckpt k=<k>` (or the best checkpoint); the table goes to
-logs/results/results.md with the exact commands and wall times.
+logs/results/results.md with the exact commands and wall times, and with --doc into that Markdown
+file between the markers <!-- results:<block>:start --> and <!-- results:<block>:end -->.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ def main() -> None:
         default="last",
         help="score the last checkpoint, or the best one on the validation ELBO",
     )
+    parser.add_argument("--doc", type=Path, help="also replace the table between this file's results markers")
+    parser.add_argument("--block", default="last", help="which results block of --doc (default: last)")
     args = parser.parse_args()
     args.out = args.out.resolve()  # the commands run in the source tree
     rows = []
@@ -88,10 +91,39 @@ def main() -> None:
             f"{r['test/elbo']:.2f} | {r['test/active_units']} | {'' if accuracy is None else f'{accuracy:.2%}'} | "
             f"{train_s / 60:.1f} min | {eval_s / 60:.1f} min |"
         )
-    lines.append(f"\nMachine: {machine}. Nats per image on the {rows[0][2].get('data', '')} test split.")
+    lines.append(
+        f"\nNats per image on the {rows[0][2].get('data', '')} test split. Measured by `python scripts/results.py` on "
+        f"{machine}, torch {torch_version()}, vaelab {source_commit() or 'not a git checkout'}."
+    )
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    table = "\n".join(lines)
+    (args.out / "results.md").write_text(table + "\n")
+    print(table)
+    if args.doc:
+        replace_block(args.doc, args.block, table)
+        print(f"updated {args.doc}")
+
+
+def torch_version() -> str:
+    from importlib.metadata import version
+
+    return version("torch")
+
+
+def source_commit() -> str | None:
+    from vaelab.checkpointing import source_commit as commit
+
+    return commit()
+
+
+def replace_block(doc: Path, block: str, table: str) -> None:
+    """Put table between doc's <!-- results:<block>:start --> and <!-- results:<block>:end --> markers."""
+    start, end = f"<!-- results:{block}:start -->", f"<!-- results:{block}:end -->"
+    text = doc.read_text()
+    if start not in text or end not in text:
+        raise SystemExit(f"error: {doc} has no {start} ... {end} block")
+    head, rest = text.split(start, 1)
+    doc.write_text(f"{head}{start}\n{table}\n{end}{rest.split(end, 1)[1]}")
 
 
 if __name__ == "__main__":

@@ -1,27 +1,16 @@
-"""The README table of a bench result (between the bench markers)."""
+"""The Markdown table of a bench result, written into docs/benchmarks.md between the bench markers."""
 
 from __future__ import annotations
 
-README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
+TABLE_START, TABLE_END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
-def readme_table(results: dict) -> str:
+def markdown_table(results: dict) -> str:
+    """The table of images per second, the ratios under it, and one line saying where it was measured."""
     t, step, nll = results["training"], results["lockstep"], results["nll"]
-    floor, five_c = t["compute_floor"], 5 * t["torchvision_loader"]
-    reach = (
-        f"5 × (c) = {five_c:,.0f} images/s is beyond the floor itself: out of reach for any implementation here"
-        if floor < five_c
-        else f"5 × (c) = {five_c:,.0f} images/s needs a step that takes at most {floor / five_c:.2f} × the floor's "
-        f"time; the hand-written loop (b') takes {floor / t['plain_loop_fused_adam']:.1f} × and is itself "
-        f"{t['plain_loop_fused_adam'] / t['torchvision_loader']:.1f} × (c)"
-    )
     a_label = "(a) vaelab through Lightning, `train.py`'s config" + "".join(f" `{o}`" for o in results["overrides"])
     lines = [
-        README_START,
-        f"Measured by `{results['command']}` on {results['machine']} ({results['date']}). Lockstep: one step of (a), "
-        f"(b) and (b') in turn for {step['epochs']} epochs, so that all three see the same machine; alone: the best "
-        f"of {len(t['runs']['a'])} interleaved runs of each.",
-        "",
+        TABLE_START,
         "| what | images/s, lockstep | images/s, alone |",
         "|---|---|---|",
         f"| {a_label} | {step['a']:,.0f} | {t['vaelab_lightning']:,.0f} |",
@@ -35,14 +24,18 @@ def readme_table(results: dict) -> str:
         f"{nll['vaelab_images_per_second']:.1f} |",
         f"| NLL, the same computation as a bare loop | | {nll['bare_images_per_second']:.1f} |",
         "",
-        f"- (a)/(b) = **{step['a_over_b']:.2f}** in lockstep, {t['a_over_b']:.2f} alone (target ≥ 0.9).",
+        f"- (a)/(b) = **{step['a_over_b']:.2f}** in lockstep, {t['a_over_b']:.2f} alone.",
         f"- (a)/(b') = **{step['a_over_b_fused']:.2f}** in lockstep, {t['a_over_b_fused']:.2f} alone: Lightning, "
         f"vaelab's model code and callbacks add {step['overhead_ms_per_step']:.1f} ms to the plain loop's "
         f"{step['plain_ms_per_step']:.1f} ms step.",
-        f"- (a)/(c) = **{t['a_over_c']:.1f}** (alone; target ≥ 5). No implementation of this float32 step is "
-        f"faster than the floor; {reach}.",
-        f"- NLL: vaelab's time ÷ the bare loop's = **{nll['time_ratio_vaelab_over_bare']:.2f}** (target ≤ 1.3).",
-        f"- `python train.py --cfg job`: **{results['startup_seconds']:.2f} s** (median of 5; target < 1.5 s).",
-        README_END,
+        f"- (a)/(c) = **{t['a_over_c']:.1f}** alone; the hand-written loop (b') runs at "
+        f"{t['plain_loop_fused_adam'] / t['compute_floor']:.0%} of the floor.",
+        f"- NLL: vaelab's time ÷ the bare loop's = **{nll['time_ratio_vaelab_over_bare']:.2f}**.",
+        f"- `python train.py --cfg job`: **{results['startup_seconds']:.2f} s** (median of 5).",
+        "",
+        f"Measured by `{results['command']}` on {results['machine']}, vaelab {results['commit']}; lockstep: one step "
+        f"of (a), (b) and (b') in turn for {step['epochs']} epochs; alone: the best of {len(t['runs']['a'])} "
+        "interleaved runs of each.",
+        TABLE_END,
     ]
     return "\n".join(lines)

@@ -146,9 +146,9 @@ def draw_bits(probs: torch.Tensor) -> torch.Tensor:
     """x ~ Bernoulli(probs), elementwise, with the global RNG: same shape and dtype, values {0, 1}.
 
     On the CPU each pixel gets 16 random bits (see ``bits_from_noise``), four pixels to one
-    64-bit draw of torch's Mersenne twister: 0.18 ms for a batch of 128 images on a 2-core CPU,
-    against 0.38 ms for ``torch.rand_like(p) < p`` and 1.2 ms for ``torch.bernoulli`` (README
-    "Speed"). On a GPU, where random numbers cost next to nothing, it is ``rand_like(p) < p``."""
+    64-bit draw of torch's Mersenne twister, a quarter of the generator calls of
+    ``torch.rand_like(p) < p`` (timings: docs/benchmarks.md). On a GPU, where random numbers cost
+    next to nothing, it is ``rand_like(p) < p``."""
     if probs.device.type != "cpu":
         return (torch.rand_like(probs) < probs).to(probs.dtype)
     n = probs.numel()

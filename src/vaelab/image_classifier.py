@@ -3,8 +3,8 @@
 It reads the grey-level images (never binarized) of the same IDX files, trains with a plain
 PyTorch loop over in-memory tensors, and is cached with its test accuracy at
 ``<log_dir>/classifiers/<data>.pt`` (``vaelab-classifier``). Its 128-d penultimate layer is the
-feature space for a Fréchet distance (``classifier_fid``), since Inception weights cannot be
-downloaded here.
+feature space for a Fréchet distance (``classifier_fid``): it needs no Inception weights to be
+downloaded, and its FIDs do not compare with Inception FIDs.
 """
 
 from __future__ import annotations

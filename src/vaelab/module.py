@@ -30,9 +30,8 @@ def skip_nvml_cuda_probe() -> None:
 
     Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 so that asking whether CUDA is there never
     initializes CUDA before a fork. torch's optimizers ask once per step, and where there is no
-    GPU each NVML probe tries to load the NVML library again: about 0.1 ms per call, and 1-14%
-    slower training of the 784-400-20 MLP on a 2-core CPU (measured, README "Speed"). With no
-    GPU there is no CUDA to keep uninitialized, so the flag is turned off; with one, it stays."""
+    GPU each NVML probe tries to load the NVML library again (its cost: docs/benchmarks.md). With
+    no GPU there is no CUDA to keep uninitialized, so the flag is turned off; with one, it stays."""
     if os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") == "1" and not torch.cuda.is_available():
         os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "0"
 
@@ -151,9 +150,9 @@ class VAELitModule(L.LightningModule):
     def _logging_step(self) -> bool:
         """True on the training steps whose metrics the loggers write (every trainer.log_every_n_steps).
 
-        Each ``self.log`` costs Lightning about a millisecond of Python; logging the terms only
-        on these steps loses nothing (train/ metrics are per step, not epoch means) and keeps
-        the training step close to a hand-written loop's speed."""
+        Each ``self.log`` runs a good deal of Lightning's Python; logging the terms only on these
+        steps loses nothing (train/ metrics are per step, not epoch means) and keeps the training
+        step close to a hand-written loop's speed."""
         return self._trainer is None or lightning_logs_this_step(self._trainer)
 
     def training_step(self, batch, batch_idx):

@@ -49,8 +49,8 @@ class BernoulliLikelihood(nn.Module):
         """x (B, C, H, W), decoder_output (..., B, C, H, W) -> log p(x | z) (..., B) in nats (x broadcasts, no copies).
 
         Equal to ``self.distribution(decoder_output).log_prob(x)``, computed as torch's fused binary
-        cross-entropy with logits: the distribution's broadcasting and negation cost another
-        0.1 ms per training step at batch 128 on a CPU, forward and backward (README "Speed")."""
+        cross-entropy with logits, which skips the distribution object's broadcasting and negation
+        (timings: docs/benchmarks.md)."""
         return bernoulli_log_prob(x, decoder_output)
 
     def image(self, decoder_output: torch.Tensor) -> torch.Tensor:
