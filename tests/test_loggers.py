@@ -55,3 +55,40 @@ def test_the_private_apis_vaelab_relies_on_are_there(tmp_path):
     writer.metrics_keys = None
     with pytest.raises(RuntimeError, match="has no metrics_keys list"):
         restore_csv_rows(writer, ["step"], [])
+
+
+def test_tensorboard_holds_the_curves_the_panels_and_the_hparams_with_final_metrics(tmp_path, data_root):
+    pytest.importorskip("tensorboard", reason="pip install 'vaelab[tensorboard]'")
+    from helpers import FAST, compose
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    from vaelab.training import train
+
+    overrides = [
+        *FAST,
+        "logger=tensorboard",
+        "trainer.max_epochs=2",
+        "model.beta=2",
+        "model.latent_dim=3",
+        "callbacks.sample_grids.scatter_images=40",
+    ]
+    metrics = train(compose(overrides, output_dir=tmp_path, data_root=data_root)).metrics
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    scalars, images = set(events.Tags()["scalars"]), set(events.Tags()["images"])
+    assert {"train/loss", "train/elbo", "val/elbo", "val/kl", "test/elbo", "final/test/elbo"} <= scalars
+    assert {"images/reconstructions", "images/samples", "images/traversals", "images/latent_scatter"} <= images
+    assert len(events.Images("images/samples")) == 2  # one per epoch
+    assert events.Scalars("final/test/elbo")[-1].value == pytest.approx(metrics["test/elbo"], rel=1e-6)
+    content = events.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["model.beta"].number_value == 2.0 and start.hparams["model.latent_dim"].number_value == 3
+    assert start.hparams["loss._target_"].string_value == "BernoulliLikelihood"
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert {"final/test/elbo", "final/val/active_units"} <= {m.name.tag for m in experiment.metric_infos}
+    from vaelab.comparison import read_run  # vaelab-compare reads the TensorBoard run's curves
+
+    run = read_run(tmp_path)
+    assert run.curve_source == "tensorboard" and run.beta == 2.0
+    assert [row["epoch"] for row in run.history if "val/elbo" in row] == [0, 1]

@@ -123,7 +123,7 @@ class ImagePanels(L.Callback):
             pl_module.train(was_training)
         for name, grid in images.items():
             path = self.save(name, grid, trainer)
-            self.log_image(trainer, name, path)
+            self.log_image(trainer, name, path, grid)
 
     @torch.no_grad()
     def make_panels(self, pl_module, datamodule, wanted: set[str] | None = None) -> dict[str, torch.Tensor]:
@@ -192,9 +192,14 @@ class ImagePanels(L.Callback):
         save_image(grid, path)
         return path
 
-    def log_image(self, trainer: L.Trainer, name: str, path: Path) -> None:
+    def log_image(self, trainer: L.Trainer, name: str, path: Path, grid: torch.Tensor) -> None:
+        """The panel to every logger that takes images: W&B from its PNG, TensorBoard as a (3, H, W) tensor."""
+        from lightning.pytorch.loggers import TensorBoardLogger
+
         for logger in trainer.loggers:
-            if hasattr(logger, "log_image"):
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image(f"images/{name}", grid.clamp(0, 1), global_step=trainer.global_step)
+            elif hasattr(logger, "log_image"):
                 logger.log_image(
                     key=f"images/{name}",
                     images=[str(path)],

@@ -2,7 +2,7 @@
 
 PATH is a run folder (it has ``.hydra/config.yaml``) or any folder above run folders, such as a
 multirun folder. For each run it reads the config, ``status.json`` (final metrics), the
-training curves from the CSV logger (``csv/metrics.csv``) or else the offline W&B run, and
+training curves from the CSV logger (``csv/metrics.csv``), else the offline W&B run, else TensorBoard's, and
 ``checkpoints/*.eval.json`` (importance-sampled NLL) when ``vaelab-eval`` has been run. It writes:
 
 - ``runs.csv`` and ``runs.md``: one row per run, final metrics in nats per image;
@@ -91,6 +91,25 @@ def read_csv_history(folder: Path) -> list[dict]:
         return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(handle)]
 
 
+def read_tensorboard_history(folder: Path) -> list[dict]:
+    """History rows ("step" and the scalars logged at it) of the TensorBoard run in
+    ``<folder>/tensorboard``; [] without one, or without the tensorboard package."""
+    if not (folder / "tensorboard").is_dir():
+        return []
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    except ImportError:
+        return []
+    events = EventAccumulator(str(folder / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    rows: dict[int, dict] = {}
+    for tag in events.Tags()["scalars"]:
+        if not tag.startswith("final/"):  # the hparams' copies of the final metrics
+            for event in events.Scalars(tag):
+                rows.setdefault(event.step, {"step": event.step})[tag] = event.value
+    return [rows[step] for step in sorted(rows)]
+
+
 def read_run(folder: Path) -> Run:
     """One run folder, read as data (bounded YAML, nothing instantiated)."""
     from vaelab.safe_load import load_yaml
@@ -120,6 +139,9 @@ def read_run(folder: Path) -> Run:
         for key, value in summary.items():
             if isinstance(value, (int, float)):
                 run.metrics.setdefault(key, value)
+    if not run.history:
+        run.history = read_tensorboard_history(folder)
+        run.curve_source = "tensorboard" if run.history else ""
     last_logged = {}
     for row in run.history:
         last_logged.update({k: v for k, v in row.items() if "/" in k and not k.startswith("trainer/")})

@@ -82,3 +82,48 @@ def restore_csv_rows(writer, header: list[str], rows: list[dict]) -> None:
         table.writeheader()
         table.writerows(rows)
     writer.metrics_keys = sorted(header)
+
+
+# the settings a sweep varies, as TensorBoard's HPARAMS tab shows them beside the final metrics
+HPARAM_KEYS = (
+    "model.name",
+    "model.latent_dim",
+    "model.beta",
+    "model.conditional",
+    "model.free_bits",
+    "model.importance_samples",
+    "data.name",
+    "data.binarize",
+    "loss._target_",
+    "annealing._target_",
+    "seed",
+)
+FINAL_METRICS = (
+    "test/elbo",
+    "test/recon",
+    "test/kl",
+    "val/elbo",
+    "val/recon",
+    "val/kl",
+    "val/active_units",
+    "val/mutual_info",
+    "test/iwae",
+    "val/iwae",
+)
+
+
+def log_final_hparams(loggers, cfg: DictConfig, metrics: dict[str, float]) -> None:
+    """Give every TensorBoard logger the run's settings with its final metrics, once, when the run
+    ends: TensorBoard's HPARAMS tab then compares a sweep's runs as a table, parallel coordinates
+    and a scatter matrix. The metrics are logged as ``final/<name>`` at step 0, beside the curves."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    params = {}
+    for key in HPARAM_KEYS:
+        value = OmegaConf.select(cfg, key)
+        params[key] = value.rsplit(".", 1)[-1] if key.endswith("_target_") and isinstance(value, str) else value
+    final = {f"final/{name}": metrics[name] for name in FINAL_METRICS if name in metrics}
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger) and final:
+            logger.log_hyperparams(params, metrics=final)
+            logger.experiment.flush()

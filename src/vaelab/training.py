@@ -68,7 +68,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> TrainResult:
     from vaelab.callbacks import FinalSummary
     from vaelab.checkpointing import RemoveStaleCheckpoints, check_fits, source_commit
     from vaelab.config import instantiate_setting
-    from vaelab.loggers import build_loggers
+    from vaelab.loggers import build_loggers, log_final_hparams
     from vaelab.module import VAELitModule
     from vaelab.safe_load import read_vaelab_checkpoint
     from vaelab.wandb_run import finish_wandb
@@ -126,6 +126,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> TrainResult:
         if cfg.get("test", True):
             trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+        if trainer.is_global_zero:
+            log_final_hparams(trainer.loggers, cfg, metrics)
         run_dir = Path(cfg.paths.output_dir)
         last = run_dir / "checkpoints" / "last.ckpt"
         return TrainResult(metrics, run_dir, Path(best) if best else None, last if last.is_file() else None)
