@@ -65,3 +65,57 @@ def test_prior_quantile_grid_is_ordered():
     assert grid.shape == (25, 2)
     assert torch.all(grid[:5, 0].diff() > 0) and torch.all(grid[::5, 1].diff() < 0)
     assert instantiate({"_target_": "vaelab.callbacks.CollapseMonitor"}).min_kl == 0.1
+
+
+@pytest.mark.parametrize("log_every", [1, 3])
+def test_switched_on_throughput_logs_images_per_second_on_logging_steps(log_every, tmp_path, data_root):
+    import csv
+
+    cfg = compose(
+        [
+            *FAST,
+            "logger=csv",
+            "callbacks.throughput.enabled=true",
+            "callbacks.sample_grids=null",
+            "trainer.limit_train_batches=6",
+            f"trainer.log_every_n_steps={log_every}",
+            "test=false",
+        ],
+        output_dir=tmp_path,
+        data_root=data_root,
+    )
+    train(cfg)
+    with open(tmp_path / "csv" / "metrics.csv", newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("train/images_per_second")]
+    assert len(rows) == 6 // log_every
+    assert all(float(row["train/images_per_second"]) > 0 for row in rows)
+
+
+def test_switched_on_early_stopping_stops(tmp_path, data_root):
+    cfg = compose(
+        [
+            *FAST,
+            "logger=none",
+            "callbacks.early_stopping.enabled=true",
+            "callbacks.early_stopping.patience=1",
+            "callbacks.early_stopping.min_delta=1e9",
+            "callbacks.sample_grids=null",
+            "trainer.max_epochs=5",
+            "test=false",
+        ],
+        output_dir=tmp_path,
+        data_root=data_root,
+    )
+    metrics = train(cfg).metrics  # no validation improves val/elbo by 1e9 nats: stops after 2 epochs
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
+    assert "val/elbo" in metrics
+
+
+def test_callbacks_that_are_off_are_not_built(tmp_path):
+    from vaelab.training import switched_on
+
+    names = [name for name, _ in switched_on(compose([], output_dir=tmp_path).callbacks)]
+    assert "early_stopping" not in names and "throughput" not in names and "progress_bar" in names
+    rich = compose(["callbacks.rich_progress_bar.enabled=true"], output_dir=tmp_path).callbacks
+    chosen = dict(switched_on(rich))
+    assert "progress_bar" not in chosen and "enabled" not in chosen["rich_progress_bar"]

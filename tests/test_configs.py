@@ -9,6 +9,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from vaelab.module import VAELitModule
+from vaelab.training import switched_on
 
 GROUPS = [
     "data",
@@ -51,8 +52,10 @@ def test_option_composes_and_instantiates(group, option, tmp_path, data_root):
     assert module.vae.conditional == resolved["model"]["conditional"]
     for logger_cfg in (cfg.logger or {}).values():
         assert logger_cfg._target_.startswith("lightning.pytorch.loggers.")
-    for callback_cfg in (cfg.callbacks or {}).values():  # each builds the class it names, with its settings
-        callback = instantiate(callback_cfg)
+    callbacks = cfg.callbacks or {}
+    every = [(name, settings) for name, settings in callbacks.items() if settings is not None]
+    for _, callback_cfg in switched_on(OmegaConf.create({n: {**s, "enabled": True} for n, s in every})):
+        callback = instantiate(callback_cfg)  # each, switched on, builds the class it names with its settings
         assert f"{type(callback).__module__}.{type(callback).__name__}".endswith(callback_cfg._target_.split(".")[-1])
         for key, value in callback_cfg.items():
             if key != "_target_" and hasattr(callback, key) and isinstance(value, int | float | str | bool):

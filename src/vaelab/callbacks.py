@@ -308,6 +308,29 @@ class NaNGuard(L.Callback):
         return f" (last: {paths[0]})" if paths else ""
 
 
+class Throughput(L.Callback):
+    """Training images per second, logged as ``train/images_per_second`` on the steps the loggers
+    write: the images of the steps since the last logging step over their wall time. Lightning's
+    ThroughputMonitor needs a batch-size function that a YAML config cannot give, and logs under
+    its own names."""
+
+    def __init__(self):
+        self.images, self.started = 0, None
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx) -> None:
+        if self.started is None:
+            self.started = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        from vaelab.module import lightning_logs_this_step
+
+        self.images += len(batch[0])
+        if lightning_logs_this_step(trainer):
+            seconds = time.perf_counter() - self.started
+            pl_module.log("train/images_per_second", self.images / seconds, on_step=True, on_epoch=False)
+            self.images, self.started = 0, time.perf_counter()
+
+
 class FinalSummary(L.Callback):
     """Put the final metrics (nats per image), the epoch and step counts, the fit time, the best
     checkpoint and the world size into the W&B run summary, at the end of fit and of test, so

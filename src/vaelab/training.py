@@ -28,6 +28,22 @@ from vaelab.sweep import is_global_zero, write_status
 log = logging.getLogger(__name__)
 
 
+def switched_on(callbacks: DictConfig | None) -> list[tuple[str, DictConfig]]:
+    """(name, settings) of the callbacks to build: not null, not ``enabled: false`` (the key is
+    vaelab's switch, not the callback's argument); a switched-on Rich bar replaces tqdm's."""
+    chosen = []
+    for name, settings in (callbacks or {}).items():
+        if settings is None or settings.get("enabled", True) is False:
+            continue
+        if "enabled" in settings:  # resolved first: the copy has no root to resolve ${...} against
+            values = OmegaConf.to_container(settings, resolve=True)
+            settings = OmegaConf.create({key: value for key, value in values.items() if key != "enabled"})
+        chosen.append((name, settings))
+    if any(name == "rich_progress_bar" for name, _ in chosen):
+        chosen = [(name, settings) for name, settings in chosen if name != "progress_bar"]
+    return chosen
+
+
 def checkpoint_to_resume(cfg: DictConfig) -> tuple[str, Path] | None:
     """(the setting that names it, the checkpoint file) to continue from, or None for a fresh start:
     ckpt_path as given ("last": this run folder's checkpoints/last.ckpt), or
@@ -93,11 +109,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> TrainResult:
         if cfg.get("compile"):
             module.vae.compile()  # in place: the checkpoint's parameter names stay the same
         # a callback set to null (callbacks.nan_guard=null) is off
-        callbacks = [
-            instantiate_setting(c, f"callbacks.{name}")
-            for name, c in (cfg.get("callbacks") or {}).items()
-            if c is not None
-        ]
+        callbacks = [instantiate_setting(c, f"callbacks.{name}") for name, c in switched_on(cfg.get("callbacks"))]
         if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a bar callback then
             callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.ProgressBar)]
         callbacks.append(FinalSummary())  # final metrics into the W&B run summary, from global rank 0
