@@ -25,21 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vaelab.errors import first_line
-from vaelab.tables import cell, iwae_columns, write_table
+from vaelab.tables import FINAL_METRICS, cell, iwae_columns, write_table
 from vaelab.wandb_run import read_history
 
-TABLE_METRICS = (
-    "test/nll",
-    "test/elbo",
-    "test/recon",
-    "test/kl",
-    "val/elbo",
-    "val/recon",
-    "val/kl",
-    "val/active_units",
-    "val/mutual_info",
-    "time/fit_seconds",
-)
+TABLE_METRICS = ("test/nll", *FINAL_METRICS, "time/fit_seconds")
 
 
 @dataclass

@@ -14,6 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from vaelab.config import instantiate_setting
+from vaelab.tables import FINAL_METRICS, IWAE_METRICS
 from vaelab.wandb_run import WANDB_TARGET, choose_wandb_mode, define_best_metrics, run_id_in
 
 log = logging.getLogger(__name__)
@@ -98,18 +99,6 @@ HPARAM_KEYS = (
     "annealing._target_",
     "seed",
 )
-FINAL_METRICS = (
-    "test/elbo",
-    "test/recon",
-    "test/kl",
-    "val/elbo",
-    "val/recon",
-    "val/kl",
-    "val/active_units",
-    "val/mutual_info",
-    "test/iwae",
-    "val/iwae",
-)
 
 
 def log_final_hparams(loggers, cfg: DictConfig, metrics: dict[str, float]) -> None:
@@ -122,7 +111,7 @@ def log_final_hparams(loggers, cfg: DictConfig, metrics: dict[str, float]) -> No
     for key in HPARAM_KEYS:
         value = OmegaConf.select(cfg, key)
         params[key] = value.rsplit(".", 1)[-1] if key.endswith("_target_") and isinstance(value, str) else value
-    final = {f"final/{name}": metrics[name] for name in FINAL_METRICS if name in metrics}
+    final = {f"final/{name}": metrics[name] for name in (*FINAL_METRICS, *IWAE_METRICS) if name in metrics}
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger) and final:
             logger.log_hyperparams(params, metrics=final)
