@@ -20,6 +20,7 @@ from torchvision.utils import save_image
 from vaelab import panels as draw
 from vaelab.diagnostics import kl_per_dimension
 from vaelab.errors import ConfigError, NonFiniteError
+from vaelab.module import lightning_logs_this_step
 from vaelab.wandb_run import write_summaries
 
 log = logging.getLogger(__name__)
@@ -322,8 +323,6 @@ class Throughput(L.Callback):
             self.started = time.perf_counter()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
-        from vaelab.module import lightning_logs_this_step
-
         self.images += len(batch[0])
         if lightning_logs_this_step(trainer):
             seconds = time.perf_counter() - self.started

@@ -255,6 +255,13 @@ class VAELitModule(L.LightningModule):
         """Pixel means of p(x | z): z (B, D) -> (B, C, H, W) in [0, 1]."""
         return self.likelihood.image(self.vae.decode(z, y))
 
+    def check_label(self, label: int | None) -> None:
+        """A ConfigError unless ``label`` is None or a class this (conditional) model knows."""
+        if label is not None and not self.vae.conditional:
+            raise ConfigError(f"label={label} needs a conditional VAE checkpoint (model=cvae)")
+        if label is not None and not (isinstance(label, int) and 0 <= label < self.vae.num_classes):
+            raise ConfigError(f"label={label} is not allowed: an integer in [0, {self.vae.num_classes})")
+
     @torch.no_grad()
     def sample(self, n: int, label: int | None = None, seed: int | None = None) -> torch.Tensor:
         """Pixel means of p(x | z) for n prior draws z ~ N(0, I): (n, C, H, W) in [0, 1], on the CPU.
@@ -264,10 +271,7 @@ class VAELitModule(L.LightningModule):
         vae = self.vae
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ConfigError(f"n={n} is not allowed: an integer >= 1")
-        if label is not None and not vae.conditional:
-            raise ConfigError(f"label={label} needs a conditional VAE checkpoint (model=cvae)")
-        if label is not None and not (isinstance(label, int) and 0 <= label < vae.num_classes):
-            raise ConfigError(f"label={label} is not allowed: an integer in [0, {vae.num_classes})")
+        self.check_label(label)
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         z = torch.randn(n, vae.latent_dim, generator=generator).to(self.device)
         labels = None

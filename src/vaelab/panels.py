@@ -184,7 +184,7 @@ def make_picture(module, cfg: DictConfig) -> torch.Tensor:
     """The picture that ``cfg.kind`` asks for, as a (3, H, W) image in [0, 1]."""
     validate_sample_config(cfg)
     kind, n, vae = cfg.kind, cfg.n, module.vae
-    module.sample(1, cfg.get("label"))  # a label the model cannot take fails here, before test images load
+    module.check_label(cfg.get("label"))  # before test images load
     if kind == "samples":
         nrow = cfg.get("nrow") or max(1, round(n**0.5))
         return make_grid(module.sample(n, cfg.get("label"), cfg.seed), nrow=nrow, pad_value=1.0)
