@@ -16,7 +16,8 @@ On the real MNIST training images, the 784-400-20 MLP VAE, batch 128, Adam, dyna
       table says how fast any implementation of this step could be on the machine.
 Images per second are counted after `--warmup` steps. It also times the importance-sampled NLL
 (k = 5000) of the IWAE-paper MLP through `vaelab.evaluation.evaluate_split` against the same
-batched computation written out by hand, and the start-up time of `python train.py --cfg job`.
+batched computation written out by hand, the start-up time of `python train.py --cfg job`, and
+what the throughput callback costs per step (Lightning's SimpleProfiler, over all of its hooks).
 Results go to a JSON file and, with --doc, into that Markdown file between the bench markers.
 `--override KEY=VALUE` (repeatable) passes Hydra overrides to (a), e.g. `--override compile=true`;
 the document is then left alone.
@@ -39,6 +40,7 @@ from benchmarks.nll import bench_nll  # noqa: E402
 from benchmarks.plain import bench_compute_floor, bench_plain, bench_torchvision  # noqa: E402
 from benchmarks.report import TABLE_END, TABLE_START, markdown_table  # noqa: E402
 from benchmarks.through_vaelab import (  # noqa: E402
+    bench_callback_cost,
     bench_lightning,
     bench_lockstep,
     bench_startup,
@@ -95,6 +97,8 @@ def measure(args: argparse.Namespace) -> None:
         floor_runs.append(bench_compute_floor())
     with tempfile.TemporaryDirectory() as work:
         lockstep = bench_lockstep(images, args.data_root, args.epochs, args.warmup, Path(work), args.override)
+    with tempfile.TemporaryDirectory() as work:
+        throughput_cost = bench_callback_cost(args.data_root, 1, Path(work), "throughput", "Throughput")
     # the best of the repeats: the least disturbed by the other tenants of the machine
     a, b, bf, c = max(a_runs), max(b_runs), max(bf_runs), max(c_runs)
     results = {
@@ -128,6 +132,10 @@ def measure(args: argparse.Namespace) -> None:
             "plain_ms_per_step": 1000 * BATCH / lockstep["b_fused"],
             "overhead_ms_per_step": 1000 * BATCH * (1 / lockstep["a"] - 1 / lockstep["b_fused"]),
             "epochs": args.epochs,
+        },
+        "throughput_callback": {
+            **throughput_cost,
+            "fraction_of_lockstep_step": throughput_cost["microseconds_per_step"] / (1e6 * BATCH / lockstep["a"]),
         },
         "nll": bench_nll(args.data_root, args.nll_images, args.k),
         "startup_seconds": bench_startup(),

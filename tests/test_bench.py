@@ -45,6 +45,7 @@ def results(floor: float, overrides=()) -> dict:
         "training": training,
         "lockstep": lockstep,
         "nll": nll,
+        "throughput_callback": {"microseconds_per_step": 30.0, "fraction_of_lockstep_step": 0.0045},
         "startup_seconds": 0.3,
     }
 
@@ -56,6 +57,7 @@ def test_table_gives_the_ratios_and_where_it_was_measured():
     assert "- (a)/(b) = **0.90** in lockstep, 0.91 alone." in table
     assert "the hand-written loop (b') runs at 43% of the floor" in table
     assert table.splitlines()[-2].startswith("Measured by `make bench` on 2 CPU cores, vaelab 0123abc; lockstep")
+    assert "`callbacks.throughput`: 30 µs per step in its hooks" in table and "= **0.45%** of (a)'s step" in table
     assert "target" not in table and "2026" not in table
 
 

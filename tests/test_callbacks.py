@@ -68,14 +68,13 @@ def test_prior_quantile_grid_is_ordered():
 
 
 @pytest.mark.parametrize("log_every", [1, 3])
-def test_switched_on_throughput_logs_images_per_second_on_logging_steps(log_every, tmp_path, data_root):
+def test_throughput_logs_images_per_second_on_logging_steps(log_every, tmp_path, data_root):
     import csv
 
     cfg = compose(
         [
             *FAST,
             "logger=csv",
-            "callbacks.throughput.enabled=true",
             "callbacks.sample_grids=null",
             "trainer.limit_train_batches=6",
             f"trainer.log_every_n_steps={log_every}",
@@ -115,7 +114,11 @@ def test_callbacks_that_are_off_are_not_built(tmp_path):
     from vaelab.training import switched_on
 
     names = [name for name, _ in switched_on(compose([], output_dir=tmp_path).callbacks)]
-    assert "early_stopping" not in names and "throughput" not in names and "progress_bar" in names
+    assert {"early_stopping", "lr_monitor", "rich_progress_bar"}.isdisjoint(names)
+    assert {"progress_bar", "throughput"} <= set(names)  # on by default
+    assert "throughput" not in dict(
+        switched_on(compose(["callbacks.throughput.enabled=false"], output_dir=tmp_path).callbacks)
+    )
     rich = compose(["callbacks.rich_progress_bar.enabled=true"], output_dir=tmp_path).callbacks
     chosen = dict(switched_on(rich))
     assert "progress_bar" not in chosen and "enabled" not in chosen["rich_progress_bar"]

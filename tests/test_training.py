@@ -1,9 +1,12 @@
 """Training end to end: one step of every variant, checkpoints, and a real offline W&B run."""
 
+import csv
+import json
 import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -134,16 +137,13 @@ def test_a_callback_set_to_null_is_off(tmp_path, data_root):
     assert not (tmp_path / "images").exists()  # no image panels
 
 
-def logged(csv_file, key: str) -> dict[int, float]:
-    """{epoch: value} of one column of a CSVLogger metrics.csv (the last value of each epoch)."""
-    rows = csv_file.read_text().splitlines()
-    header = rows[0].split(",")
-    values = {}
-    for row in rows[1:]:
-        cells = row.split(",")
-        if cells[header.index(key)]:
-            values[int(cells[header.index("epoch")])] = float(cells[header.index(key)])
-    return values
+LR_MONITOR = "callbacks.lr_monitor.enabled=true"
+
+
+def logged_column(run_dir, key: str) -> list[float]:
+    """The values of one metrics.csv column, in row order, empty cells left out."""
+    with open(run_dir / "csv" / "metrics.csv", newline="") as handle:
+        return [float(row[key]) for row in csv.DictReader(handle) if row.get(key)]
 
 
 HALVE_LR_EVERY_EPOCH = (
@@ -152,26 +152,33 @@ HALVE_LR_EVERY_EPOCH = (
 
 
 def test_lr_schedule_steps_every_epoch_and_survives_a_resume(tmp_path, data_root):
-    args = [*FAST, "logger=csv", "callbacks.sample_grids=null", "test=false", HALVE_LR_EVERY_EPOCH]
+    args = [*FAST, "logger=csv", "callbacks.sample_grids=null", "test=false", LR_MONITOR, HALVE_LR_EVERY_EPOCH]
     train(compose([*args, "trainer.max_epochs=2"], output_dir=tmp_path, data_root=data_root))
     train(compose([*args, "trainer.max_epochs=4", f"resume={tmp_path}"], output_dir=tmp_path, data_root=data_root))
-    lr = logged(tmp_path / "csv" / "metrics.csv", "train/lr")
-    assert lr == pytest.approx({epoch: 1e-3 * 0.5**epoch for epoch in range(4)})  # epochs 2 and 3 after the resume
+    # LearningRateMonitor logs once at each epoch's start; epochs 2 and 3 come after the resume
+    assert logged_column(tmp_path, "train/lr") == pytest.approx([1e-3 * 0.5**epoch for epoch in range(4)])
 
 
 def test_lr_schedule_per_step(tmp_path, data_root):
     per_step = HALVE_LR_EVERY_EPOCH.replace("}", ",interval:step}")
     train(
         compose(
-            [*FAST, "logger=csv", "callbacks=none", "test=false", "trainer.limit_train_batches=3", per_step],
+            [*FAST, "logger=csv", "callbacks.sample_grids=null", "test=false", "trainer.limit_train_batches=3"]
+            + [LR_MONITOR, per_step],
             output_dir=tmp_path,
             data_root=data_root,
         )
     )
-    rows = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()
-    column = rows[0].split(",").index("train/lr")
-    lr = [float(r.split(",")[column]) for r in rows[1:] if r.split(",")[column]]
-    assert lr == pytest.approx([1e-3, 5e-4, 2.5e-4])
+    assert logged_column(tmp_path, "train/lr") == pytest.approx([1e-3, 5e-4, 2.5e-4])
+
+
+def test_lr_monitor_without_a_scheduler_logs_lightnings_name(tmp_path, data_root):
+    args = [*FAST, "logger=csv", "callbacks.sample_grids=null", "test=false", "trainer.limit_train_batches=3"]
+    train(compose([*args, LR_MONITOR, "model.optimizer.lr=3e-4"], output_dir=tmp_path, data_root=data_root))
+    lr = logged_column(tmp_path, "lr-Adam")  # at the epoch's start and on each of the 3 logging steps
+    assert len(lr) >= 3 and lr == pytest.approx([3e-4] * len(lr))
+    train(compose(args, output_dir=tmp_path / "off", data_root=data_root))
+    assert "lr" not in (tmp_path / "off" / "csv" / "metrics.csv").read_text().splitlines()[0]  # off by default
 
 
 def test_same_seed_same_metrics(tmp_path, data_root):
@@ -253,6 +260,27 @@ def test_cli_logs_an_offline_wandb_run_without_credentials(tmp_path, data_root):
     assert run.summary["val/active_units"] >= 0 and run.summary["epochs"] == 2 and run.summary["time/fit_seconds"] > 0
     assert run.summary["best_checkpoint"].endswith(".ckpt") and "best-epoch-" in run.summary["best_checkpoint"]
     assert run.summary["val/elbo"] == {"max": max(row["val/elbo"] for row in run.history if "val/elbo" in row)}
+    # metric definitions: the best val/elbo, and every curve against Lightning's global step
+    assert "max" in run.metrics["val/elbo"]["summary"]
+    assert run.metrics["*"]["step_metric"] == "trainer/global_step"
+    # the per-dimension KL table: one row per latent dimension
+    table = [row for row in run.history if "final/kl_per_dim/path" in row]  # W&B flattens the table's reference
+    assert len(table) == 1 and table[0]["final/kl_per_dim/_type"] == "table-file"
+    table_file = runs[0] / "files" / table[0]["final/kl_per_dim/path"]
+    content = json.loads(table_file.read_text())
+    assert content["columns"] == ["dim", "kl_nats", "mean_variance", "active"] and len(content["data"]) == 2
+    assert content["data"][0][1] == pytest.approx(run.summary["val/kl_dim/00"], rel=1e-4)
+    # the best and the last checkpoint as two versions of the run's model artifact, staged for wandb sync
+    models = [artifact for artifact in run.artifacts if artifact["type"] == "model"]
+    assert [a["name"] for a in models] == [f"model-{run.run_id}"] * 2
+    best, last = models  # W&B moves "latest" to each new version: the last one keeps it
+    assert "best" in best["aliases"] and {"last", "latest"} <= set(last["aliases"]) and "best" not in last["aliases"]
+    assert best["metadata"]["file"] == Path(run.summary["best_checkpoint"]).name and best["metadata"]["score"] < 0
+    assert last["metadata"]["file"] == "last.ckpt" and last["metadata"]["epoch"] == 2
+    for artifact in models:
+        staged = Path(artifact["files"]["model.ckpt"])
+        original = run_dir / "checkpoints" / artifact["metadata"]["file"]
+        assert staged.is_file() and staged != original and staged.read_bytes() == original.read_bytes()
 
 
 def test_manifold_panel_for_two_latents(tmp_path, data_root):

@@ -7,7 +7,7 @@ TABLE_START, TABLE_END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 def markdown_table(results: dict) -> str:
     """The table of images per second, the ratios under it, and one line saying where it was measured."""
-    t, step, nll = results["training"], results["lockstep"], results["nll"]
+    t, step, nll, cost = results["training"], results["lockstep"], results["nll"], results["throughput_callback"]
     a_label = "(a) vaelab through Lightning, `train.py`'s config" + "".join(f" `{o}`" for o in results["overrides"])
     lines = [
         TABLE_START,
@@ -31,6 +31,9 @@ def markdown_table(results: dict) -> str:
         f"- (a)/(c) = **{t['a_over_c']:.1f}** alone; the hand-written loop (b') runs at "
         f"{t['plain_loop_fused_adam'] / t['compute_floor']:.0%} of the floor.",
         f"- NLL: vaelab's time ÷ the bare loop's = **{nll['time_ratio_vaelab_over_bare']:.2f}**.",
+        f"- `callbacks.throughput`: {cost['microseconds_per_step']:.0f} µs per step in its hooks (SimpleProfiler, "
+        f"its self.log on the logging steps included) = **{cost['fraction_of_lockstep_step']:.2%}** of (a)'s step "
+        "in lockstep.",
         f"- `python train.py --cfg job`: **{results['startup_seconds']:.2f} s** (median of 5).",
         "",
         f"Measured by `{results['command']}` on {results['machine']}, vaelab {results['commit']}; lockstep: one step "

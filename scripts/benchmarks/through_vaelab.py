@@ -153,3 +153,31 @@ def bench_startup(repeats: int = 5) -> float:
         )
         times.append(time.perf_counter() - started)
     return statistics.median(times)
+
+
+class ProfileKeeper(L.Callback):
+    """Keeps a copy of the SimpleProfiler's recorded durations when training ends: ProfileKeeper.last."""
+
+    last: dict[str, list[float]] = {}
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        ProfileKeeper.last = {action: list(times) for action, times in trainer.profiler.recorded_durations.items()}
+
+
+def bench_callback_cost(root: str, epochs: int, work: Path, callback: str, class_name: str) -> dict[str, float]:
+    """What `callbacks.<callback>` (class `class_name`) costs per training step: the seconds spent in
+    all of its hooks as Lightning's SimpleProfiler records them (the hook calls Lightning makes on
+    it, its own code and its self.log on the logging steps), per step, against the whole step."""
+    run_train(
+        [
+            *lightning_overrides(root, epochs, work),
+            f"callbacks.{callback}.enabled=true",
+            "+trainer.profiler._target_=lightning.pytorch.profilers.SimpleProfiler",
+            "+callbacks.profile_keeper._target_=benchmarks.through_vaelab.ProfileKeeper",
+        ]
+    )
+    durations = ProfileKeeper.last
+    steps = len(durations["run_training_batch"])
+    hooks = sum(sum(times) for action, times in durations.items() if action.startswith(f"[Callback]{class_name}."))
+    step_seconds = sum(durations["run_training_batch"]) / steps
+    return {"microseconds_per_step": 1e6 * hooks / steps, "fraction_of_step": hooks / steps / step_seconds}

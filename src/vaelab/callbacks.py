@@ -1,5 +1,6 @@
 """Callbacks: image panels (``ImagePanels``), collapse warnings (``CollapseMonitor``), the
-NaN guard (``NaNGuard``) and the W&B run summary (``FinalSummary``).
+NaN guard (``NaNGuard``), images per second (``Throughput``), the W&B run summary and KL table
+(``FinalSummary``) and checkpoints as W&B artifacts (``CheckpointArtifacts``).
 
 Image panels are made at the end of validation, saved as PNG files in the run folder and
 logged as images to every logger that takes images (W&B). What each panel shows is in
@@ -18,10 +19,10 @@ import torch
 from torchvision.utils import save_image
 
 from vaelab import panels as draw
-from vaelab.diagnostics import kl_per_dimension
+from vaelab.diagnostics import ACTIVE_UNIT_THRESHOLD, kl_per_dimension
 from vaelab.errors import ConfigError, NonFiniteError
 from vaelab.module import lightning_logs_this_step
-from vaelab.wandb_run import write_summaries
+from vaelab.wandb_run import log_checkpoints, log_kl_table, wandb_loggers, write_summaries
 
 log = logging.getLogger(__name__)
 
@@ -311,23 +312,22 @@ class NaNGuard(L.Callback):
 
 class Throughput(L.Callback):
     """Training images per second, logged as ``train/images_per_second`` on the steps the loggers
-    write: the images of the steps since the last logging step over their wall time. Lightning's
-    ThroughputMonitor needs a batch-size function that a YAML config cannot give, and logs under
-    its own names."""
+    write: the images of the steps since the last logging step (or the epoch's start) over their
+    wall time. Lightning's ThroughputMonitor needs a batch-size function that a YAML config cannot
+    give, and logs under its own names. One hook per step: its cost is in docs/benchmarks.md."""
 
     def __init__(self):
-        self.images, self.started = 0, None
+        self.images, self.started = 0, 0.0
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx) -> None:
-        if self.started is None:
-            self.started = time.perf_counter()
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
+        self.images, self.started = 0, time.perf_counter()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.images += len(batch[0])
         if lightning_logs_this_step(trainer):
-            seconds = time.perf_counter() - self.started
-            pl_module.log("train/images_per_second", self.images / seconds, on_step=True, on_epoch=False)
-            self.images, self.started = 0, time.perf_counter()
+            now = time.perf_counter()
+            pl_module.log("train/images_per_second", self.images / (now - self.started), on_step=True, on_epoch=False)
+            self.images, self.started = 0, now
 
 
 class FinalSummary(L.Callback):
@@ -347,6 +347,11 @@ class FinalSummary(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:
         extra = {"time/fit_seconds": time.perf_counter() - self.fit_started} if self.fit_started else {}
         self.write(trainer, extra)
+        diagnostics = getattr(pl_module, "last_diagnostics", None) or {}
+        if trainer.is_global_zero and "kl_per_dim" in diagnostics:  # the last validation's, over the whole split
+            log_kl_table(
+                trainer.loggers, diagnostics["kl_per_dim"], diagnostics["mean_variance"], ACTIVE_UNIT_THRESHOLD
+            )
 
     def on_test_end(self, trainer: L.Trainer, pl_module) -> None:
         self.write(trainer, {})
@@ -365,3 +370,30 @@ class FinalSummary(L.Callback):
             world_size=trainer.world_size,
         )
         write_summaries(trainer.loggers, final)
+
+
+class CheckpointArtifacts(L.Callback):
+    """At the end of fit, the best checkpoint (on ``val/elbo``) and the last one as two versions of
+    the W&B artifact ``model-<run id>``, aliased ``best`` and ``last`` (W&B makes the last one
+    ``latest``); online they are uploaded, offline staged for ``wandb sync``. Nothing without a W&B
+    logger. Lightning's own ``log_model`` is not used: it aliases the newest file of every
+    ModelCheckpoint ``best``, and vaelab has two (the best one and ``last.ckpt``)."""
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:
+        if not trainer.is_global_zero or not wandb_loggers(trainer.loggers) or trainer.checkpoint_callback is None:
+            return
+        best_callback = trainer.checkpoint_callback  # the first ModelCheckpoint: the one on val/elbo
+        best = Path(best_callback.best_model_path) if best_callback.best_model_path else None
+        last = Path(best_callback.dirpath) / "last.ckpt"
+        found = [(path, alias) for path, alias in ((best, "best"), (last, "last")) if path and path.is_file()]
+        score = best_callback.best_model_score
+        metadata = {"epoch": trainer.current_epoch, "global_step": trainer.global_step}
+        checkpoints = []
+        for path, alias in found:  # W&B gives the version logged last the alias "latest" too
+            extra = (
+                {"monitor": best_callback.monitor, "score": float(score)}
+                if alias == "best" and score is not None
+                else {}
+            )
+            checkpoints.append((path, [alias], {**metadata, **extra, "file": path.name}))
+        log_checkpoints(trainer.loggers, checkpoints)

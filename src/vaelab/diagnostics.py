@@ -52,11 +52,13 @@ def mutual_information(mean: torch.Tensor, logvar: torch.Tensor, chunk: int = 25
 
 
 def summarize(mean: torch.Tensor, logvar: torch.Tensor, mi_images: int = 1000) -> dict:
-    """KL per dimension (list), active units, mutual information (on the first mi_images)."""
+    """KL per dimension (list, nats), the variance of each dimension's posterior mean over the
+    images (list), active units, mutual information (nats, on the first mi_images)."""
     kl = kl_per_dimension(mean, logvar)
     generator = torch.Generator().manual_seed(0)
     return {
         "kl_per_dim": kl.tolist(),
+        "mean_variance": active_unit_variances(mean).tolist(),
         "active_units": active_units(mean),
         "mutual_info": mutual_information(mean[:mi_images], logvar[:mi_images], generator=generator),
     }

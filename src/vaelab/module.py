@@ -6,7 +6,8 @@ enough to rebuild it: ``vaelab.load(path)`` (read as data, weights_only).
 Logged metrics, all in nats per image (sum over pixels / latent dims, mean over the batch):
 ``{train,val,test}/recon``, ``/kl``, ``/elbo`` (beta = 1), ``/loss`` (the weighted training
 objective), ``/iwae`` (the k-sample IWAE bound, when ``model.importance_samples`` > 1), ``train/beta`` (the
-current KL weight, beta * schedule(step)) and ``train/lr``.
+current KL weight, beta * schedule(step)). The learning rate is Lightning's LearningRateMonitor's
+(``callbacks.lr_monitor``): ``train/lr`` under a ``model.lr_scheduler``.
 """
 
 from __future__ import annotations
@@ -136,8 +137,6 @@ class VAELitModule(L.LightningModule):
             terms if on_step else [n for n in ("recon", "kl", "elbo", "loss", "iwae") if n in terms]
         )  # the KL weight only in train/
         metrics = {f"{stage}/{name}": terms[name] for name in names}
-        if on_step and self._trainer is not None and self.trainer.optimizers:
-            metrics["train/lr"] = self.trainer.optimizers[0].param_groups[0]["lr"]
         self.log_dict(
             metrics,
             on_step=on_step,
@@ -217,7 +216,8 @@ class VAELitModule(L.LightningModule):
         """The ``model.optimizer``, and the ``model.lr_scheduler`` when one is set.
 
         The scheduler is stepped every epoch (``interval: epoch``) or every optimizer step
-        (``interval: step``); Lightning keeps its state in the checkpoint, so it survives a resume."""
+        (``interval: step``); Lightning keeps its state in the checkpoint, so it survives a resume.
+        Its ``name`` is what ``callbacks.lr_monitor`` logs the learning rate as: ``train/lr``."""
         optimizer = instantiate(self.hparams.model["optimizer"])(self.parameters())
         scheduler = dict(self.hparams.model.get("lr_scheduler") or {})
         if not scheduler:
@@ -225,7 +225,7 @@ class VAELitModule(L.LightningModule):
         interval = scheduler.pop("interval", "epoch")
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": instantiate(scheduler)(optimizer), "interval": interval},
+            "lr_scheduler": {"scheduler": instantiate(scheduler)(optimizer), "interval": interval, "name": "train/lr"},
         }
 
     def _inputs(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -4,6 +4,9 @@
 - which run a run folder holds (``run_id_in``), so that a resumed run continues it;
 - the final metrics in the run summary (``write_summaries``, called by the ``FinalSummary``
   callback, and ``update_summary`` after vaelab-eval), the best val/elbo (``define_best_metrics``);
+- the final KL of each latent dimension as a W&B Table (``log_kl_table``);
+- checkpoints as versions of the run's model artifact (``log_checkpoints``), uploaded online and
+  staged offline for ``wandb sync``;
 - finishing the run, so that the next job of a multirun starts its own (``finish_wandb``);
 - reading offline runs back with no network (``read_offline_run``, ``read_history``).
 
@@ -123,6 +126,31 @@ def write_summaries(loggers, values: dict) -> None:
         logger.experiment.summary.update(values)
 
 
+KL_TABLE_COLUMNS = ["dim", "kl_nats", "mean_variance", "active"]
+
+
+def log_kl_table(loggers, kl_per_dim: list[float], mean_variance: list[float], threshold: float) -> None:
+    """Log ``final/kl_per_dim``, a W&B Table with one row per latent dimension: its KL(q(z_d|x) ||
+    N(0, 1)) in nats averaged over the validation images, the variance of its posterior mean over
+    those images, and whether that variance is above ``threshold`` (an active unit)."""
+    rows = [[d, kl, var, var > threshold] for d, (kl, var) in enumerate(zip(kl_per_dim, mean_variance, strict=True))]
+    for logger in wandb_loggers(loggers):
+        logger.log_table(key="final/kl_per_dim", columns=KL_TABLE_COLUMNS, data=rows)
+
+
+def log_checkpoints(loggers, checkpoints: list[tuple[Path, list[str], dict]]) -> None:
+    """Each (file, aliases, metadata) as a version of the W&B artifact ``model-<run id>`` of type
+    ``model``, the file named ``model.ckpt`` in it (as Lightning's ``log_model`` names it). The file
+    is copied when logged, so that an offline run keeps what ``wandb sync`` uploads later."""
+    import wandb
+
+    for logger in wandb_loggers(loggers):
+        for path, aliases, metadata in checkpoints:
+            artifact = wandb.Artifact(name=f"model-{logger.experiment.id}", type="model", metadata=metadata)
+            artifact.add_file(str(path), name="model.ckpt")
+            logger.experiment.log_artifact(artifact, aliases=aliases)
+
+
 BLOCK_SIZE = 32 * 1024
 HEADER = b":W&B" + struct.pack("<H", 0xBEE1) + b"\x00"
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
@@ -159,7 +187,8 @@ def iter_payloads(path: str | Path):
 
 @dataclass
 class OfflineRun:
-    """What an offline run logged: its id, name, group and tags, config, history rows and summary."""
+    """What an offline run logged: its id, name, group and tags, config, history rows, summary,
+    metric definitions (``define_metric``) and artifacts."""
 
     run_id: str = ""
     name: str = ""
@@ -168,6 +197,8 @@ class OfflineRun:
     config: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
+    metrics: dict[str, dict] = field(default_factory=dict)  # name or glob -> {"step_metric": ..., "summary": [...]}
+    artifacts: list[dict] = field(default_factory=list)  # {"name", "type", "aliases", "metadata", "files"}
     folder: Path | None = None
 
     @property
@@ -220,6 +251,23 @@ def read_offline_run(folder: str | Path) -> OfflineRun:
         elif kind == "summary":
             for item in record.summary.update:
                 run.summary[_item_key(item)] = json.loads(item.value_json)
+        elif kind == "metric":
+            metric = record.metric
+            summary = [field.name for field, on in metric.summary.ListFields() if on is True]
+            definition = run.metrics.setdefault(metric.name or metric.glob_name, {})
+            definition.update({"step_metric": metric.step_metric} if metric.step_metric else {})
+            definition["summary"] = sorted(set(definition.get("summary", [])) | set(summary))
+        elif kind == "artifact":
+            artifact = record.artifact
+            run.artifacts.append(
+                {
+                    "name": artifact.name,
+                    "type": artifact.type,
+                    "aliases": list(artifact.aliases),
+                    "metadata": json.loads(artifact.metadata or "{}"),
+                    "files": {entry.path: entry.local_path for entry in artifact.manifest.contents},
+                }
+            )
     return run
 
 
