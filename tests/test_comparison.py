@@ -1,9 +1,12 @@
 """vaelab-compare on a tiny 2 x 2 sweep (beta in {1, 4}, latent_dim in {2, 3}) made here with the CSV logger."""
 
+import base64
 import csv
 import re
 import subprocess
 import sys
+from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 from helpers import FAST, PROJECT_ROOT, child_env
@@ -25,7 +28,8 @@ def sweep_dir(tmp_path_factory, data_root):
             *FAST,
             "trainer.max_epochs=2",
             "logger=csv",
-            "callbacks.sample_grids.every_n_epochs=5",
+            "callbacks.sample_grids.every_n_epochs=2",  # the panels once, after the last epoch
+            "callbacks.sample_grids.scatter_images=40",
             f"data.root={data_root}",
             f"hydra.sweep.dir={sweep_dir}",
         ],
@@ -67,9 +71,66 @@ def test_table_plots_and_report(sweep_dir, tmp_path):
         dark = sum(1 for p in image.getdata() if p < 200) / (width * height)
         assert dark > 0.01, f"{name} looks empty"
 
+
+class RunsTable(HTMLParser):
+    """The cells of report.html's runs table: per row, (text, data-value or None) of each cell."""
+
+    def __init__(self):
+        super().__init__()
+        self.head, self.rows, self.inside, self.cell = [], [], False, None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "table" and attrs.get("id") == "runs":
+            self.inside = True
+        elif self.inside and tag == "tr":
+            self.rows.append([])
+        elif self.inside and tag in ("td", "th"):
+            self.cell = ["", attrs.get("data-value"), attrs.get("data-column")]
+
+    def handle_data(self, data):
+        if self.cell is not None:
+            self.cell[0] += data
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self.inside = False
+        elif self.cell is not None and tag in ("td", "th"):
+            self.rows[-1].append(tuple(self.cell))
+            self.cell = None
+
+
+def test_report_holds_the_table_of_runs_csv_and_every_runs_pictures(sweep_dir, tmp_path):
+    written = compare([sweep_dir], tmp_path / "compare")
     page = written["html"].read_text()
-    assert len(re.findall(r'src="data:image/png;base64,[A-Za-z0-9+/=]{1000,}"', page)) == 3  # self-contained
-    assert page.count("<tr>") == 1 + 4 and "nats per image" in page
+    assert "http://" not in page and "https://" not in page and "<script src" not in page  # no network
+    with open(written["csv"], newline="") as handle:
+        csv_rows = list(csv.DictReader(handle))
+    parser = RunsTable()
+    parser.feed(page)
+    head, rows = parser.rows[0], parser.rows[1:]
+    assert [column for _, _, column in head] == ["label", *csv_rows[0]]
+    assert len(rows) == len(csv_rows) == 4
+    for row, expected in zip(rows, csv_rows, strict=True):  # same runs, same order, same values
+        cells = dict(zip(["label", *expected], row, strict=True))
+        beta, latent_dim = float(expected["beta"]), int(expected["latent_dim"])
+        assert cells["label"][0] == f"β={beta:g} z={latent_dim} vae s0"
+        assert cells["run"][0] == Path(expected["run"]).name
+        for column, value in expected.items():
+            text, number, _ = cells[column]
+            if number is not None:
+                assert float(number) == pytest.approx(float(value), rel=1e-12), column
+            elif column != "run":
+                assert text == value, column
+    gallery = page.split('id="gallery"', 1)[1]
+    for folder in sorted(p for p in sweep_dir.iterdir() if (p / "images").is_dir()):
+        for panel in ("samples", "reconstructions", "traversals"):
+            final = sorted((folder / "images" / panel).glob("epoch=*.png"))[-1]
+            assert final.name == "epoch=001.png"
+            assert base64.b64encode(final.read_bytes()).decode() in gallery, (folder.name, panel)
+    # rows of the gallery by beta, columns by latent size
+    assert gallery.index("β = 1</th>") < gallery.index("β = 4</th>") and gallery.index("z = 2") < gallery.index("z = 3")
+    assert len(re.findall(r'data-run="[^"]+" data-panel="samples"', gallery)) == 4
 
 
 def test_curves_come_from_the_csv_logger(sweep_dir):

@@ -62,6 +62,10 @@ def test_sweep_keeps_going_past_a_failed_job_and_summarises(tmp_path, data_root)
     assert [r.status for r in compared] == ["ok", "ok", "failed", "failed", "ok", "ok"]
     ok = [r for r in compared if r.status == "ok"]
     assert all(r.curve_source == "wandb" and any("train/elbo" in row for row in r.history) for r in ok)
+    from vaelab.comparison import compare  # the report shows why the two jobs failed
+
+    page = compare([sweep_dir], tmp_path / "compare")["html"].read_text()
+    assert "<h2>Failed runs (2)</h2>" in page and page.count("model.beta=-1.0 is not allowed") == 2
 
 
 def test_a_sweep_over_importance_samples_summarises_the_iwae_bound(tmp_path, data_root):

@@ -10,14 +10,13 @@ training curves from the CSV logger (``csv/metrics.csv``), else the offline W&B 
   latent size through the β values;
 - ``metrics_vs_latent.png``: ELBO, KL and active units against the latent size, one line per β;
 - ``curves.png``: the training ELBO against the step and the validation ELBO against the epoch;
-- ``report.html``: one self-contained page with the table and the three plots.
+- ``report.html`` (``vaelab.report``): one self-contained page with the table (sortable and
+  filterable), a gallery of each run's last image panels, the three plots and failed runs' errors.
 """
 
 from __future__ import annotations
 
-import base64
 import csv
-import html
 import json
 import math
 import sys
@@ -25,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vaelab.errors import first_line
-from vaelab.tables import FINAL_METRICS, cell, iwae_columns, write_table
+from vaelab.report import write_report
+from vaelab.tables import FINAL_METRICS, iwae_columns, write_table
 from vaelab.wandb_run import read_history
 
 TABLE_METRICS = ("test/nll", *FINAL_METRICS, "time/fit_seconds")
@@ -43,13 +43,15 @@ class Run:
     seed: int
     overrides: str
     status: str
+    error: str = ""  # why a failed run failed (status.json), else ""
     metrics: dict[str, float] = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)  # rows with "step", "epoch" and metric keys
     curve_source: str = ""
 
     @property
     def label(self) -> str:
-        return f"{self.model} β={self.beta:g} z={self.latent_dim}"
+        """What the run was, readably: ``β=4 z=10 beta_vae s0``."""
+        return f"β={self.beta:g} z={self.latent_dim} {self.model} s{self.seed}"
 
     def final(self, name: str) -> float:
         """test/<name> when the run was tested, else val/<name>; NaN when neither was logged."""
@@ -119,6 +121,7 @@ def read_run(folder: Path) -> Run:
         seed=int(cfg.get("seed", 0)),
         overrides=overrides,
         status=status["status"],
+        error=status.get("error") or "",
         metrics=dict(status.get("metrics") or {}),
     )
     run.history, run.curve_source = read_csv_history(folder), "csv"
@@ -249,38 +252,6 @@ def plot_curves(runs: list[Run], path: Path) -> None:
     fig.savefig(path)
 
 
-def write_html(rows: list[dict], plots: list[Path], out: Path, sources: list[str]) -> Path:
-    images = "\n".join(
-        f'<h2>{html.escape(p.stem.replace("_", " "))}</h2>\n<img alt="{p.stem}" src="data:image/png;base64,'
-        f'{base64.b64encode(p.read_bytes()).decode()}">'
-        for p in plots
-    )
-    columns = list(rows[0]) if rows else []
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "\n".join(
-        "<tr>"
-        + "".join(f"<td>{html.escape(cell(Path(r[c]).name if c == 'run' else r[c]))}</td>" for c in columns)
-        + "</tr>"
-        for r in rows
-    )
-    page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>vaelab: {len(rows)} runs</title>
-<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse;font-size:13px}}
-td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} img{{max-width:100%}}</style></head>
-<body><h1>vaelab: {len(rows)} runs</h1>
-<p>From {html.escape(", ".join(sources))}. Metrics are in nats per image (summed over pixels or latent
-dimensions, averaged over images); ELBO is the plain ELBO (β = 1); test/ metrics are on the best checkpoint.</p>
-<table><tr>{head}</tr>
-{body}
-</table>
-{images}
-</body></html>
-"""
-    path = out / "report.html"
-    path.write_text(page)
-    return path
-
-
 def compare(paths: list[Path], out: Path) -> dict[str, Path]:
     """Read every run under paths and write the tables, plots and report into out."""
     folders = find_run_folders(paths)
@@ -306,5 +277,5 @@ def compare(paths: list[Path], out: Path) -> dict[str, Path]:
     plot_rate_distortion(runs, plots[0])
     plot_metrics_vs_latent(runs, plots[1])
     plot_curves(runs, plots[2])
-    report = write_html(rows, plots, out, [str(p) for p in paths])
+    report = write_report(runs, rows, plots, out, [str(p) for p in paths])
     return {"csv": out / "runs.csv", "md": out / "runs.md", "html": report, **{p.stem: p for p in plots}}
