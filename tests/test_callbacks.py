@@ -122,3 +122,20 @@ def test_callbacks_that_are_off_are_not_built(tmp_path):
     rich = compose(["callbacks.rich_progress_bar.enabled=true"], output_dir=tmp_path).callbacks
     chosen = dict(switched_on(rich))
     assert "progress_bar" not in chosen and "enabled" not in chosen["rich_progress_bar"]
+
+
+def test_switched_on_rich_progress_bar_draws_richs_bar(tmp_path, data_root, capfd):
+    pytest.importorskip("rich")
+    overrides = [*FAST, "logger=none", "callbacks.sample_grids=null", "test=false", "trainer.limit_train_batches=2"]
+    train(compose([*overrides, "trainer.enable_progress_bar=true"], output_dir=tmp_path / "tqdm", data_root=data_root))
+    tqdm_output = capfd.readouterr()
+    cfg = compose(
+        [*overrides, "trainer.enable_progress_bar=true", "callbacks.rich_progress_bar.enabled=true"],
+        output_dir=tmp_path / "rich",
+        data_root=data_root,
+    )
+    train(cfg)
+    rich_output = capfd.readouterr()
+    tqdm_text, rich_text = tqdm_output.out + tqdm_output.err, rich_output.out + rich_output.err
+    assert "it/s]" in tqdm_text and "━" not in tqdm_text  # tqdm's bar
+    assert "━" in rich_text and "it/s]" not in rich_text  # Rich's bar instead
