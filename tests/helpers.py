@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from vaelab.cli import CONFIG_DIR  # noqa: F401 - the packaged configs; importing registers the resolvers
 
@@ -86,6 +89,32 @@ def child_env(**extra: str) -> dict[str, str]:
     env["WANDB_MODE"] = "offline"
     env.update(extra)
     return env
+
+
+def train_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python train.py *args`` in the project folder as a user runs it (W&B offline, no stdin),
+    its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "train.py", *args],
+        cwd=PROJECT_ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def differing_metrics(got: dict, expected: dict) -> dict:
+    """{key: (got, expected)} of the final metrics that differ beyond float summation order; wall
+    clock measurements (time/..., images per second) are left out."""
+    return {
+        key: (got.get(key), value)
+        for key, value in expected.items()
+        if not key.startswith("time/")
+        and key != "train/images_per_second"
+        and got.get(key) != pytest.approx(value, rel=1e-5, abs=1e-6)
+    }
 
 
 def snapshot(folder: Path, bookkeeping: tuple[str, ...] = ("train.log", ".lock")) -> dict[str, tuple[int, bytes]]:

@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from helpers import FAST, PROJECT_ROOT, child_env
+from helpers import FAST, PROJECT_ROOT, child_env, train_cli
 from PIL import Image
 
 from vaelab.comparison import compare
@@ -18,27 +18,17 @@ from vaelab.comparison import compare
 @pytest.fixture(scope="module")
 def sweep_dir(tmp_path_factory, data_root):
     sweep_dir = tmp_path_factory.mktemp("sweep")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "-m",
-            "model.beta=1,4",
-            "model.latent_dim=2,3",
-            *FAST,
-            "trainer.max_epochs=2",
-            "logger=csv",
-            "callbacks.sample_grids.every_n_epochs=2",  # the panels once, after the last epoch
-            "callbacks.sample_grids.scatter_images=40",
-            f"data.root={data_root}",
-            f"hydra.sweep.dir={sweep_dir}",
-        ],
-        cwd=PROJECT_ROOT,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        stdin=subprocess.DEVNULL,
+    result = train_cli(
+        "-m",
+        "model.beta=1,4",
+        "model.latent_dim=2,3",
+        *FAST,
+        "trainer.max_epochs=2",
+        "logger=csv",
+        "callbacks.sample_grids.every_n_epochs=2",  # the panels once, after the last epoch
+        "callbacks.sample_grids.scatter_images=40",
+        f"data.root={data_root}",
+        f"hydra.sweep.dir={sweep_dir}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return sweep_dir

@@ -12,7 +12,7 @@ import time
 import urllib.request
 
 import pytest
-from helpers import FAST, PROJECT_ROOT, child_env
+from helpers import FAST, train_cli
 
 pytestmark = pytest.mark.slow  # a sweep of 4 jobs and a TensorBoard server: run by `make test-slow` (and .ci/run)
 
@@ -21,27 +21,18 @@ pytestmark = pytest.mark.slow  # a sweep of 4 jobs and a TensorBoard server: run
 def sweep(tmp_path_factory, data_root):
     """A finished 2×2 sweep (β = 1, 4; latent_dim = 2, 3) with W&B, TensorBoard and CSV logging."""
     sweep_dir = tmp_path_factory.mktemp("dashboards") / "sweep"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "-m",
-            "model.beta=1,4",
-            "model.latent_dim=2,3",
-            "logger=many",
-            *FAST,
-            "trainer.max_epochs=2",
-            "trainer.limit_train_batches=3",
-            "callbacks.sample_grids.scatter_images=40",
-            f"data.root={data_root}",
-            f"hydra.sweep.dir={sweep_dir}",
-        ],
-        cwd=PROJECT_ROOT,
-        env=child_env(),
-        capture_output=True,
-        text=True,
+    result = train_cli(
+        "-m",
+        "model.beta=1,4",
+        "model.latent_dim=2,3",
+        "logger=many",
+        *FAST,
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=3",
+        "callbacks.sample_grids.scatter_images=40",
+        f"data.root={data_root}",
+        f"hydra.sweep.dir={sweep_dir}",
         timeout=900,
-        stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return sweep_dir

@@ -9,7 +9,7 @@ import time
 
 import pytest
 import torch
-from helpers import FAST, PROJECT_ROOT, child_env, compose, write_synthetic_dataset
+from helpers import FAST, PROJECT_ROOT, child_env, compose, differing_metrics, write_synthetic_dataset
 
 from vaelab.errors import NonFiniteError
 from vaelab.training import train
@@ -60,11 +60,7 @@ def test_killed_run_resumes_to_the_same_metrics_in_the_same_wandb_run(tmp_path):
     resumed = json.loads((killed / "status.json").read_text())["metrics"]
     # equal up to float summation order (a wrong data order or random state moves them by nats)
     assert resumed.keys() == expected.keys()
-    different = {
-        k: (resumed[k], expected[k])
-        for k in expected
-        if not k.startswith("time/") and resumed[k] != pytest.approx(expected[k], rel=1e-5, abs=1e-6)
-    }
+    different = differing_metrics(resumed, expected)
     assert not different, different
     runs = [read_offline_run(path) for path in find_offline_runs(killed)]
     assert len(runs) == 2 and len({run.run_id for run in runs}) == 1

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import FAST, PROJECT_ROOT, child_env, snapshot, write_synthetic_dataset
+from helpers import FAST, PROJECT_ROOT, child_env, differing_metrics, snapshot, write_synthetic_dataset
 from omegaconf import OmegaConf
 
 from vaelab.errors import UserError
@@ -223,11 +223,7 @@ def test_a_sweep_killed_during_its_second_job_continues_where_it_stopped(tmp_pat
     assert uninterrupted.returncode == 0, uninterrupted.stderr[-2000:]
     expected = json.loads(next(reference.glob("0_*/status.json")).read_text())["metrics"]
     resumed = json.loads((second / "status.json").read_text())["metrics"]
-    different = {
-        k: (resumed.get(k), v)
-        for k, v in expected.items()
-        if not k.startswith("time/") and resumed.get(k) != pytest.approx(v, rel=1e-5, abs=1e-6)
-    }
+    different = differing_metrics(resumed, expected)
     assert not different, different
 
 

@@ -1,36 +1,23 @@
 """Hydra multirun: one W&B run per job in one group, failures recorded, a summary file."""
 
 import csv
-import subprocess
-import sys
 
-from helpers import FAST, PROJECT_ROOT, child_env
+from helpers import FAST, train_cli
 
 from vaelab.wandb_run import find_offline_runs, read_offline_run
 
 
 def test_sweep_keeps_going_past_a_failed_job_and_summarises(tmp_path, data_root):
     sweep_dir = tmp_path / "sweep"
-    env = child_env()
-    result = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "-m",
-            "model.beta=1,-1,4",
-            "model.latent_dim=2,3",
-            *FAST,
-            "trainer.limit_train_batches=2",
-            "callbacks.sample_grids.every_n_epochs=5",
-            f"data.root={data_root}",
-            f"hydra.sweep.dir={sweep_dir}",
-        ],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        stdin=subprocess.DEVNULL,
+    result = train_cli(
+        "-m",
+        "model.beta=1,-1,4",
+        "model.latent_dim=2,3",
+        *FAST,
+        "trainer.limit_train_batches=2",
+        "callbacks.sample_grids.every_n_epochs=5",
+        f"data.root={data_root}",
+        f"hydra.sweep.dir={sweep_dir}",
     )
     assert result.returncode == 1, result.stderr[-3000:]
     with open(sweep_dir / "sweep_summary.csv") as handle:
@@ -72,25 +59,15 @@ def test_a_sweep_over_importance_samples_summarises_the_iwae_bound(tmp_path, dat
     from vaelab.comparison import compare
 
     sweep_dir = tmp_path / "sweep"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "-m",
-            "model.importance_samples=1,4",
-            *FAST,
-            "trainer.limit_train_batches=2",
-            "logger=csv",
-            "callbacks.sample_grids.every_n_epochs=5",
-            f"data.root={data_root}",
-            f"hydra.sweep.dir={sweep_dir}",
-        ],
-        cwd=PROJECT_ROOT,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        stdin=subprocess.DEVNULL,
+    result = train_cli(
+        "-m",
+        "model.importance_samples=1,4",
+        *FAST,
+        "trainer.limit_train_batches=2",
+        "logger=csv",
+        "callbacks.sample_grids.every_n_epochs=5",
+        f"data.root={data_root}",
+        f"hydra.sweep.dir={sweep_dir}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     with open(sweep_dir / "sweep_summary.csv") as handle:
