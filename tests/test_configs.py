@@ -94,6 +94,7 @@ def test_cfg_job_prints_the_composed_config_without_torch():
     assert result.returncode == 0, result.stderr
     printed = OmegaConf.create(result.stdout)
     assert printed.model.name == "beta_vae" and printed.model.beta == 4.0
-    probe = "import sys, vaelab.train; print(sorted({'torch', 'lightning', 'wandb'} & set(sys.modules)))"
-    imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
-    assert imported.stdout.strip() == "[]", imported.stderr
+    for entry_point in ("train", "evaluate", "sample", "classifier", "compare"):  # --help and --cfg stay fast
+        probe = f"import sys, vaelab.{entry_point}; print(sorted({{'torch', 'lightning', 'wandb'}} & set(sys.modules)))"
+        imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+        assert imported.stdout.strip() == "[]", (entry_point, imported.stdout, imported.stderr)

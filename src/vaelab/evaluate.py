@@ -21,13 +21,9 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from vaelab.api import CallableEvaluateModule
-from vaelab.checkpointing import describe
 from vaelab.cli import CONFIG_DIR, run_hydra_app
 from vaelab.config import validate_eval_config
 from vaelab.errors import ConfigError, one_line_errors
-from vaelab.evaluation import evaluate_checkpoint, pick_device
-from vaelab.safe_load import read_vaelab_checkpoint
-from vaelab.wandb_run import update_summary
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +42,12 @@ def results_path(cfg: DictConfig) -> Path:
 def run(cfg: DictConfig) -> dict:
     """``vaelab-eval``: describe the checkpoint, evaluate it, print the results, then write them
     to the JSON file and the run's W&B summary."""
+    # imported here, not above: torch and Lightning take seconds, and --help needs neither
+    from vaelab.checkpointing import describe
+    from vaelab.evaluation import evaluate_checkpoint, pick_device
+    from vaelab.safe_load import read_vaelab_checkpoint
+    from vaelab.wandb_run import update_summary
+
     validate_eval_config(cfg)
     out = results_path(cfg)
     pick_device(str(cfg.device))  # a GPU asked for where there is none fails before the file is read
