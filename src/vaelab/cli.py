@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from vaelab.config import register_schemas
 from vaelab.errors import ConfigError, find_user_error, first_line
 from vaelab.runs import file_name
-from vaelab.sweep import sweep_group
+from vaelab.sweep import SweepSummary, sweep_group
 
 # the YAML configs ship inside the package (``vaelab/configs``), so an installed wheel finds them
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -82,6 +82,8 @@ def run_hydra_app(app) -> None:
     try:
         app()
     except (HydraException, OmegaConfBaseException, UserError) as error:
+        if SweepSummary.running is not None:  # a multirun stopped by a bad override: no sweep folder left
+            SweepSummary.running.abandon()
         user_error = find_user_error(error)
         print(f"error: {user_error if user_error else hydra_message(error)}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -25,7 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from vaelab.errors import UserError
-from vaelab.runs import STATUS_FILE, FolderLock, read_status, saved_overrides, write_atomically
+from vaelab.runs import LOCK_FILE, STATUS_FILE, FolderLock, read_status, saved_overrides, write_atomically
 from vaelab.tables import IWAE_METRICS, iwae_columns, write_table
 
 log = logging.getLogger(__name__)
@@ -86,20 +86,42 @@ def write_summary(sweep_dir: Path, rows: list[dict]) -> None:
 
 class SweepSummary(Callback):
     """Holds the sweep folder's lock while the sweep runs (a second sweep into the same folder
-    stops with one line); at the end, writes the summary, reports failed jobs, exits 1 if any failed."""
+    stops with one line); at the end, writes the summary, reports failed jobs, exits 1 if any failed.
+    ``SweepSummary.running`` is the sweep of this process that has started and not ended."""
+
+    running: SweepSummary | None = None
 
     def __init__(self) -> None:
         self.lock: FolderLock | None = None
+        self.sweep_dir: Path | None = None
+        self.made_the_folder = False
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        self.lock = FolderLock(config.hydra.sweep.dir, "sweep folder")
+        self.sweep_dir = Path(config.hydra.sweep.dir)
+        self.made_the_folder = not self.sweep_dir.is_dir() or not any(self.sweep_dir.iterdir())
+        self.lock = FolderLock(self.sweep_dir, "sweep folder")
         try:
             self.lock.__enter__()
         except UserError as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(1)
+        SweepSummary.running = self
+
+    def abandon(self) -> None:
+        """The sweep stopped before its first job (Hydra checks every job's overrides first): let
+        go of the lock, and remove the folder when this sweep made it and it holds only Hydra's
+        multirun.yaml and the lock, so that a bad override leaves nothing behind."""
+        SweepSummary.running = None
+        if self.lock is not None:
+            self.lock.release()
+        leftovers = {p.name for p in self.sweep_dir.iterdir()} if self.sweep_dir.is_dir() else set()
+        if self.made_the_folder and leftovers <= {"multirun.yaml", LOCK_FILE}:
+            import shutil
+
+            shutil.rmtree(self.sweep_dir, ignore_errors=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        SweepSummary.running = None
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = collect(sweep_dir)
         write_summary(sweep_dir, rows)
