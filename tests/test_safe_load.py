@@ -230,3 +230,23 @@ def test_a_run_config_with_a_yaml_alias_bomb_or_a_foreign_target_is_refused(tmp_
         read_run_config(foreign)
     with pytest.raises(UserError, match="is not a vaelab run folder"):
         read_run_config(tmp_path / "nowhere")
+
+
+def test_a_users_own_class_is_trusted_only_through_the_environment(tmp_path, data_root, monkeypatch):
+    import vaelab
+
+    (tmp_path / "mylab_callbacks.py").write_text("import lightning as L\n\n\nclass Quiet(L.Callback):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("VAELAB_TRUSTED_TARGETS", raising=False)
+    run = tmp_path / "run"
+    args = [*FAST, "logger=none", "callbacks.sample_grids=null", "test=false", f"data.root={data_root}"]
+    args += ["+callbacks.quiet._target_=mylab_callbacks.Quiet"]  # given by the user, not read from a file
+    vaelab.train([*args, f"hydra.run.dir={run}"])
+    again = [*args, "trainer.max_epochs=2", f"resume={run}"]
+    refused = r"callbacks\.quiet\._target_='mylab_callbacks\.Quiet' is not allowed.*VAELAB_TRUSTED_TARGETS"
+    with pytest.raises(ConfigError, match=refused):
+        vaelab.train(again)  # the run folder's config.yaml names it: data, refused
+    monkeypatch.setenv("VAELAB_TRUSTED_TARGETS", "numpy.*, mylab_callbacks.*")
+    assert is_allowed("mylab_callbacks.Quiet") and not is_allowed("mylab_callbacksx.Quiet")
+    vaelab.train(again)
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1

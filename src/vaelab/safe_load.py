@@ -14,7 +14,10 @@ instantiated, every ``_target_`` in it (at any depth) must be one of:
 - a class defined in vaelab (read from vaelab's source, not imported);
 - a ``torch.optim`` optimizer or a ``torch.optim.lr_scheduler`` scheduler;
 - a Lightning callback (``lightning.pytorch.callbacks``) or logger (``lightning.pytorch.loggers``);
-- ``lightning.pytorch.Trainer``.
+- ``lightning.pytorch.Trainer``;
+- a name the user trusts in the environment, never in the file: ``VAELAB_TRUSTED_TARGETS``, a
+  comma-separated list of class paths (``mylab.nets.ResNetEncoder``) or packages (``mylab.*``),
+  so that runs built from one's own classes can be resumed, evaluated and re-run in sweeps.
 
 Only torch's and Lightning's own modules are imported to check a name.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import re
 import zipfile
 from pathlib import Path
@@ -141,7 +145,17 @@ def load_yaml(path: Path, source: str, kind: type = dict) -> DictConfig | ListCo
 
 ALLOWED = (
     "vaelab classes, torch optimizers and LR schedulers, Lightning callbacks and loggers, lightning.pytorch.Trainer"
+    "; trust your own with VAELAB_TRUSTED_TARGETS=package.module.Class or package.*"
 )
+TRUSTED_TARGETS_VARIABLE = "VAELAB_TRUSTED_TARGETS"
+
+
+def trusted_by_the_user(target: str) -> bool:
+    """True when ``target`` is named in $VAELAB_TRUSTED_TARGETS: exactly, or under a ``package.*`` entry."""
+    for entry in filter(None, (part.strip() for part in os.environ.get(TRUSTED_TARGETS_VARIABLE, "").split(","))):
+        if target == entry or (entry.endswith(".*") and target.startswith(entry[:-1])):
+            return True
+    return False
 
 
 def defines_class(module_name: str, name: str) -> bool:
@@ -192,6 +206,8 @@ def is_allowed(target: object) -> bool:
     module_name, _, name = target.rpartition(".")
     if not name.isidentifier() or not all(part.isidentifier() for part in module_name.split(".")):
         return False
+    if trusted_by_the_user(target):
+        return True
     if module_name.split(".")[0] == "vaelab":
         return defines_class(module_name, name)
     bases = _base_classes(module_name, name)
