@@ -98,3 +98,18 @@ def test_cfg_job_prints_the_composed_config_without_torch():
         probe = f"import sys, vaelab.{entry_point}; print(sorted({{'torch', 'lightning', 'wandb'}} & set(sys.modules)))"
         imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
         assert imported.stdout.strip() == "[]", (entry_point, imported.stdout, imported.stderr)
+
+
+def test_help_into_a_closed_pipe_is_no_traceback():
+    import subprocess
+    import sys
+
+    reader_gone = subprocess.Popen(
+        [sys.executable, "-m", "vaelab.train", "--help"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    reader_gone.stdout.close()  # as `vaelab-train --help | head -1` once head has its line
+    stderr = reader_gone.stderr.read().decode()
+    assert reader_gone.wait(timeout=60) == 1 and "Traceback" not in stderr, stderr

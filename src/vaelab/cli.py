@@ -81,6 +81,9 @@ def run_hydra_app(app) -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing its own report
     try:
         app()
+    except BrokenPipeError:  # `vaelab-train --help | head`: the reader left; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would fail again
+        raise SystemExit(1) from None
     except (HydraException, OmegaConfBaseException, UserError) as error:
         if SweepSummary.running is not None:  # a multirun stopped by a bad override: no sweep folder left
             SweepSummary.running.abandon()
