@@ -91,9 +91,9 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def train_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def train_cli(*args: str, timeout: float = 600, **options) -> subprocess.CompletedProcess:
     """``python train.py *args`` in the project folder as a user runs it (W&B offline, no stdin),
-    its output captured as text."""
+    its output captured as text; ``options`` go to subprocess.run."""
     return subprocess.run(
         [sys.executable, "train.py", *args],
         cwd=PROJECT_ROOT,
@@ -102,6 +102,7 @@ def train_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
         text=True,
         timeout=timeout,
         stdin=subprocess.DEVNULL,
+        **options,
     )
 
 

@@ -3,11 +3,9 @@
 import csv
 import math
 import os
-import subprocess
-import sys
 
 import pytest
-from helpers import FAST, PROJECT_ROOT, child_env
+from helpers import FAST, train_cli
 from omegaconf import OmegaConf
 
 from vaelab.wandb_run import find_offline_runs, read_offline_run
@@ -21,15 +19,7 @@ QUICK = [*FAST, "trainer.limit_train_batches=3", "callbacks.sample_grids.every_n
 
 
 def sweep(args, sweep_dir, data_root, timeout=600):
-    return subprocess.run(
-        [sys.executable, "train.py", *args, *QUICK, f"data.root={data_root}", f"hydra.sweep.dir={sweep_dir}"],
-        cwd=PROJECT_ROOT,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
+    return train_cli(*args, *QUICK, f"data.root={data_root}", f"hydra.sweep.dir={sweep_dir}", timeout=timeout)
 
 
 def summary_rows(sweep_dir):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import FAST, PROJECT_ROOT, child_env, differing_metrics, snapshot, write_synthetic_dataset
+from helpers import FAST, PROJECT_ROOT, child_env, differing_metrics, snapshot, train_cli, write_synthetic_dataset
 from omegaconf import OmegaConf
 
 from vaelab.errors import UserError
@@ -21,17 +21,7 @@ from vaelab.wandb_run import find_offline_runs, read_offline_run
 CSV = [*FAST, "logger=csv"]
 
 
-def cli(*args, timeout=300, **options):
-    return subprocess.run(
-        [sys.executable, "train.py", *args],
-        cwd=PROJECT_ROOT,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-        **options,
-    )
+cli = train_cli  # python train.py ...
 
 
 @pytest.fixture(scope="module")
