@@ -256,6 +256,17 @@ def grads_sum(grads: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([g.sum() for g in grads]).sum()
 
 
+def last_checkpoint_written(trainer: L.Trainer) -> Path | None:
+    """The newest checkpoint written: last.ckpt (callbacks.last_checkpoint) or Lightning's save_last."""
+    paths = [
+        Path(path)
+        for cb in trainer.checkpoint_callbacks
+        for path in (cb.last_model_path, cb.best_model_path)
+        if path and Path(path).stem == "last"
+    ]
+    return paths[0] if paths else None
+
+
 class NaNGuard(L.Callback):
     """Stop training, before the optimizer step, when the loss or a gradient is not finite.
 
@@ -300,14 +311,8 @@ class NaNGuard(L.Callback):
 
     @staticmethod
     def _last(trainer: L.Trainer) -> str:
-        """The newest checkpoint written: last.ckpt (callbacks.last_checkpoint) or Lightning's save_last."""
-        paths = [
-            path
-            for cb in trainer.checkpoint_callbacks
-            for path in (cb.last_model_path, cb.best_model_path)
-            if path and Path(path).stem == "last"
-        ]
-        return f" (last: {paths[0]})" if paths else ""
+        path = last_checkpoint_written(trainer)
+        return f" (last: {path})" if path else ""
 
 
 class Throughput(L.Callback):
@@ -383,17 +388,14 @@ class CheckpointArtifacts(L.Callback):
         if not trainer.is_global_zero or not wandb_loggers(trainer.loggers) or trainer.checkpoint_callback is None:
             return
         best_callback = trainer.checkpoint_callback  # the first ModelCheckpoint: the one on val/elbo
-        best = Path(best_callback.best_model_path) if best_callback.best_model_path else None
-        last = Path(best_callback.dirpath) / "last.ckpt"
-        found = [(path, alias) for path, alias in ((best, "best"), (last, "last")) if path and path.is_file()]
-        score = best_callback.best_model_score
-        metadata = {"epoch": trainer.current_epoch, "global_step": trainer.global_step}
-        checkpoints = []
-        for path, alias in found:  # W&B gives the version logged last the alias "latest" too
-            extra = (
-                {"monitor": best_callback.monitor, "score": float(score)}
-                if alias == "best" and score is not None
-                else {}
-            )
-            checkpoints.append((path, [alias], {**metadata, **extra, "file": path.name}))
+        at = {"epoch": trainer.current_epoch, "global_step": trainer.global_step}
+        checkpoints = []  # W&B gives the version logged last the alias "latest" too
+        if best_callback.best_model_path and Path(best_callback.best_model_path).is_file():
+            best = Path(best_callback.best_model_path)
+            score = best_callback.best_model_score
+            scored = {"monitor": best_callback.monitor, "score": float(score)} if score is not None else {}
+            checkpoints.append((best, ["best"], {**at, **scored, "file": best.name}))
+        last = last_checkpoint_written(trainer)
+        if last is not None and last.is_file():
+            checkpoints.append((last, ["last"], {**at, "file": last.name}))
         log_checkpoints(trainer.loggers, checkpoints)

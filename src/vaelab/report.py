@@ -169,7 +169,8 @@ def table_html(runs, rows: list[dict]) -> str:
 def gallery_html(runs) -> str:
     """Rows by β, columns by latent size; in each cell, every run of that (β, z) (models, seeds)
     with its final panels. Panels a run did not make are left out."""
-    with_images = [run for run in runs if any(final_panel(run.folder, p) for p in GALLERY_PANELS)]
+    pictures = {run.folder: {p: final_panel(run.folder, p) for p in GALLERY_PANELS} for run in runs}
+    with_images = [run for run in runs if any(pictures[run.folder].values())]
     if not with_images:
         return (
             "<p>No run has saved image panels: <code>callbacks.sample_grids</code> makes them every "
@@ -177,7 +178,7 @@ def gallery_html(runs) -> str:
         )
     betas = sorted({run.beta for run in with_images})
     latents = sorted({run.latent_dim for run in with_images})
-    panels = [p for p in GALLERY_PANELS if any(final_panel(run.folder, p) for run in with_images)]
+    panels = [p for p in GALLERY_PANELS if any(pictures[run.folder][p] for run in with_images)]
     switches = " ".join(
         f'<label><input type="checkbox" class="panel-switch" value="{p}"{" checked" if p in GALLERY_SHOWN else ""}> '
         f"{p.replace('_', ' ')}</label>"
@@ -194,14 +195,13 @@ def gallery_html(runs) -> str:
             )
             figures = []
             for run in group:
-                pictures = []
-                for panel in panels:
-                    path = final_panel(run.folder, panel)
+                shown = []
+                for panel, path in pictures[run.folder].items():
                     if path is not None:
                         caption = f"{panel.replace('_', ' ')}, {path.stem.replace('=', ' ')}"
                         image = inline_png(path, f"{run.label}: {caption}", data_run=run.folder.name, data_panel=panel)
-                        pictures.append(f'<figure class="p-{panel}">{image}<figcaption>{caption}</figcaption></figure>')
-                figures.append(f"<div><strong>{html.escape(run.label)}</strong>{''.join(pictures)}</div>")
+                        shown.append(f'<figure class="p-{panel}">{image}<figcaption>{caption}</figcaption></figure>')
+                figures.append(f"<div><strong>{html.escape(run.label)}</strong>{''.join(shown)}</div>")
             cells.append(f"<td>{''.join(figures)}</td>")
         body.append(f"<tr>{''.join(cells)}</tr>")
     return f'<p>Show: {switches}</p>\n<table class="gallery" id="gallery">{head}\n' + "\n".join(body) + "\n</table>"
