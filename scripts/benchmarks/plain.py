@@ -119,7 +119,7 @@ def bench_compute_floor(repeats: int = 300) -> float:
     """Images/s of a step that does nothing but the five 128x784x400 float32 matrix products of the
     784-400-20 VAE (encoder and decoder layers forward; the decoder layer's weight and input
     gradients and the encoder layer's weight gradient backward) and one fused Adam update of all
-    its parameters: an upper bound for (a), (b) and (b') on this machine."""
+    its parameters: an upper bound for (a), (b) and (b') on the machine it runs on."""
     torch.manual_seed(0)
     model, optimizer = plain_model(fused=True)
     for parameter in model.parameters():
