@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -126,3 +127,22 @@ def snapshot(folder: Path, bookkeeping: tuple[str, ...] = ("train.log", ".lock")
         for p in folder.rglob("*")
         if p.is_file() and p.name not in bookkeeping
     }
+
+
+def render(page, tmp_path, fragment: str = "") -> str:
+    """The DOM of page after Chromium (headless) has loaded it and run its script."""
+    browser = next(
+        (shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)), None
+    )
+    if browser is None:
+        pytest.skip("no Chromium: apt-get install chromium (Debian) to render the report headless")
+    result = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}"]
+        + ["--dump-dom", f"{page.as_uri()}{fragment}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout

@@ -24,8 +24,17 @@ def damaged_data(root: Path, how: str) -> Path:
     """A synthetic MNIST copy with one file damaged."""
     write_synthetic_dataset(root, "mnist")
     images = root / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    labels = root / "MNIST" / "raw" / "train-labels-idx1-ubyte"
     data = images.read_bytes()
-    images.write_bytes(data[:-100] if how == "truncated" else b"\x00\x00\x07\x07" + data[4:])
+    if how == "no images":  # a header that says 0 images, and a label file that agrees
+        images.write_bytes(data[:4] + (0).to_bytes(4, "big") + data[8:16])
+        labels.write_bytes(labels.read_bytes()[:4] + (0).to_bytes(4, "big"))
+    elif how == "label 12":
+        label_bytes = bytearray(labels.read_bytes())
+        label_bytes[8 + 5] = 12
+        labels.write_bytes(bytes(label_bytes))
+    else:
+        images.write_bytes(data[:-100] if how == "truncated" else b"\x00\x00\x07\x07" + data[4:])
     return root
 
 
@@ -115,7 +124,53 @@ ROWS = {
         "model.beta=-1.0 is not allowed: a number >= 0",
     ),
     "bench missing data": (lambda t, d, c: bench_cmd(t / "nowhere", t), "mnist data not found in"),
+    "IDX header says 0 images": (
+        lambda t, d, c: train_cmd(f"data.root={damaged_data(t / 'empty', 'no images')}"),
+        "train-images-idx3-ubyte: its header says it holds 0 images",
+    ),
+    "CVAE label out of range": (
+        lambda t, d, c: train_cmd("model=cvae", f"data.root={damaged_data(t / 'labels', 'label 12')}"),
+        "train-labels-idx1-ubyte: a label is 12, outside 0..9",
+    ),
+    "duplicate key in a resumed config": (
+        lambda t, d, c: train_cmd(f"resume={duplicate_key_run(c, t)}"),
+        "config.yaml is not readable YAML: the key 'seed' is given twice",
+    ),
+    "seed outside numpy's range": (lambda t, d, c: train_cmd("seed=4294967296"), "seed=4294967296 is not allowed"),
+    "bogus WANDB_MODE": (
+        lambda t, d, c: train_cmd("logger=wandb"),
+        "WANDB_MODE='sometimes' (environment) is not a W&B mode",
+    ),
+    "bad MASTER_PORT": (
+        lambda t, d, c: train_cmd("trainer=ddp_spawn"),
+        "MASTER_PORT='99999' (environment) is not allowed",
+    ),
+    "GPU asked for without one": (
+        lambda t, d, c: train_cmd("trainer.accelerator=gpu"),
+        "trainer.accelerator='gpu' is not allowed",
+    ),
+    "compare a damaged status.json": (
+        lambda t, d, c: ["-m", "vaelab.compare", str(damaged_status_run(c, t)), "--out", str(t / "cmp")],
+        "status.json is not readable JSON",
+    ),
 }
+ENVIRONMENT = {"bogus WANDB_MODE": {"WANDB_MODE": "sometimes"}, "bad MASTER_PORT": {"MASTER_PORT": "99999"}}
+
+
+def duplicate_key_run(ckpt: Path, tmp: Path) -> Path:
+    """A copy of the good run whose config.yaml gives seed twice."""
+    run = tmp / "duplicate"
+    shutil.copytree(ckpt.parent.parent, run)
+    config = run / ".hydra" / "config.yaml"
+    config.write_text(config.read_text() + "seed: 7\n")
+    return run
+
+
+def damaged_status_run(ckpt: Path, tmp: Path) -> Path:
+    run = tmp / "damaged"
+    shutil.copytree(ckpt.parent.parent, run)
+    (run / "status.json").write_text('{"status": "ok", "metr')
+    return run
 
 
 def bench_cmd(data_root, tmp: Path, *args):
@@ -158,7 +213,7 @@ def test_bad_input(row, tmp_path, data_root, ckpt):
     result = subprocess.run(
         [sys.executable, *args],
         cwd=PROJECT_ROOT,
-        env=child_env(),
+        env=child_env(**ENVIRONMENT.get(row, {})),
         capture_output=True,
         text=True,
         timeout=180,

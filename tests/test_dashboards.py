@@ -4,7 +4,6 @@ server and its HTTP API, and vaelab-compare's report rendered in headless Chromi
 import csv
 import json
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import time
 import urllib.request
 
 import pytest
-from helpers import FAST, train_cli
+from helpers import FAST, render, train_cli
 
 pytestmark = pytest.mark.slow  # a sweep of 4 jobs and a TensorBoard server: run by `make test-slow` (and .ci/run)
 
@@ -92,25 +91,6 @@ def test_tensorboard_serves_the_sweeps_runs_and_hparams(sweep, tmp_path):
     assert {"final/test/elbo", "final/test/kl", "final/val/active_units"} <= {
         info["name"]["tag"] for info in experiment["metricInfos"]
     }
-
-
-def render(page, tmp_path, fragment: str = "") -> str:
-    """The DOM of page after Chromium (headless) has loaded it and run its script."""
-    browser = next(
-        (shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)), None
-    )
-    if browser is None:
-        pytest.skip("no Chromium: apt-get install chromium (Debian) to render the report headless")
-    result = subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}"]
-        + ["--dump-dom", f"{page.as_uri()}{fragment}"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout
 
 
 def loaded_images(dom: str) -> tuple[int, int]:

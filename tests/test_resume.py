@@ -95,15 +95,24 @@ def test_nan_guard_stops_with_the_step_and_the_term_and_keeps_the_last_checkpoin
     assert not list((tmp_path / "checkpoints").glob("*.tmp"))
 
 
-def test_checkpoints_are_written_through_a_temporary_file(tmp_path, monkeypatch):
-    from vaelab.checkpointing import AtomicCheckpointIO
+def test_a_failed_checkpoint_save_keeps_the_previous_file_and_leaves_no_temporary_one(tmp_path, monkeypatch):
+    import errno
 
-    seen = []
-    real_replace = os.replace
-    monkeypatch.setattr(os, "replace", lambda src, dst: (seen.append((str(src), str(dst))), real_replace(src, dst)))
-    AtomicCheckpointIO().save_checkpoint({"x": torch.ones(2)}, tmp_path / "last.ckpt")
-    assert seen == [(str(tmp_path / "last.ckpt.tmp"), str(tmp_path / "last.ckpt"))]
-    assert torch.equal(torch.load(tmp_path / "last.ckpt", weights_only=True)["x"], torch.ones(2))
+    from vaelab.checkpointing import AtomicCheckpointIO
+    from vaelab.errors import UserError
+
+    checkpoints = tmp_path / "checkpoints"
+    io = AtomicCheckpointIO(root=tmp_path)
+    io.save_checkpoint({"x": torch.ones(2)}, checkpoints / "last.ckpt")
+
+    def disk_full(fd):  # the data went out, the disk could not keep it
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(UserError, match=r"cannot write .*last\.ckpt: No space left on device"):
+        io.save_checkpoint({"x": torch.zeros(2)}, checkpoints / "last.ckpt")
+    assert sorted(os.listdir(checkpoints)) == ["last.ckpt"]
+    assert torch.equal(torch.load(checkpoints / "last.ckpt", weights_only=True)["x"], torch.ones(2))
 
 
 def test_last_checkpoint_is_rewritten_every_epoch_whether_or_not_the_best_one_is(tmp_path, data_root):

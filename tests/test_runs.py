@@ -234,3 +234,12 @@ def test_a_best_checkpoint_left_by_a_kill_during_a_save_is_removed(tmp_path, dat
     (run / "checkpoints" / "best-epoch-007.ckpt").write_bytes(best.read_bytes())  # as if the old one was not deleted
     assert cli(*CSV, f"data.root={data_root}", f"resume={run}", "trainer.max_epochs=2", "test=false").returncode == 0
     assert len(list((run / "checkpoints").glob("best-epoch-*.ckpt"))) == 1
+
+
+def test_a_long_run_name_is_shortened_to_one_file_name_part_that_stays_unique():
+    from vaelab.runs import MAX_NAME, file_name
+
+    first, second = file_name("x" * 300 + "a"), file_name("x" * 300 + "b")
+    assert len(first) == len(second) == MAX_NAME and first != second
+    assert first.startswith("x" * 80) and file_name("vae-mnist-z20") == "vae-mnist-z20"
+    assert file_name("../" * 100) != file_name("../" * 101) and "/" not in file_name("../" * 100)

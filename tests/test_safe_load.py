@@ -12,13 +12,11 @@ import torch
 import yaml
 from helpers import CONFIG_DIR, FAST, PROJECT_ROOT, child_env, compose, snapshot
 
+from vaelab.allow_list import check_file_config, check_targets, find_targets, is_allowed
 from vaelab.errors import ConfigError, UserError
 from vaelab.safe_load import (
     MAX_VALUES,
     CheckpointError,
-    check_targets,
-    find_targets,
-    is_allowed,
     read_checkpoint,
     read_run_config,
     read_vaelab_checkpoint,
@@ -227,7 +225,7 @@ def test_a_run_config_with_a_yaml_alias_bomb_or_a_foreign_target_is_refused(tmp_
     (foreign / ".hydra").mkdir(parents=True)
     (foreign / ".hydra" / "config.yaml").write_text("callbacks:\n  evil:\n    _target_: builtins.exec\n")
     with pytest.raises(ConfigError, match=r"callbacks\.evil\._target_='builtins.exec' is not allowed"):
-        read_run_config(foreign)
+        check_file_config(read_run_config(foreign), "config.yaml", foreign)
     with pytest.raises(UserError, match="is not a vaelab run folder"):
         read_run_config(tmp_path / "nowhere")
 

@@ -58,7 +58,7 @@ def train(overrides: list[str] | tuple[str, ...] = ()):
     The run goes to ``./logs/runs/<time>_<run_name>/`` (``paths.log_dir=...``, ``hydra.run.dir=...``
     move it; ``resume=RUN_DIR`` continues a run). Returns a ``vaelab.training.TrainResult``: ``metrics``
     (floats, nats per image), ``run_dir``, ``best_checkpoint``, ``last_checkpoint``."""
-    from vaelab.runs import check_can_create
+    from vaelab.runs import check_can_create, check_folder_contents
     from vaelab.training import run_in_folder
 
     overrides = list(overrides)
@@ -67,6 +67,7 @@ def train(overrides: list[str] | tuple[str, ...] = ()):
     cfg = compose("train", overrides)
     run_dir = Path(cfg.hydra.run.dir).absolute()
     check_can_create(run_dir, "run folder")
+    check_folder_contents(run_dir, "run folder")
     return run_in_folder(without_hydra(cfg, run_dir), run_dir, overrides)
 
 

@@ -188,11 +188,11 @@ class ImagePanels(L.Callback):
         )
 
     def save(self, name: str, grid: torch.Tensor, trainer: L.Trainer) -> Path:
+        from vaelab.runs import write_file
+
         root = Path(self.output_dir or trainer.default_root_dir)
         path = root / "images" / name / f"epoch={trainer.current_epoch:03d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_image(grid, path)
-        return path
+        return write_file(path, lambda handle: save_image(grid, handle, format="png"), root=root)
 
     def log_image(self, trainer: L.Trainer, name: str, path: Path, grid: torch.Tensor) -> None:
         """The panel to every logger that takes images: W&B from its PNG, TensorBoard as a (3, H, W) tensor."""

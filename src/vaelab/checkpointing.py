@@ -1,7 +1,8 @@
 """Crash-safe checkpoints and exact resumption.
 
-- ``AtomicCheckpointIO`` writes each checkpoint to ``<path>.tmp`` and renames it over
-  ``<path>``: a run killed during a save never leaves a half-written ``last.ckpt``.
+- ``AtomicCheckpointIO`` writes each checkpoint to a temporary file and renames it over
+  ``<path>``: a run killed during a save never leaves a half-written ``last.ckpt``; it keeps
+  the files a checkpoint names for deleting or testing inside the run's ``checkpoints/``.
 - ``check_fits`` refuses, in one line, a checkpoint whose parameters have other shapes than
   the model a run builds, naming the config keys that differ.
 - ``RemoveStaleCheckpoints`` deletes best-checkpoint files that a run killed during a save
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,13 +30,72 @@ from vaelab.safe_load import CheckpointError, read_vaelab_checkpoint
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """TorchCheckpointIO that saves to a temporary file, then renames it into place (atomic on POSIX)."""
+    """TorchCheckpointIO that keeps a run's checkpoints in its folder ``root`` (``paths.output_dir``).
+
+    - save: ``runs.write_file``, a temporary file renamed into place (atomic on POSIX), no symlink
+      followed below ``root``; a failed save (disk full) leaves the previous file and no temporary one.
+    - load: ``read_checkpoint`` (weights_only, bounded), and ModelCheckpoint states whose file
+      paths lie outside ``<root>/checkpoints/`` dropped with a warning naming them.
+    - remove: only files in ``<root>/checkpoints/``."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        super().__init__()
+        self.root = Path(root) if root else None
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        super().save_checkpoint(checkpoint, tmp, storage_options)
-        os.replace(tmp, path)
+        import io
+
+        from vaelab.runs import write_file
+
+        buffer = io.BytesIO()  # as Lightning's own save: torch.save turns a failed file write into a RuntimeError
+        torch.save(checkpoint, buffer)
+        write_file(path, buffer.getbuffer(), root=self.root or Path(path).parent)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=True) -> dict:
+        from vaelab.safe_load import read_checkpoint
+
+        checkpoint = read_checkpoint(path, "checkpoint")
+        if self.root is not None and isinstance(checkpoint.get("callbacks"), dict):
+            checkpoint["callbacks"] = {
+                key: state
+                for key, state in checkpoint["callbacks"].items()
+                if usable_callback_state(key, state, self.root / "checkpoints", path)
+            }
+        return checkpoint
+
+    def remove_checkpoint(self, path) -> None:
+        if self.root is not None and not in_folder(path, self.root / "checkpoints"):
+            warnings.warn(f"not removing {path}: it is outside {self.root / 'checkpoints'}", stacklevel=2)
+            return
+        super().remove_checkpoint(path)
+
+
+def in_folder(path, folder: Path) -> bool:
+    """True when ``path`` lies below ``folder`` (symlinks followed), ``folder`` itself excluded."""
+    if not isinstance(path, str | Path) or str(path) in ("", "."):
+        return False
+    return os.path.realpath(path).startswith(os.path.realpath(folder) + os.sep)
+
+
+CHECKPOINT_PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")
+
+
+def usable_callback_state(key: str, state, folder: Path, source) -> bool:
+    """False (with a warning naming the checkpoint) for a ModelCheckpoint state that names a
+    file outside ``folder`` or is malformed: Lightning would delete that file, or test on it."""
+    if not isinstance(state, dict) or "best_model_path" not in state:
+        return True  # not a ModelCheckpoint's
+    paths = [state.get(name) for name in CHECKPOINT_PATH_KEYS]
+    best_k = state.get("best_k_models", {})
+    ok = isinstance(best_k, dict) and all(isinstance(p, str) for p in [*best_k, *(p for p in paths if p is not None)])
+    ok = ok and all(in_folder(p, folder) for p in [*best_k, *(p for p in paths if p)])
+    if not ok:
+        warnings.warn(
+            f"checkpoint {source}: its {str(key)[:60]} state names files outside {folder} or is malformed; "
+            "it is left out (that callback starts afresh)",
+            stacklevel=2,
+        )
+    return ok
 
 
 def rng_states() -> dict:
@@ -52,13 +113,17 @@ def rng_states() -> dict:
 
 
 def restore_rng_states(states: dict) -> None:
-    version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = states["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    """Set the states ``rng_states`` saved; a malformed one is a CheckpointError."""
+    try:
+        version, internal, gauss = states["python"]
+        random.setstate((version, tuple(internal), gauss))
+        name, keys, pos, has_gauss, cached = states["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        torch.set_rng_state(states["torch"])
+        if "cuda" in states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states["cuda"])
+    except Exception as error:  # noqa: BLE001 - any malformed state means the same to the user
+        raise CheckpointError(f"the checkpoint's rng_states cannot be restored: {first_line(error)}") from None
 
 
 SHAPE_KEYS = ("model.latent_dim", "model.conditional", "model.net", "loss", "data.name")
@@ -126,7 +191,7 @@ def source_commit() -> str | None:
 
 def describe(checkpoint: dict) -> list[str]:
     """What a vaelab checkpoint (as ``read_vaelab_checkpoint`` returns it) holds, one fact per line."""
-    from vaelab.safe_load import find_targets
+    from vaelab.allow_list import find_targets
 
     hparams = checkpoint["hyper_parameters"]
     model, data = hparams["model"], hparams.get("data") or {}
@@ -164,6 +229,8 @@ class RemoveStaleCheckpoints(Callback):
             prefix = (callback.filename or "").split("{")[0]
             if not prefix or not callback.dirpath or not Path(callback.dirpath).is_dir():
                 continue
+            if not in_folder(Path(callback.dirpath) / "x", Path(trainer.default_root_dir) / "checkpoints"):
+                continue  # only in this run's own checkpoints/
             kept = {Path(p).resolve() for p in [*callback.best_k_models, callback.best_model_path] if p}
             for path in Path(callback.dirpath).glob(f"{prefix}*.ckpt"):
                 if path.resolve() not in kept:

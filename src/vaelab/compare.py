@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from vaelab.comparison import compare
+from vaelab.errors import one_line_errors
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,9 +23,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     out = args.out or (args.paths[0] / "compare" if len(args.paths) == 1 else Path("compare"))
-    written = compare(args.paths, out)
+    # the default <PATH>/compare is made without following a symlink there: PATH may be from elsewhere
+    root = args.paths[0] if args.out is None and len(args.paths) == 1 else out
+    with one_line_errors():
+        written = compare(args.paths, out, root=root)
     print(
-        f"compared {sum(1 for _ in open(written['csv'])) - 1} runs; wrote {written['html']} and {out}/runs.{{csv,md}}, "
+        f"compared {written['count']} runs; wrote {written['html']} and {out}/runs.{{csv,md}}, "
         f"rate_distortion.png, metrics_vs_latent.png, curves.png"
     )
 

@@ -23,8 +23,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from vaelab.errors import first_line
-from vaelab.report import write_report
+from vaelab.report import printable, write_report
 from vaelab.tables import FINAL_METRICS, iwae_columns, write_table
 from vaelab.wandb_run import read_history
 
@@ -62,24 +64,40 @@ class Run:
 
 
 def find_run_folders(paths: list[Path]) -> list[Path]:
-    """Every folder with a .hydra/config.yaml at or below the given paths, sorted, without repeats."""
+    """Every folder with a .hydra/config.yaml at or below the given paths (not through a symlink
+    that leads out of them), sorted, without repeats."""
+    from vaelab.allow_list import inside
+
     found = []
     for path in paths:
         if not path.exists():
             raise SystemExit(f"error: {path}: no such folder")
-        found += [config.parent.parent for config in path.rglob(".hydra/config.yaml")]
+        for config in path.rglob(".hydra/config.yaml"):
+            if inside(config.parent.parent, path):
+                found.append(config.parent.parent)
+            else:  # a symlinked folder must not bring another run of the user's into the report
+                print(
+                    f"warning: skipped {printable(str(config.parent.parent))}: it leads outside {path}", file=sys.stderr
+                )
     return sorted(
         set(found),
         key=lambda p: (str(p.parent), int(p.name.split("_")[0]) if p.name.split("_")[0].isdigit() else 0, p.name),
     )
 
 
+MAX_HISTORY_BYTES = 256 << 20  # metrics.csv of a long run is a few MB
+
+
 def read_csv_history(folder: Path) -> list[dict]:
+    import io
+
+    from vaelab.safe_load import read_file
+
     path = folder / "csv" / "metrics.csv"
-    if not path.is_file():
+    if not path.exists():
         return []
-    with open(path, newline="") as handle:
-        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(handle)]
+    text = read_file(path, folder, MAX_HISTORY_BYTES).decode("utf-8")
+    return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(io.StringIO(text))]
 
 
 def read_tensorboard_history(folder: Path) -> list[dict]:
@@ -101,23 +119,44 @@ def read_tensorboard_history(folder: Path) -> list[dict]:
     return [rows[step] for step in sorted(rows)]
 
 
+def read_json(path: Path, folder: Path) -> dict:
+    """A JSON object from a regular file inside ``folder``; anything else a UserError naming the file."""
+    from vaelab.errors import UserError
+    from vaelab.safe_load import read_file
+
+    try:
+        value = json.loads(read_file(path, folder))
+    except ValueError as error:
+        raise UserError(f"{path} is not readable JSON: {first_line(error)}") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path} holds a {type(value).__name__}, not a JSON object")
+    return value
+
+
 def read_run(folder: Path) -> Run:
     """One run folder, read as data (bounded YAML, nothing instantiated)."""
     from vaelab.safe_load import load_yaml
 
-    cfg = load_yaml(folder / ".hydra" / "config.yaml", f"{folder}: config.yaml")
+    # values as written: an interpolation in a file from elsewhere is shown, never resolved
+    config_file = folder / ".hydra" / "config.yaml"
+    cfg = OmegaConf.to_container(load_yaml(config_file, str(config_file), root=folder), resolve=False)
+    model, data = cfg.get("model") or {}, cfg.get("data") or {}
     overrides_file = folder / ".hydra" / "overrides.yaml"
     overrides = (
-        " ".join(map(str, load_yaml(overrides_file, str(overrides_file), list))) if overrides_file.is_file() else ""
+        " ".join(map(str, load_yaml(overrides_file, str(overrides_file), list, root=folder)))
+        if overrides_file.exists()
+        else ""
     )
     status_file = folder / "status.json"
-    status = json.loads(status_file.read_text()) if status_file.is_file() else {"status": "unknown", "metrics": {}}
+    status = read_json(status_file, folder) if status_file.exists() else {"status": "unknown"}
+    if not isinstance(status, dict) or not isinstance(status.get("metrics", {}), dict):
+        raise ValueError(f"{status_file} is not a vaelab status file")
     run = Run(
         folder=folder,
-        model=str(cfg.model.name),
-        data=str(cfg.data.name),
-        beta=float(cfg.model.beta),
-        latent_dim=int(cfg.model.latent_dim),
+        model=str(model.get("name")),
+        data=str(data.get("name")),
+        beta=float(model.get("beta")),
+        latent_dim=int(model.get("latent_dim")),
         seed=int(cfg.get("seed", 0)),
         overrides=overrides,
         status=status["status"],
@@ -139,7 +178,7 @@ def read_run(folder: Path) -> Run:
         last_logged.update({k: v for k, v in row.items() if "/" in k and not k.startswith("trainer/")})
     run.metrics = {**last_logged, **run.metrics}  # status.json's final metrics win; else (a killed run) the last logged
     for eval_file in sorted(folder.glob("checkpoints/*.eval.json")):
-        results = json.loads(eval_file.read_text())  # vaelab-eval's "<split>/nll", "<split>/bits_per_dim", ...
+        results = read_json(eval_file, folder)  # vaelab-eval's "<split>/nll", "<split>/bits_per_dim", ...
         run.metrics.update(
             {k: v for k, v in results.items() if k.endswith(("/nll", "/bits_per_dim")) and isinstance(v, (int, float))}
         )
@@ -171,7 +210,7 @@ def figure(**size):
     return Figure(**size)
 
 
-def plot_rate_distortion(runs: list[Run], path: Path) -> None:
+def plot_rate_distortion(runs: list[Run]):
     fig = figure(figsize=(6, 4.5), dpi=110)
     ax = fig.subplots()
     for latent_dim in sorted({r.latent_dim for r in runs}):
@@ -198,10 +237,10 @@ def plot_rate_distortion(runs: list[Run], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    return fig
 
 
-def plot_metrics_vs_latent(runs: list[Run], path: Path) -> None:
+def plot_metrics_vs_latent(runs: list[Run]):
     panels = [("elbo", "ELBO [nats per image]"), ("kl", "KL [nats per image]"), ("active_units", "active units")]
     fig = figure(figsize=(13, 4), dpi=110)
     axes = fig.subplots(1, 3)
@@ -223,10 +262,10 @@ def plot_metrics_vs_latent(runs: list[Run], path: Path) -> None:
         ax.legend(fontsize=8)
     fig.suptitle("Final metrics against the latent size")
     fig.tight_layout()
-    fig.savefig(path)
+    return fig
 
 
-def plot_curves(runs: list[Run], path: Path) -> None:
+def plot_curves(runs: list[Run]):
     fig = figure(figsize=(13, 4.5), dpi=110)
     left, right = fig.subplots(1, 2)
     for run in runs:
@@ -249,33 +288,48 @@ def plot_curves(runs: list[Run], path: Path) -> None:
         if ax.lines:
             ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
+    return fig
 
 
-def compare(paths: list[Path], out: Path) -> dict[str, Path]:
-    """Read every run under paths and write the tables, plots and report into out."""
+def save_figure(fig, path: Path, root: Path) -> None:
+    from vaelab.runs import write_file
+
+    write_file(path, lambda handle: fig.savefig(handle, format="png"), root=root)
+
+
+def compare(paths: list[Path], out: Path, root: Path | None = None) -> dict[str, Path]:
+    """Read every run under paths and write the tables, plots and report into out; ``root``:
+    the folder below which no symlink is followed (default: ``out``)."""
+    root = root or out
     folders = find_run_folders(paths)
     if not folders:
         raise SystemExit(f"error: no run folders (with .hydra/config.yaml) under {', '.join(map(str, paths))}")
-    runs = []
+    runs, skipped = [], []
     for folder in folders:
         try:
             runs.append(read_run(folder))
         except Exception as error:  # noqa: BLE001 - one damaged folder must not hide the others
-            print(f"warning: skipped {folder}: {first_line(error)}", file=sys.stderr)
+            skipped.append(printable(first_line(error)))
+            print(f"warning: skipped {printable(str(folder))}: {skipped[-1]}", file=sys.stderr)
     if not runs:
-        raise SystemExit(f"error: no readable run folder under {', '.join(map(str, paths))}")
-    out.mkdir(parents=True, exist_ok=True)
+        raise SystemExit(f"error: no readable run folder under {', '.join(map(str, paths))}: {skipped[0]}")
     rows = table_rows(runs)
     write_table(
         rows,
         list(rows[0]) if rows else ["run"],
         out / "runs",
         shown_rows=[{**row, "run": Path(row["run"]).name} for row in rows],
+        root=root,
     )
     plots = [out / "rate_distortion.png", out / "metrics_vs_latent.png", out / "curves.png"]
-    plot_rate_distortion(runs, plots[0])
-    plot_metrics_vs_latent(runs, plots[1])
-    plot_curves(runs, plots[2])
-    report = write_report(runs, rows, plots, out, [str(p) for p in paths])
-    return {"csv": out / "runs.csv", "md": out / "runs.md", "html": report, **{p.stem: p for p in plots}}
+    save_figure(plot_rate_distortion(runs), plots[0], root)
+    save_figure(plot_metrics_vs_latent(runs), plots[1], root)
+    save_figure(plot_curves(runs), plots[2], root)
+    report = write_report(runs, rows, plots, out, [str(p) for p in paths], root=root)
+    return {
+        "csv": out / "runs.csv",
+        "md": out / "runs.md",
+        "html": report,
+        "count": len(runs),
+        **{p.stem: p for p in plots},
+    }

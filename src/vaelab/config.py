@@ -242,16 +242,44 @@ def check(section: str, schema: type, values: DictConfig | dict, only_schema_key
         raise ConfigError(f"{key}: {reason}") from None
 
 
+MAX_SEED = 2**32 - 1  # numpy's seeds (Lightning seeds numpy with it)
+
+
+def check_seed(seed) -> None:
+    ok = isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED
+    require(ok, "seed", seed, f"an integer in [0, {MAX_SEED}]")
+
+
+def check_devices(cfg: DictConfig) -> None:
+    """A GPU asked for where there is none, and a MASTER_PORT that is not a port, named before
+    Lightning reports them over several lines."""
+    import os
+
+    port = os.environ.get("MASTER_PORT")
+    if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise ConfigError(f"MASTER_PORT={port!r} (environment) is not allowed: a port in 1..65535")
+    accelerator = str((cfg.get("trainer") or {}).get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda"):
+        import torch
+
+        require(
+            torch.cuda.is_available(),
+            "trainer.accelerator",
+            accelerator,
+            "no CUDA GPU is available here (use trainer.accelerator=cpu or auto)",
+        )
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError (one line, naming the key) for the first bad user-facing value."""
-    seed = cfg.get("seed")
-    require(isinstance(seed, int) and not isinstance(seed, bool), "seed", seed, "an integer")
+    check_seed(cfg.get("seed"))
     require(isinstance(cfg.get("compile", False), bool), "compile", cfg.get("compile"), "true or false")
     precision = str(cfg.get("trainer", {}).get("precision", "32-true"))
     require(precision in PRECISIONS, "trainer.precision", precision, f"one of {', '.join(PRECISIONS)}")
     check("data", DataSchema, cfg.data)
     check("model", ModelSchema, cfg.model)
     check("trainer", TrainerSchema, cfg.trainer, only_schema_keys=True)
+    check_devices(cfg)
 
 
 TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
@@ -356,7 +384,7 @@ def validate_sample_config(cfg: DictConfig) -> None:
     require(is_number(cfg.span) and cfg.span > 0, "span", cfg.span, "a number > 0")
     require(is_count(cfg.get("nrow"), allow_null=True), "nrow", cfg.get("nrow"), "null or an integer >= 1")
     require(is_count(cfg.scatter_images), "scatter_images", cfg.scatter_images, "an integer >= 1")
-    require(isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool), "seed", cfg.seed, "an integer")
+    check_seed(cfg.seed)
     label = cfg.get("label")
     require(
         label is None or (isinstance(label, int) and not isinstance(label, bool)),
@@ -369,5 +397,5 @@ def validate_sample_config(cfg: DictConfig) -> None:
 def validate_classifier_config(cfg: DictConfig) -> None:
     """Raise ConfigError (one line naming the key) for a bad vaelab-classifier value."""
     require(is_count(cfg.epochs), "epochs", cfg.epochs, "an integer >= 1")
-    require(isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool), "seed", cfg.seed, "an integer")
+    check_seed(cfg.seed)
     require(isinstance(cfg.retrain, bool), "retrain", cfg.retrain, "true or false")

@@ -46,10 +46,20 @@ class DataCorruptError(UserError):
 IDX_MAGIC = {"images": 2051, "labels": 2049}  # unsigned bytes, 3 or 1 dimensions
 
 
+IMAGE_SIZE = (28, 28)  # the networks' input: MNIST's and Fashion-MNIST's
+
+
 def check_idx_file(path: Path, kind: str) -> tuple[int, ...]:
-    """Check an uncompressed IDX file's magic number and size against its header; return its shape."""
+    """Check an uncompressed IDX file: a regular file (a FIFO would block), its magic number,
+    its size against its header, at least one item, 28x28 images; return its shape."""
+    import stat
+
     magic = IDX_MAGIC[kind]
-    with open(path, "rb") as handle:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise DataCorruptError(f"{path}: not a regular file (a FIFO or device)")
+    with os.fdopen(fd, "rb") as handle:
         head = handle.read(4)
         found = int.from_bytes(head, "big") if len(head) == 4 else None
         if found != magic:
@@ -68,6 +78,10 @@ def check_idx_file(path: Path, kind: str) -> tuple[int, ...]:
             f"{path}: {size} bytes, but its header promises {expected} (shape {shape}): "
             "the file is truncated or corrupt; replace it"
         )
+    if shape[0] == 0:
+        raise DataCorruptError(f"{path}: its header says it holds 0 {kind}")
+    if kind == "images" and shape[1:] != IMAGE_SIZE:
+        raise DataCorruptError(f"{path}: images of {shape[1]}x{shape[2]} pixels, expected 28x28")
     return shape
 
 
@@ -106,7 +120,11 @@ def load_split(name: str, root: str | os.PathLike, train: bool, download: bool =
         if not download:
             raise DataNotFoundError(_missing_message(name, root, "download is off (data.download=false)")) from missing
         dataset = _download(cls, name, root, train)
-    return dataset.data, dataset.targets.long(), list(dataset.classes)
+    labels, classes = dataset.targets.long(), list(dataset.classes)
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= len(classes)):
+        file = raw_folder(name, root) / f"{'train' if train else 't10k'}-labels-idx1-ubyte"
+        raise DataCorruptError(f"{file}: a label is {int(labels.max())}, outside 0..{len(classes) - 1}")
+    return dataset.data, labels, classes
 
 
 def _download(cls, name: str, root: str, train: bool):
@@ -355,7 +373,10 @@ class VAEDataModule(L.LightningDataModule):
 
 
 def datamodule_for(module, data_root: str | None):
-    """The checkpoint's data module (same split, binarization and seeds), reading from data_root."""
+    """The checkpoint's data module (same split, binarization and seeds), reading from data_root.
+
+    Without data_root it reads the checkpoint's own data root, and never downloads there: a
+    checkpoint from elsewhere names a folder that is read, not written."""
     from hydra.utils import instantiate
 
     data = dict(module.hparams.get("data") or {})
@@ -363,6 +384,8 @@ def datamodule_for(module, data_root: str | None):
         raise CheckpointError("the checkpoint holds no data config (written by an older vaelab)")
     if data_root:
         data["root"] = data_root
+    else:
+        data["download"] = False
     datamodule = instantiate(data)
     datamodule.setup("test")
     return datamodule

@@ -45,10 +45,14 @@ def run(cfg: DictConfig) -> dict:
     # imported here, not above: torch and Lightning take seconds, and --help needs neither
     from vaelab.checkpointing import describe
     from vaelab.evaluation import evaluate_checkpoint, pick_device
+    from vaelab.runs import check_folder_contents, write_file
     from vaelab.safe_load import read_vaelab_checkpoint
     from vaelab.wandb_run import update_summary
 
     validate_eval_config(cfg)
+    run_dir = Path(cfg.ckpt).parent.parent  # <run>/checkpoints/<file>: its W&B run gets the results
+    if Path(cfg.ckpt).parent.name == "checkpoints" and (run_dir / ".hydra" / "config.yaml").is_file():
+        check_folder_contents(run_dir, "run folder")  # a run folder from elsewhere: W&B and out= write in it
     out = results_path(cfg)
     pick_device(str(cfg.device))  # a GPU asked for where there is none fails before the file is read
     checkpoint = read_vaelab_checkpoint(cfg.ckpt)
@@ -62,7 +66,7 @@ def run(cfg: DictConfig) -> dict:
     results = evaluate_checkpoint(cfg, checkpoint)
     del checkpoint
     print(json.dumps({k: v for k, v in results.items() if not isinstance(v, list)}, indent=2))  # shown before any write
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    write_file(out, json.dumps(results, indent=2) + "\n")
     log.info("wrote %s", out)
     if cfg.get("wandb", True):
         results["wandb_run_id"] = update_summary(Path(cfg.ckpt).resolve().parent.parent, results)

@@ -101,18 +101,19 @@ def train_classifier(
 
 
 def save_classifier(model: SmallCNN, test_accuracy: float, data: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(
-        {
-            "state_dict": model.state_dict(),
-            "test_accuracy": test_accuracy,
-            "data": data,
-            "num_classes": model.head[-1].out_features,
-        },
-        tmp,
-    )
-    tmp.replace(path)  # atomic: a killed save never leaves a half-written file
+    import io
+
+    from vaelab.runs import write_file
+
+    saved = {
+        "state_dict": model.state_dict(),
+        "test_accuracy": test_accuracy,
+        "data": data,
+        "num_classes": model.head[-1].out_features,
+    }
+    buffer = io.BytesIO()  # torch.save turns a failed file write into a RuntimeError
+    torch.save(saved, buffer)
+    write_file(path, buffer.getbuffer())  # atomic: a killed save leaves no half-written file
 
 
 def load_classifier(path: str | Path) -> tuple[SmallCNN, float]:

@@ -123,16 +123,62 @@ SCRIPT = """
 """
 
 
-def inline_png(path: Path, alt: str, **attributes: str) -> str:
-    """An <img> holding the PNG file itself (base64), so that the page needs no other file."""
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAX_PNG_BYTES = 20 << 20  # a panel is about 100 KB; a plot about 150 KB
+
+
+def png_bytes(path: Path, root: Path) -> bytes | None:
+    """The PNG file at ``path`` if it is a regular file inside ``root`` of at most MAX_PNG_BYTES
+    that starts with the PNG signature; else None, with a warning naming it (a symlink to a
+    private file, a FIFO or a renamed text file is never embedded)."""
+    import sys
+
+    from vaelab.errors import UserError
+    from vaelab.safe_load import read_file
+
+    try:
+        data = read_file(path, root, MAX_PNG_BYTES)
+    except UserError as error:
+        print(f"warning: not embedding {printable(str(error))}", file=sys.stderr)
+        return None
+    if not data.startswith(PNG_SIGNATURE):
+        print(f"warning: not embedding {printable(str(path))}: it is not a PNG file", file=sys.stderr)
+        return None
+    return data
+
+
+def printable(text: str) -> str:
+    """``text`` without control characters (a crafted name cannot move the terminal's cursor)."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def script_hash(script: str) -> str:
+    import hashlib
+
+    return "sha256-" + base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+
+
+# nothing but the page's own script runs, nothing is fetched: a crafted name that got past the
+# escaping still could not run code or send data anywhere
+CONTENT_SECURITY_POLICY = (
+    f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src '{script_hash(SCRIPT)}'; "
+    "base-uri 'none'; form-action 'none'"
+)
+
+
+def inline_png(path: Path, alt: str, root: Path, **attributes: str) -> str:
+    """An <img> holding the PNG file itself (base64), so that the page needs no other file;
+    "" when the file is not a PNG inside ``root`` (``png_bytes``)."""
+    data = png_bytes(path, root)
+    if data is None:
+        return ""
     extra = "".join(f' {name.replace("_", "-")}="{html.escape(value)}"' for name, value in attributes.items())
-    data = base64.b64encode(path.read_bytes()).decode()
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"{extra}>'
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}"{extra}>'
 
 
 def final_panel(folder: Path, panel: str) -> Path | None:
     """The run's last picture of this panel (``images/<panel>/epoch=NNN.png``), None without one."""
-    pictures = sorted((folder / "images" / panel).glob("epoch=*.png"))
+    pictures = sorted((folder / "images" / panel).glob("epoch=[0-9]*.png"))
     return pictures[-1] if pictures else None
 
 
@@ -199,8 +245,11 @@ def gallery_html(runs) -> str:
                 for panel, path in pictures[run.folder].items():
                     if path is not None:
                         caption = f"{panel.replace('_', ' ')}, {path.stem.replace('=', ' ')}"
-                        image = inline_png(path, f"{run.label}: {caption}", data_run=run.folder.name, data_panel=panel)
-                        shown.append(f'<figure class="p-{panel}">{image}<figcaption>{caption}</figcaption></figure>')
+                        alt = f"{run.label}: {caption}"
+                        image = inline_png(path, alt, run.folder, data_run=run.folder.name, data_panel=panel)
+                        figure = f'<figure class="p-{panel}">{image}<figcaption>{html.escape(caption)}</figcaption>'
+                        if image:
+                            shown.append(f"{figure}</figure>")
                 figures.append(f"<div><strong>{html.escape(run.label)}</strong>{''.join(shown)}</div>")
             cells.append(f"<td>{''.join(figures)}</td>")
         body.append(f"<tr>{''.join(cells)}</tr>")
@@ -219,15 +268,18 @@ def failures_html(runs) -> str:
     return f"<h2>Failed runs ({len(failed)})</h2>\n{items}"
 
 
-def write_report(runs, rows: list[dict], plots: list[Path], out: Path, sources: list[str]) -> Path:
+def write_report(
+    runs, rows: list[dict], plots: list[Path], out: Path, sources: list[str], root: Path | None = None
+) -> Path:
     """Write ``<out>/report.html`` for these runs (``rows``: runs.csv's rows, one per run, same
     order) and plots (PNG files); return its path."""
     plots_html = "\n".join(
-        f"<h3>{html.escape(p.stem.replace('_', ' '))}</h3>{inline_png(p, p.stem.replace('_', ' '))}" for p in plots
+        f"<h3>{html.escape(p.stem.replace('_', ' '))}</h3>{inline_png(p, p.stem.replace('_', ' '), out)}" for p in plots
     )
     failed = sum(run.status == "failed" for run in runs)
     page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>vaelab: {len(runs)} runs</title>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{CONTENT_SECURITY_POLICY}"><title>vaelab: {len(runs)} runs</title>
 <style>{STYLE}</style></head>
 <body><h1>vaelab: {len(runs)} runs{f", {failed} failed" if failed else ""}</h1>
 <p class="note">From {html.escape(", ".join(sources))}. Metrics are in nats per image (summed over pixels or latent
@@ -243,6 +295,6 @@ Click a column to sort; type to filter (every word must match).</p>
 <script>{SCRIPT}</script>
 </body></html>
 """
-    path = out / "report.html"
-    path.write_text(page)
-    return path
+    from vaelab.runs import write_file
+
+    return write_file(out / "report.html", page, root=root)

@@ -28,8 +28,9 @@ import time
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from vaelab.allow_list import check_file_config
 from vaelab.errors import UserError
 from vaelab.safe_load import load_yaml, read_run_config
 
@@ -53,9 +54,18 @@ class FolderLock:
 
     def __enter__(self) -> FolderLock:
         import fcntl
+        import stat
 
         self.folder.mkdir(parents=True, exist_ok=True)
-        handle = open(self.folder / LOCK_FILE, "a+")  # noqa: SIM115 - held open for as long as the lock
+        path = self.folder / LOCK_FILE
+        try:  # never through a symlink, never blocking on a FIFO
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+        except OSError as error:
+            raise NotAFileError(f"cannot lock {path}: {error.strerror} (a symlink or not a file?)") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise NotAFileError(f"cannot lock {path}: it is not a regular file")
+        handle = os.fdopen(fd, "r+")
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -108,17 +118,126 @@ class OutputFolderCheck(Callback):
     def _check(folder: Path, what: str) -> None:
         try:
             check_can_create(folder, what)
+            check_folder_contents(folder, what)
         except UserError as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(1)
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: readers see the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+class NotAFileError(UserError):
+    """A symlink, folder, FIFO or device where vaelab writes or reads a file."""
+
+
+def _open_folder(folder: Path, root: Path | None) -> int:
+    """A file descriptor of ``folder``, opened (and made) one part at a time below ``root``
+    without following a symlink: a symlinked folder in a run folder cannot lead a writer out."""
+    folder = Path(os.path.abspath(folder))
+    root = Path(os.path.abspath(root)) if root is not None else None
+    if root is None or (folder != root and root not in folder.parents):
+        folder.mkdir(parents=True, exist_ok=True)  # the user's own folder (given on the command line)
+        return os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in folder.relative_to(root).parts:
+            try:
+                os.mkdir(part, dir_fd=fd)
+            except FileExistsError:
+                pass
+            try:
+                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError:
+                raise NotAFileError(
+                    f"cannot write in {folder}: {part} in it is not a folder (a symlink or a file)"
+                ) from None
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def write_file(path: str | Path, data: bytes | str | object, root: str | Path | None = None) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename, so
+    that readers see the old or the new file and a failed write leaves no temporary file.
+
+    ``data``: bytes, text (UTF-8), or a function that writes into an open binary file (for
+    ``torch.save`` and ``savefig``). The folders from ``root`` (default: the file's folder)
+    down are made and opened without following a symlink, and a symlink, folder, FIFO or
+    device at ``path`` is refused with a NotAFileError naming it, never written through. Any
+    OSError (disk full, no permission) is a UserError naming the file."""
+    import stat
+
+    path = Path(path)
+    name, tmp = path.name, f".{path.name}.{os.getpid()}.tmp"
+    try:
+        fd = _open_folder(path.parent, root if root is not None else path.parent)
+    except NotAFileError:
+        raise
+    except OSError as error:
+        raise UserError(f"cannot write {path}: {error.strerror or error}") from None
+    try:
+        try:
+            found = os.lstat(name, dir_fd=fd)
+        except FileNotFoundError:
+            found = None
+        if found is not None and not stat.S_ISREG(found.st_mode):
+            what = "a symlink" if stat.S_ISLNK(found.st_mode) else "not a regular file"
+            raise NotAFileError(f"refused to write {path}: it is {what}; remove it or use another folder")
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=fd)
+        try:
+            with os.fdopen(out, "wb") as handle:
+                if isinstance(data, str):
+                    handle.write(data.encode("utf-8"))
+                elif isinstance(data, bytes | bytearray | memoryview):
+                    handle.write(data)
+                else:
+                    data(handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+        except BaseException:
+            try:
+                os.unlink(tmp, dir_fd=fd)
+            except OSError:
+                pass
+            raise
+    except OSError as error:
+        raise UserError(f"cannot write {path}: {error.strerror or error}") from None
+    finally:
+        os.close(fd)
+    return path
+
+
+def w_and_b_log_link(relative: Path) -> bool:
+    """True for W&B's links to its service logs (``wandb/<run>/logs/debug-core.log`` points into
+    W&B's cache): W&B replaces such a link and writes a new run folder, never through an old one."""
+    return relative.parts[0] == "wandb" and relative.name.startswith("debug") and relative.suffix == ".log"
+
+
+def check_folder_contents(folder: Path, what: str) -> None:
+    """Raise NotAFileError naming the first symlink that leads out of ``folder`` or FIFO, socket
+    or device in it: a folder from elsewhere cannot make a writer or reader act outside it."""
+    import stat
+
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    top = os.path.realpath(folder)
+    for current, folders, files in os.walk(folder):
+        for entry in [*folders, *files]:
+            path = Path(current) / entry
+            mode = os.lstat(path).st_mode
+            if stat.S_ISLNK(mode) and w_and_b_log_link(path.relative_to(folder)):
+                continue
+            if stat.S_ISLNK(mode):
+                target = os.path.realpath(path)
+                if not (target == top or target.startswith(top + os.sep)):
+                    raise NotAFileError(f"{what} {folder} is refused: {path} is a symlink to outside it ({target})")
+            elif not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise NotAFileError(
+                    f"{what} {folder} is refused: {path} is not a regular file (a FIFO, socket or device)"
+                )
 
 
 def read_status(run_dir: Path) -> dict | None:
@@ -144,11 +263,12 @@ def save_run_config(run_dir: str | Path, cfg: DictConfig, overrides: list[str] |
     from hydra.core.hydra_config import HydraConfig
 
     folder = Path(run_dir) / ".hydra"
-    write_atomically(folder / "config.yaml", OmegaConf.to_yaml(cfg))
+    write_file(folder / "config.yaml", OmegaConf.to_yaml(cfg), root=run_dir)
     if overrides is not None:
-        write_atomically(folder / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
+        write_file(folder / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(overrides))), root=run_dir)
     if HydraConfig.initialized():
-        write_atomically(folder / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": HydraConfig.get()})))
+        hydra_yaml = OmegaConf.to_yaml(OmegaConf.create({"hydra": HydraConfig.get()}))
+        write_file(folder / "hydra.yaml", hydra_yaml, root=run_dir)
 
 
 def last_checkpoint(run_dir: Path, setting: str) -> Path:
@@ -159,34 +279,54 @@ def last_checkpoint(run_dir: Path, setting: str) -> Path:
     return last
 
 
-def config_to_resume(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> DictConfig:
-    """``run_dir``'s saved config with the values of ``overrides`` (the command line's, as
-    composed into ``cfg``) set again; ``resume`` points at ``run_dir``."""
+def config_from_folder(
+    cfg: DictConfig, run_dir: Path, overrides: list[str], key: str = "resume"
+) -> tuple[DictConfig, list[str]]:
+    """``run_dir``'s saved config, read as data: this command's ``paths`` (``output_dir`` the
+    run folder) replace the file's, the values of ``overrides`` (the command line's, as composed
+    into ``cfg``) are set again (returned: the ones that applied), then the whole is checked
+    (``check_file_config``: interpolations, ``_target_`` allow-list, paths inside the run folder)
+    before anything is built from it."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    config = read_run_config(run_dir, key)
+    source = f"{key}={run_dir}: config.yaml"
+    paths = OmegaConf.to_container(cfg.paths, resolve=False) if "paths" in cfg else {}
+    paths["output_dir"] = str(run_dir)
+    paths = OmegaConf.to_container(OmegaConf.create({"paths": paths}), resolve=True)["paths"]
+    for name in ("hydra", "paths"):  # the file's own would be resolved where they name this machine
+        config.pop(name, None)
+    config.paths = paths
+    given, trusted = [], []
+    for override in OverridesParser.create().parse_overrides(overrides):
+        name = override.key_or_group.replace("/", ".")
+        if name in ("resume", "ckpt_path") or name.startswith(("hydra.", "paths.")) or override.package == "hydra":
+            continue
+        if override.is_delete():
+            OmegaConf.update(config, name, None, force_add=True)
+        else:
+            value = OmegaConf.select(cfg, name, default=_MISSING, throw_on_resolution_failure=False)
+            if value is _MISSING:
+                raise UserError(
+                    f"{key}={run_dir}: the override {override.input_line!r} sets a group of keys, which "
+                    "a resumed run cannot take; give each key to change (e.g. trainer.max_epochs=20)"
+                )
+            if isinstance(value, DictConfig | ListConfig):
+                value = OmegaConf.to_container(value, resolve=True)
+            OmegaConf.update(config, name, value, merge=False, force_add=True)
+        given.append(override.input_line)
+        trusted.append(name)
+    check_file_config(config, source, run_dir, data_dir=paths.get("data_dir"), trusted=trusted)
+    return config, given
+
+
+def config_to_resume(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> DictConfig:
+    """``run_dir``'s saved config (``config_from_folder``) with ``resume`` pointing at it."""
     if run_dir.is_file():
         raise UserError(f"resume={run_dir} is a file: give the run folder that holds checkpoints/last.ckpt")
     last_checkpoint(run_dir, "resume")
-    resumed = read_run_config(run_dir)
-    given = []
-    for override in OverridesParser.create().parse_overrides(overrides):
-        key = override.key_or_group.replace("/", ".")
-        if key in ("resume", "ckpt_path") or key.startswith("hydra.") or override.package == "hydra":
-            continue
-        if override.is_delete():
-            OmegaConf.update(resumed, key, None, force_add=True)
-        else:
-            value = OmegaConf.select(cfg, key, default=_MISSING, throw_on_resolution_failure=False)
-            if value is _MISSING:
-                raise UserError(
-                    f"resume={run_dir}: the override {override.input_line!r} sets a group of keys, which "
-                    "a resumed run cannot take; give each key to change (e.g. trainer.max_epochs=20)"
-                )
-            OmegaConf.update(resumed, key, value, merge=False, force_add=True)
-        given.append(override.input_line)
+    resumed, given = config_from_folder(cfg, run_dir, overrides)
     resumed.resume, resumed.ckpt_path = str(run_dir), None
-    if "paths" in resumed:  # the folder it is in now (also outside a Hydra app)
-        resumed.paths.output_dir = str(run_dir)
     log.info("resume=%s: its saved config, with the overrides given again: %s", run_dir, " ".join(given) or "none")
     return resumed
 
@@ -229,11 +369,19 @@ def plan_start(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: b
     return config_to_resume(cfg, Path(resume), overrides) if resume else cfg
 
 
+MAX_NAME = 100  # with the time stamp, well under the 255 bytes a file name may have
+
+
 def file_name(name: str) -> str:
     """``name`` as one safe file-name part: only letters, digits and ``._=+-``, no leading dot
-    (``run_name='../../x'`` cannot lead out of logs/)."""
-    safe = re.sub(r"[^A-Za-z0-9._=+-]", "_", str(name)).lstrip(".")
-    return safe or "run"
+    (``run_name='../../x'`` cannot lead out of logs/), at most MAX_NAME characters (a longer one
+    keeps its start and a hash of the whole)."""
+    import hashlib
+
+    safe = re.sub(r"[^A-Za-z0-9._=+-]", "_", str(name)).lstrip(".") or "run"
+    if len(safe) > MAX_NAME:
+        safe = f"{safe[: MAX_NAME - 9]}-{hashlib.sha1(str(name).encode()).hexdigest()[:8]}"
+    return safe
 
 
 def remove_if_empty(run_dir: str | Path) -> None:

@@ -1,39 +1,29 @@
 """Reading files that vaelab did not write in this process as data, never as code.
 
 - ``read_checkpoint``: ``torch.load(weights_only=True)``, so a pickled callable is refused
-  unrun, and the loaded structure bounded (``check_bounded``), so that a small file with shared
-  references cannot expand into gigabytes when it is copied or converted.
-- ``read_run_config``: a run folder's ``.hydra/config.yaml``, bounded the same way.
-- ``check_targets``: the ``_target_`` allow-list, applied before a config read from a file is
-  instantiated.
-
-Hydra's ``instantiate`` calls whatever ``_target_`` names, so a crafted file could name
-``pathlib.Path.write_text`` or ``builtins.exec``. Before a config read from a file is
-instantiated, every ``_target_`` in it (at any depth) must be one of:
-
-- a class defined in vaelab (read from vaelab's source, not imported);
-- a ``torch.optim`` optimizer or a ``torch.optim.lr_scheduler`` scheduler;
-- a Lightning callback (``lightning.pytorch.callbacks``) or logger (``lightning.pytorch.loggers``);
-- ``lightning.pytorch.Trainer``;
-- a name the user trusts in the environment, never in the file: ``VAELAB_TRUSTED_TARGETS``, a
-  comma-separated list of class paths (``mylab.nets.ResNetEncoder``) or packages (``mylab.*``),
-  so that runs built from one's own classes can be resumed, evaluated and re-run in sweeps.
-
-Only torch's and Lightning's own modules are imported to check a name.
+  unrun, after the zip archive's expansion is bounded (``check_expansion``), and the loaded
+  structure bounded (``check_bounded``), so that a small file with shared references cannot
+  expand into gigabytes when it is copied or converted.
+- ``read_vaelab_checkpoint``: that, and its hyperparameters checked by the allow-list
+  (``vaelab.allow_list.check_checkpoint_config``).
+- ``read_run_config``: a run folder's ``.hydra/config.yaml``, bounded the same way; checked whole
+  by ``runs.config_from_folder`` once this command's paths are in it.
+- ``read_file`` / ``load_yaml``: a regular file inside a folder, of bounded size; a FIFO, device
+  or symlink out of the folder is refused, never opened.
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import os
 import re
 import zipfile
 from pathlib import Path
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from vaelab.errors import ConfigError, UserError, first_line
+from vaelab.allow_list import check_checkpoint_config, inside
+from vaelab.errors import UserError, first_line
 
 # a vaelab checkpoint holds about 1,000 values and is 10 deep; a shared-reference bomb expands to billions
 MAX_VALUES = 200_000
@@ -64,6 +54,25 @@ def check_bounded(data, source: str) -> None:
             stack.extend((item, depth + 1) for item in value)
 
 
+MAX_EXPANSION = 20  # torch.save stores tensors uncompressed: a real checkpoint expands about 1x
+MAX_EXPANDED_EXTRA = 2 << 30
+
+
+def check_expansion(path: Path, source: str) -> None:
+    """Raise CheckpointError when the zip archive's members add up to more than MAX_EXPANSION
+    times the file, or 2 GB more than it: a compressed bomb is refused before it is read."""
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            total = sum(member.file_size for member in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError) as error:
+        raise CheckpointError(f"{source} is not a readable checkpoint: {first_line(error)}") from None
+    if total > MAX_EXPANSION * size or total - size > MAX_EXPANDED_EXTRA:
+        raise CheckpointError(
+            f"{source} is refused: it expands to {total:,} bytes from {size:,} (more than {MAX_EXPANSION}x or 2 GB)"
+        )
+
+
 def read_checkpoint(path: str | Path, key: str = "ckpt") -> dict:
     """The checkpoint at ``path`` as plain data (tensors, numbers, strings, lists, dicts).
 
@@ -77,6 +86,7 @@ def read_checkpoint(path: str | Path, key: str = "ckpt") -> dict:
         raise CheckpointError(f"{source}: no such file" if not path.exists() else f"{source} is not a file")
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
         raise CheckpointError(f"{source} is not a readable checkpoint: not a file written by torch.save")
+    check_expansion(path, source)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # noqa: BLE001 - any failure to read means the same to the user
@@ -110,138 +120,76 @@ def read_vaelab_checkpoint(path: str | Path, key: str = "ckpt") -> dict:
             f"{key}={path} is not a vaelab checkpoint: it has no state_dict or no model, loss "
             "and annealing hyperparameters"
         )
-    check_targets(hparams, f"{key}={path}: hyper_parameters")
+    data_root = (hparams.get("data") or {}).get("root")  # read, never written (data.datamodule_for)
+    check_checkpoint_config(hparams, f"{key}={path}: hyper_parameters", data_dir=data_root)
     return checkpoint
 
 
 def read_run_config(run_dir: str | Path, key: str = "resume") -> DictConfig:
     """A run folder's ``.hydra/config.yaml`` as an unresolved config, bounded in size and
-    structure, every ``_target_`` on the allow-list."""
+    structure. Not yet checked: ``runs.config_from_folder`` gives it this command's paths and
+    checks it whole (``check_file_config``) before anything is built from it."""
     path = Path(run_dir) / ".hydra" / "config.yaml"
     if not path.is_file():
         raise UserError(f"{key}={run_dir} is not a vaelab run folder: it has no .hydra/config.yaml")
-    source = f"{key}={run_dir}: {path.name}"
-    config = load_yaml(path, source)
-    check_targets(config, source)
-    return config
+    return load_yaml(path, f"{key}={run_dir}: {path.name}")
 
 
-def load_yaml(path: Path, source: str, kind: type = dict) -> DictConfig | ListConfig:
-    """A YAML mapping (or, with ``kind=list``, a list) read as data: at most MAX_CONFIG_BYTES,
-    its aliases bounded (``check_bounded``)."""
-    import yaml
+def read_file(path: str | Path, root: str | Path | None = None, max_bytes: int = MAX_CONFIG_BYTES) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes`` that lies inside ``root`` (symlinks
+    followed; default: anywhere). A FIFO, device or folder is never opened for reading (a FIFO
+    would block), and each refusal is a UserError naming the file."""
+    import stat
 
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise UserError(f"{source} is refused: larger than {MAX_CONFIG_BYTES:,} bytes")
+    path = Path(path)
+    if root is not None and not inside(path, root):
+        raise UserError(f"{path} is refused: it leads outside {root} (a symlink?)")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as error:
+        raise UserError(f"cannot read {path}: {error.strerror or error}") from None
+    with os.fdopen(fd, "rb") as handle:
+        found = os.fstat(fd)
+        if not stat.S_ISREG(found.st_mode):
+            raise UserError(f"{path} is refused: not a regular file (a folder, FIFO or device)")
+        if found.st_size > max_bytes:
+            raise UserError(f"{path} is refused: larger than {max_bytes:,} bytes")
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise UserError(f"{path} is refused: larger than {max_bytes:,} bytes")
+    return data
+
+
+def load_yaml(path: Path, source: str, kind: type = dict, root: Path | None = None) -> DictConfig | ListConfig:
+    """A YAML mapping (or, with ``kind=list``, a list) read as data: a regular file (inside
+    ``root`` when given) of at most MAX_CONFIG_BYTES, no key given twice, its aliases bounded
+    (``check_bounded``)."""
+    try:
+        text = read_file(path, root).decode("utf-8")
+    except UnicodeDecodeError as error:
         raise UserError(f"{source} is not readable YAML: {first_line(error)}") from None
+    except UserError as error:
+        raise UserError(f"{source}: {error}") from None
+    try:
+        data = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader that refuses repeated keys
+    except yaml.YAMLError as error:
+        raise UserError(f"{source} is not readable YAML: {' '.join(str(error).split())[:300]}") from None
     if not isinstance(data, kind):
         raise UserError(f"{source} holds a {type(data).__name__}, not a {kind.__name__}")
     check_bounded(data, source)  # YAML aliases are shared references: bounded before OmegaConf expands them
-    return OmegaConf.load(path)  # OmegaConf's own YAML rules (1e-3 is a float)
+    return OmegaConf.create(text)  # OmegaConf's own YAML rules (1e-3 is a float)
 
 
-ALLOWED = (
-    "vaelab classes, torch optimizers and LR schedulers, Lightning callbacks and loggers, lightning.pytorch.Trainer"
-    "; trust your own with VAELAB_TRUSTED_TARGETS=package.module.Class or package.*"
-)
-TRUSTED_TARGETS_VARIABLE = "VAELAB_TRUSTED_TARGETS"
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a mapping giving a key twice (the later would win unseen)."""
 
-
-def trusted_by_the_user(target: str) -> bool:
-    """True when ``target`` is named in $VAELAB_TRUSTED_TARGETS: exactly, or under a ``package.*`` entry."""
-    for entry in filter(None, (part.strip() for part in os.environ.get(TRUSTED_TARGETS_VARIABLE, "").split(","))):
-        if target == entry or (entry.endswith(".*") and target.startswith(entry[:-1])):
-            return True
-    return False
-
-
-def defines_class(module_name: str, name: str) -> bool:
-    """True when vaelab's module ``module_name`` defines a top-level class ``name``, read from its
-    source: nothing is imported, so the check is fast and cannot run anything."""
-    import ast
-    import importlib.util
-
-    try:
-        spec = importlib.util.find_spec(module_name)
-    except (ImportError, ValueError):
-        return False
-    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
-        return False
-    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
-    return any(isinstance(node, ast.ClassDef) and node.name == name for node in tree.body)
-
-
-def _base_classes(module_name: str, name: str) -> tuple[type, ...] | None:
-    """The classes that ``module_name.name`` must subclass to be allowed; None if the module is not allowed."""
-    if module_name == "torch.optim":
-        import torch
-
-        return (torch.optim.Optimizer,)
-    if module_name == "torch.optim.lr_scheduler":
-        import torch
-
-        return (torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
-    if module_name == "lightning.pytorch.callbacks":
-        from lightning.pytorch.callbacks import Callback
-
-        return (Callback,)
-    if module_name == "lightning.pytorch.loggers":
-        from lightning.pytorch.loggers import Logger
-
-        return (Logger,)
-    if module_name == "lightning.pytorch" and name == "Trainer":
-        from lightning.pytorch import Trainer
-
-        return (Trainer,)
-    return None
-
-
-def is_allowed(target: object) -> bool:
-    """True when ``target`` (a ``_target_`` value) names a class on the allow-list."""
-    if not isinstance(target, str):
-        return False
-    module_name, _, name = target.rpartition(".")
-    if not name.isidentifier() or not all(part.isidentifier() for part in module_name.split(".")):
-        return False
-    if trusted_by_the_user(target):
-        return True
-    if module_name.split(".")[0] == "vaelab":
-        return defines_class(module_name, name)
-    bases = _base_classes(module_name, name)
-    if bases is None:
-        return False
-    try:
-        found = getattr(importlib.import_module(module_name), name, None)
-    except ImportError:
-        return False
-    return inspect.isclass(found) and issubclass(found, bases)
-
-
-def find_targets(config, prefix: str = "") -> list[tuple[str, object]]:
-    """Every (key, _target_ value) in a nested dict/list config, keys as dotted paths ("model.net.encoder")."""
-    if isinstance(config, DictConfig | ListConfig):
-        config = OmegaConf.to_container(config, resolve=False)
-    found = []
-    if isinstance(config, dict):
-        if "_target_" in config:
-            found.append((prefix, config["_target_"]))
-        for key, value in config.items():
-            found += find_targets(value, f"{prefix}.{key}" if prefix else str(key))
-    elif isinstance(config, list | tuple):
-        for index, value in enumerate(config):
-            found += find_targets(value, f"{prefix}[{index}]")
-    return found
-
-
-def check_targets(config, source: str) -> None:
-    """Raise ConfigError naming the file, the key and the target if any ``_target_`` in ``config``
-    (read from ``source``) is not on the allow-list."""
-    for key, target in find_targets(config):
-        if not is_allowed(target):
-            where = f"{key}._target_" if key else "_target_"
-            raise ConfigError(
-                f"{source}: {where}={target!r} is not allowed in a config read from a file (allowed: {ALLOWED})"
-            )
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)

@@ -29,14 +29,15 @@ def app(cfg: DictConfig) -> None:
 
     from vaelab.checkpointing import load_module
     from vaelab.panels import make_picture
+    from vaelab.runs import write_file
 
     with one_line_errors():
         validate_sample_config(cfg)
         module = load_module(cfg.ckpt)
         picture = make_picture(module, cfg)
         out = Path(cfg.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        save_image(picture, out)
+        suffix = out.suffix.lstrip(".").lower() or "png"
+        write_file(out, lambda handle: save_image(picture, handle, format="jpeg" if suffix == "jpg" else suffix))
         label = "" if cfg.get("label") is None else f", class {cfg.label}"
         print(f"wrote {out} ({cfg.kind}, n={cfg.n}{label}, {picture.shape[2]}x{picture.shape[1]} pixels)")
 

@@ -25,7 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from vaelab.errors import UserError
-from vaelab.runs import LOCK_FILE, STATUS_FILE, FolderLock, read_status, saved_overrides, write_atomically
+from vaelab.runs import LOCK_FILE, STATUS_FILE, FolderLock, read_status, saved_overrides, write_file
 from vaelab.tables import IWAE_METRICS, iwae_columns, write_table
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def write_status(output_dir: str | Path, status: str, metrics: dict | None = Non
     if not is_global_zero():
         return
     content = json.dumps({"status": status, "metrics": metrics or {}, "error": error}, indent=2) + "\n"
-    write_atomically(Path(output_dir) / STATUS_FILE, content)  # never half-written, even when killed
+    write_file(Path(output_dir) / STATUS_FILE, content, root=output_dir)  # never half-written, even when killed
 
 
 def collect(sweep_dir: Path) -> list[dict]:
@@ -81,7 +81,7 @@ def collect(sweep_dir: Path) -> list[dict]:
 def write_summary(sweep_dir: Path, rows: list[dict]) -> None:
     """sweep_summary.csv and sweep_summary.md: one row per job."""
     columns = ["job", "overrides", "status", *SUMMARY_METRICS, *iwae_columns(rows), "error"]
-    write_table(rows, columns, sweep_dir / "sweep_summary")
+    write_table(rows, columns, sweep_dir / "sweep_summary", root=sweep_dir)
 
 
 class SweepSummary(Callback):

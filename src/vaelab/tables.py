@@ -36,13 +36,21 @@ def cell(value) -> str:
     return str(value).replace("|", "\\|")
 
 
-def write_table(rows: list[dict], columns: list[str], stem: Path, shown_rows: list[dict] | None = None) -> None:
+def write_table(
+    rows: list[dict], columns: list[str], stem: Path, shown_rows: list[dict] | None = None, root: Path | None = None
+) -> None:
     """``<stem>.csv`` and ``<stem>.md`` with these columns; ``shown_rows``: what the Markdown
-    shows instead of ``rows`` (e.g. a folder's name for its path)."""
-    with open(stem.with_suffix(".csv"), "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    shows instead of ``rows`` (e.g. a folder's name for its path); ``root``: the folder below
+    which no symlink is followed (``runs.write_file``)."""
+    import io
+
+    from vaelab.runs import write_file
+
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_file(stem.with_suffix(".csv"), text.getvalue(), root=root)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(row[c]) for c in columns) + " |" for row in (shown_rows or rows)]
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_file(stem.with_suffix(".md"), "\n".join(lines) + "\n", root=root)

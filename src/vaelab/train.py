@@ -19,8 +19,7 @@ from omegaconf import DictConfig
 from vaelab.api import CallableTrainModule
 from vaelab.cli import CONFIG_DIR, run_hydra_app
 from vaelab.errors import find_user_error
-from vaelab.runs import FolderInUseError, finished_job, save_run_config
-from vaelab.safe_load import read_run_config
+from vaelab.runs import FolderInUseError, config_from_folder, finished_job, save_run_config
 from vaelab.sweep import in_multirun, is_global_zero, write_status
 from vaelab.training import run_in_folder, train
 
@@ -40,7 +39,7 @@ def app(cfg: DictConfig) -> float | None:
     had_run = (run_dir / ".hydra" / "config.yaml").is_file()
     try:
         if not is_global_zero():  # a DDP rank re-launched by Lightning: rank 0 saved the config it trains with
-            train(read_run_config(run_dir) if had_run else cfg)
+            train(config_from_folder(cfg, run_dir, [], key="run folder")[0] if had_run else cfg)
             return None
         done = finished_job(run_dir, overrides) if in_multirun() else None
         if done is not None:  # read without touching the job's folder

@@ -8,13 +8,14 @@ Python API (``vaelab.api``) both call ``run_in_folder``. torch and Lightning are
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from vaelab.errors import find_user_error
+from vaelab.errors import UserError, find_user_error
 from vaelab.runs import (
     FolderInUseError,
     FolderLock,
@@ -57,6 +58,29 @@ def checkpoint_to_resume(cfg: DictConfig) -> tuple[str, Path] | None:
     return None
 
 
+def fit(trainer, module, datamodule, ckpt_path, key: str | None) -> None:
+    """``trainer.fit`` from ``ckpt_path``; a checkpoint whose optimizer, scheduler, loop or
+    callback state Lightning cannot restore is a CheckpointError naming it, not a traceback."""
+    import lightning as L
+
+    from vaelab.errors import first_line
+    from vaelab.safe_load import CheckpointError
+
+    class Restored(L.Callback):  # Lightning restores the checkpoint's state before on_train_start
+        done = False
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            Restored.done = True
+
+    trainer.callbacks.append(Restored())
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except Exception as error:
+        if ckpt_path is None or Restored.done or find_user_error(error) is not None:
+            raise
+        raise CheckpointError(f"{key}={ckpt_path} cannot be restored: {first_line(error)}") from error
+
+
 @dataclass
 class TrainResult:
     """What a run leaves: its final metrics (floats, nats per image), its folder and checkpoints."""
@@ -82,7 +106,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> TrainResult:
     import lightning as L
 
     from vaelab.callbacks import FinalSummary
-    from vaelab.checkpointing import RemoveStaleCheckpoints, check_fits, source_commit
+    from vaelab.checkpointing import RemoveStaleCheckpoints, check_fits, in_folder, source_commit
     from vaelab.config import instantiate_setting
     from vaelab.loggers import build_loggers, log_final_hparams
     from vaelab.module import VAELitModule
@@ -130,11 +154,14 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> TrainResult:
         if is_global_zero():
             save_run_config(cfg.paths.output_dir, cfg, overrides)
         started = time.perf_counter()
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        fit(trainer, module, datamodule, ckpt_path, key if resume_from else None)
         # a resumed run that had finished its epochs (killed during the test) keeps its last train/ and val/ values
         metrics = {**metrics_before, **{k: float(v) for k, v in trainer.callback_metrics.items()}}
         metrics["time/fit_seconds"] = time.perf_counter() - started  # this process only, after a resume
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if best and not in_folder(best, Path(cfg.paths.output_dir) / "checkpoints"):
+            log.warning("not testing %s: it is outside this run's checkpoints/; testing the last weights", best)
+            best = ""
         if cfg.get("test", True):
             trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
@@ -151,15 +178,23 @@ def run_in_folder(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun
     """Train in ``run_dir`` while holding its lock: a fresh start, or its run continued
     (``resume=``, ``resume=auto``, a sweep job that stopped), then ``status.json`` says ok.
     A single run that fails on a bad input leaves no new folder behind."""
-    had_run = (run_dir / ".hydra" / "config.yaml").is_file()
+    saved = run_dir / ".hydra" / "config.yaml"
+    had_run = saved.is_file()
+    saved_before = saved.stat().st_mtime_ns if had_run else None
     try:
         with FolderLock(run_dir, "run folder"):
             cfg = plan_start(cfg, run_dir, overrides, multirun=multirun)
             result = train(cfg, None if cfg.get("resume") else overrides)  # a resumed run keeps its overrides.yaml
     except Exception as error:
         user_error = find_user_error(error)
-        if not multirun and user_error and not had_run and not isinstance(user_error, FolderInUseError):
-            remove_if_empty(run_dir)  # never another process's folder
+        if not multirun and not isinstance(user_error, FolderInUseError):  # never another process's folder
+            if user_error and not had_run:
+                remove_if_empty(run_dir)
+            if saved.is_file() and saved.stat().st_mtime_ns != saved_before and is_global_zero():
+                # this start passed its checks and saved its config, then stopped: say so in status.json
+                message = str(user_error) if user_error else f"{type(error).__name__}: {error}"
+                with contextlib.suppress(UserError):  # a status that cannot be written must not hide the error
+                    write_status(run_dir, "failed", error=message.splitlines()[0] if message else type(error).__name__)
         raise
     write_status(run_dir, "ok", result.metrics)
     return result

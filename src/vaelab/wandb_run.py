@@ -46,10 +46,17 @@ def has_wandb_credentials() -> bool:
         return False
 
 
+WANDB_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")  # what wandb.Settings accepts
+
+
 def choose_wandb_mode() -> str:
     """Respect WANDB_MODE; without it and without credentials, switch to offline and say so once."""
+    from vaelab.errors import UserError
+
     mode = os.environ.get("WANDB_MODE")
     if mode:
+        if mode not in WANDB_MODES:
+            raise UserError(f"WANDB_MODE={mode!r} (environment) is not a W&B mode: use {', '.join(WANDB_MODES)}")
         return mode
     if has_wandb_credentials():
         return "online"
@@ -87,18 +94,23 @@ def finish_wandb() -> None:
 def update_summary(run_dir: Path, results: dict) -> str | None:
     """Write results into the summary of the W&B run logged in run_dir (resumed by id). Returns its id,
     or None when the run folder has no W&B run."""
+    from omegaconf import OmegaConf
+
     from vaelab.safe_load import read_run_config
 
     run_id = run_id_in(run_dir)
     if run_id is None or not (run_dir / ".hydra" / "config.yaml").is_file():
         return None
-    wandb_cfg = (read_run_config(run_dir).get("logger") or {}).get("wandb")
-    if wandb_cfg is None:
+    saved = OmegaConf.to_container(read_run_config(run_dir), resolve=False)  # data: nothing resolved
+    wandb_cfg = (saved.get("logger") or {}).get("wandb")
+    if not isinstance(wandb_cfg, dict):
         return None
+    project = wandb_cfg.get("project")
+    project = project if isinstance(project, str) and "${" not in project else None
     import wandb
 
     choose_wandb_mode()
-    run = wandb.init(id=run_id, resume="allow", project=wandb_cfg.get("project"), dir=str(run_dir), job_type="eval")
+    run = wandb.init(id=run_id, resume="allow", project=project, dir=str(run_dir), job_type="eval")
     run.summary.update(results)
     wandb.finish()
     return run_id
@@ -152,13 +164,16 @@ def log_checkpoints(loggers, checkpoints: list[tuple[Path, list[str], dict]]) ->
 
 
 BLOCK_SIZE = 32 * 1024
+MAX_RUN_FILE_BYTES = 4 << 30
 HEADER = b":W&B" + struct.pack("<H", 0xBEE1) + b"\x00"
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
 
 
 def iter_payloads(path: str | Path):
-    """Yield each protobuf payload (bytes) stored in a ``.wandb`` file."""
-    data = Path(path).read_bytes()
+    """Yield each protobuf payload (bytes) stored in a ``.wandb`` file (a regular file: a FIFO is refused unopened)."""
+    from vaelab.safe_load import read_file
+
+    data = read_file(path, max_bytes=MAX_RUN_FILE_BYTES)
     if not data.startswith(HEADER):
         raise ValueError(f"{path} is not a W&B run file (bad header)")
     offset, pending = len(HEADER), b""
@@ -282,7 +297,10 @@ def read_history(folder: Path) -> tuple[list[dict], dict]:
     A resumed run, or one evaluated after training, has several ``offline-run-*`` folders with
     one id: they are read in order and merged. Rows that a killed segment logged after its last
     checkpoint, and that the next segment logged again, are kept once (the later ones)."""
-    segments = [read_offline_run(path) for path in find_offline_runs(folder / "wandb")]  # in time order
+    from vaelab.allow_list import inside
+
+    # in time order; never through a symlink out of the run folder (another run's history)
+    segments = [read_offline_run(path) for path in find_offline_runs(folder / "wandb") if inside(path, folder)]
     if not segments:
         return [], {}
     run_id = segments[-1].run_id
