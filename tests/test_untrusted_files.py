@@ -83,7 +83,8 @@ def edit_config(run_dir: Path, change) -> None:
     path.write_text(yaml.safe_dump(config))
 
 
-def run_command(args: list[str]) -> subprocess.CompletedProcess:
+def run_command(args: list[str], **options) -> subprocess.CompletedProcess:
+    """``python *args`` in the project folder, the secret in its environment; ``options`` go to subprocess.run."""
     return subprocess.run(
         [sys.executable, *args],
         cwd=PROJECT_ROOT,
@@ -92,6 +93,7 @@ def run_command(args: list[str]) -> subprocess.CompletedProcess:
         text=True,
         timeout=300,
         stdin=subprocess.DEVNULL,
+        **options,
     )
 
 
@@ -375,14 +377,8 @@ def test_a_disk_full_during_a_checkpoint_save_keeps_the_last_one_and_says_failed
     last = run_dir / "checkpoints" / "last.ckpt"
     before = last.read_bytes()
     limit = len(before) // 2  # every small file still fits; a checkpoint does not (EFBIG, as on a full disk)
-    result = subprocess.run(
-        [sys.executable, "train.py", *FAST, "trainer.max_epochs=2", f"data.root={data_root}", f"resume={run_dir}"],
-        cwd=PROJECT_ROOT,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
+    result = run_command(
+        ["train.py", *FAST, "trainer.max_epochs=2", f"data.root={data_root}", f"resume={run_dir}"],
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)),
     )
     error = assert_refused(result, "cannot write", ".ckpt", "File too large")

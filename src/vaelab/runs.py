@@ -173,8 +173,6 @@ def write_file(path: str | Path, data: bytes | str | object, root: str | Path | 
     name, tmp = path.name, f".{path.name}.{os.getpid()}.tmp"
     try:
         fd = _open_folder(path.parent, root if root is not None else path.parent)
-    except NotAFileError:
-        raise
     except OSError as error:
         raise UserError(f"cannot write {path}: {error.strerror or error}") from None
     try:
