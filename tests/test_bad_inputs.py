@@ -95,6 +95,10 @@ ROWS = {
         lambda t, d, c: train_cmd(f"paths.log_dir={text_file(t)}/logs"),
         "cannot create the run folder",
     ),
+    "log folder refused by the kernel": (  # /proc passes the permission check, then refuses mkdir
+        lambda t, d, c: train_cmd("paths.log_dir=/proc/vaelab-logs"),
+        "cannot write /proc/vaelab-logs: No such file or directory",
+    ),
     "run folder cannot be made": (
         lambda t, d, c: train_cmd(f"hydra.run.dir={text_file(t)}/run"),
         "notes.txt is a file",

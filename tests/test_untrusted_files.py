@@ -245,6 +245,26 @@ def test_a_symlink_in_a_run_folder_is_never_written_through(name, tmp_path, good
     assert tree_state(decoy) == before
 
 
+def test_train_log_is_never_appended_through_a_symlink_or_to_a_fifo(tmp_path):
+    """The handler Hydra's job logging uses for train.log (behind the folder walk before a run)."""
+    import logging
+
+    from vaelab.runs import NoFollowFileHandler, NotAFileError
+
+    decoy = make_decoy(tmp_path)
+    before = tree_state(decoy)
+    (tmp_path / "linked.log").symlink_to(decoy / "notes.txt")
+    os.mkfifo(tmp_path / "fifo.log")  # no reader: opening it must not block
+    for name in ("linked.log", "fifo.log"):
+        with pytest.raises(NotAFileError, match=name):
+            NoFollowFileHandler(tmp_path / name)
+    handler = NoFollowFileHandler(tmp_path / "train.log")
+    handler.emit(logging.makeLogRecord({"msg": "a line"}))
+    handler.close()
+    assert (tmp_path / "train.log").read_text() == "a line\n"
+    assert tree_state(decoy) == before
+
+
 def test_a_sweep_folder_with_symlinks_is_refused_and_compare_never_writes_through_one(tmp_path, good_run):
     decoy = make_decoy(tmp_path)
     sweep = tmp_path / "sweep"

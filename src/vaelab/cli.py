@@ -90,3 +90,10 @@ def run_hydra_app(app) -> None:
         user_error = find_user_error(error)
         print(f"error: {user_error if user_error else hydra_message(error)}", file=sys.stderr)
         raise SystemExit(1) from None
+    except OSError as error:  # a folder Hydra cannot make or a file it cannot write
+        if error.filename is None:
+            raise
+        if SweepSummary.running is not None:
+            SweepSummary.running.abandon()
+        print(f"error: cannot write {error.filename}: {error.strerror}", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -211,7 +211,25 @@ def write_file(path: str | Path, data: bytes | str | object, root: str | Path | 
 def w_and_b_log_link(relative: Path) -> bool:
     """True for W&B's links to its service logs (``wandb/<run>/logs/debug-core.log`` points into
     W&B's cache): W&B replaces such a link and writes a new run folder, never through an old one."""
-    return relative.parts[0] == "wandb" and relative.name.startswith("debug") and relative.suffix == ".log"
+    return "wandb" in relative.parts[:-1] and relative.name.startswith("debug") and relative.suffix == ".log"
+
+
+class NoFollowFileHandler(logging.FileHandler):
+    """Hydra's ``train.log`` handler, opened without following a symlink and only as a regular
+    file: a run folder from elsewhere cannot make the log append to a file outside it."""
+
+    def _open(self):
+        import stat
+
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK
+        try:
+            descriptor = os.open(self.baseFilename, flags, 0o644)
+        except OSError as error:
+            raise NotAFileError(f"refused to write {self.baseFilename}: {error.strerror}") from None
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            os.close(descriptor)
+            raise NotAFileError(f"refused to write {self.baseFilename}: it is not a regular file")
+        return os.fdopen(descriptor, "a", encoding=self.encoding, errors=self.errors)
 
 
 def check_folder_contents(folder: Path, what: str) -> None:

@@ -58,25 +58,27 @@ def checkpoint_to_resume(cfg: DictConfig) -> tuple[str, Path] | None:
     return None
 
 
+def raised_while_restoring(error: BaseException) -> bool:
+    """True when ``error`` was raised inside Lightning's checkpoint connector, i.e. while it
+    restored a checkpoint's model, optimizer, scheduler, loop or callback state."""
+    traceback = error.__traceback__
+    while traceback is not None:
+        if traceback.tb_frame.f_code.co_filename.endswith("checkpoint_connector.py"):
+            return True
+        traceback = traceback.tb_next
+    return False
+
+
 def fit(trainer, module, datamodule, ckpt_path, key: str | None) -> None:
     """``trainer.fit`` from ``ckpt_path``; a checkpoint whose optimizer, scheduler, loop or
     callback state Lightning cannot restore is a CheckpointError naming it, not a traceback."""
-    import lightning as L
-
     from vaelab.errors import first_line
     from vaelab.safe_load import CheckpointError
 
-    class Restored(L.Callback):  # Lightning restores the checkpoint's state before on_train_start
-        done = False
-
-        def on_train_start(self, trainer, pl_module) -> None:
-            Restored.done = True
-
-    trainer.callbacks.append(Restored())
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except Exception as error:
-        if ckpt_path is None or Restored.done or find_user_error(error) is not None:
+        if ckpt_path is None or not raised_while_restoring(error) or find_user_error(error) is not None:
             raise
         raise CheckpointError(f"{key}={ckpt_path} cannot be restored: {first_line(error)}") from error
 
