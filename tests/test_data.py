@@ -4,14 +4,13 @@ import torchvision
 from helpers import synthetic_digits, write_synthetic_dataset
 
 from vaelab.data import (
-    DataCorruptError,
-    DataNotFoundError,
     InMemoryImages,
     VAEDataModule,
     bits_from_noise,
     draw_bits,
     load_split,
 )
+from vaelab.idx_files import DataCorruptError, DataNotFoundError
 
 
 def make(data_root, **kwargs):

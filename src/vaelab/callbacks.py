@@ -19,6 +19,7 @@ import torch
 from torchvision.utils import save_image
 
 from vaelab import panels as draw
+from vaelab.config import PANELS, panel_intervals
 from vaelab.diagnostics import ACTIVE_UNIT_THRESHOLD, kl_per_dimension
 from vaelab.errors import ConfigError, NonFiniteError
 from vaelab.module import lightning_logs_this_step
@@ -26,18 +27,8 @@ from vaelab.wandb_run import log_checkpoints, log_kl_table, wandb_loggers, write
 
 log = logging.getLogger(__name__)
 
+
 # panel name -> on (every every_n_epochs), off, or its own interval in validation epochs
-DEFAULT_PANELS = {
-    "reconstructions": True,
-    "samples": True,
-    "class_samples": True,
-    "traversals": True,
-    "interpolations": True,
-    "manifold": True,
-    "latent_scatter": True,
-}
-
-
 class ImagePanels(L.Callback):
     """Make the image panels at the end of validation, save them to
     ``<output_dir>/images/<panel>/epoch=NNN.png`` and log them as ``images/<panel>``.
@@ -80,20 +71,7 @@ class ImagePanels(L.Callback):
         super().__init__()
         if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
             raise ConfigError(f"callbacks.sample_grids.every_n_epochs must be >= 1, got {every_n_epochs}")
-        self.intervals = {}
-        for name, setting in {**DEFAULT_PANELS, **(panels or {})}.items():
-            if name not in DEFAULT_PANELS:
-                raise ConfigError(
-                    f"callbacks.sample_grids.panels.{name}: unknown panel; allowed: {', '.join(DEFAULT_PANELS)}"
-                )
-            if isinstance(setting, bool) or setting is None:
-                self.intervals[name] = every_n_epochs if setting else 0
-            elif isinstance(setting, int) and setting >= 0:
-                self.intervals[name] = setting
-            else:
-                raise ConfigError(
-                    f"callbacks.sample_grids.panels.{name} must be true, false or an interval >= 0, got {setting!r}"
-                )
+        self.intervals = panel_intervals(every_n_epochs, panels)
         self.num_images = num_images
         self.num_samples = num_samples
         self.samples_per_class = samples_per_class
@@ -130,7 +108,7 @@ class ImagePanels(L.Callback):
     @torch.no_grad()
     def make_panels(self, pl_module, datamodule, wanted: set[str] | None = None) -> dict[str, torch.Tensor]:
         """Each wanted panel (default: all that apply to this model) as a (3, H, W) image in [0, 1]."""
-        wanted = set(DEFAULT_PANELS) if wanted is None else wanted
+        wanted = set(PANELS) if wanted is None else wanted
         vae, device = pl_module.vae, pl_module.device
         generator = torch.Generator().manual_seed(self.seed)  # the same z every epoch
         split = "val" if len(datamodule.fixed_batch("val", 1)[0]) else "train"

@@ -270,8 +270,53 @@ def check_devices(cfg: DictConfig) -> None:
         )
 
 
+def pick_device(setting: str) -> str:
+    """cpu or cuda[:N] for device=auto|cpu|cuda[:N]; a GPU asked for where there is none is a ConfigError."""
+    import torch
+
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if setting.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={setting}: no CUDA GPU is available to torch here; use device=cpu or device=auto")
+    return setting
+
+
+# the image panels of vaelab.callbacks.ImagePanels, in the order they are made
+PANELS = ("reconstructions", "samples", "class_samples", "traversals", "interpolations", "manifold", "latent_scatter")
+
+
+def panel_intervals(every_n_epochs, panels: dict | None) -> dict[str, int]:
+    """Each panel's interval in validation epochs (0: off) from ``callbacks.sample_grids``:
+    every panel is on by default; a setting is true, false or its own interval."""
+    if not isinstance(every_n_epochs, int) or isinstance(every_n_epochs, bool) or every_n_epochs < 1:
+        raise ConfigError(f"callbacks.sample_grids.every_n_epochs must be >= 1, got {every_n_epochs}")
+    intervals = dict.fromkeys(PANELS, every_n_epochs)
+    for name, setting in (panels or {}).items():
+        if name not in PANELS:
+            raise ConfigError(f"callbacks.sample_grids.panels.{name}: unknown panel; allowed: {', '.join(PANELS)}")
+        if isinstance(setting, bool) or setting is None:
+            intervals[name] = every_n_epochs if setting else 0
+        elif isinstance(setting, int) and setting >= 0:
+            intervals[name] = setting
+        else:
+            raise ConfigError(
+                f"callbacks.sample_grids.panels.{name} must be true, false or an interval >= 0, got {setting!r}"
+            )
+    return intervals
+
+
+def targets_in(section) -> list[str]:
+    """The ``_target_`` of each entry of a group of named objects (``callbacks``, ``logger``)."""
+    entries = section.values() if isinstance(section, DictConfig | dict) else []
+    return [str(entry.get("_target_")) for entry in entries if isinstance(entry, DictConfig | dict)]
+
+
 def validate(cfg: DictConfig) -> None:
-    """Raise ConfigError (one line, naming the key) for the first bad user-facing value."""
+    """Raise ConfigError (one line, naming the key) for the first bad user-facing value. Runs
+    before torch and Lightning are imported: a bad value or data file fails in about a second."""
+    from vaelab.idx_files import check_data_files
+    from vaelab.wandb_run import WANDB_TARGET, check_wandb_mode
+
     check_seed(cfg.get("seed"))
     require(isinstance(cfg.get("compile", False), bool), "compile", cfg.get("compile"), "true or false")
     precision = str(cfg.get("trainer", {}).get("precision", "32-true"))
@@ -280,6 +325,15 @@ def validate(cfg: DictConfig) -> None:
     check("model", ModelSchema, cfg.model)
     check("trainer", TrainerSchema, cfg.trainer, only_schema_keys=True)
     check_devices(cfg)
+    grids = (cfg.get("callbacks") or {}).get("sample_grids")
+    if isinstance(grids, DictConfig) and grids.get("_target_") == "vaelab.callbacks.ImagePanels":
+        panel_intervals(grids.get("every_n_epochs", 1), grids.get("panels"))
+    annealing = cfg.get("annealing")
+    if isinstance(annealing, DictConfig) and str(annealing.get("_target_")).startswith("vaelab.annealing."):
+        instantiate_setting(annealing, "annealing")  # a schedule is a small pure object: built here to check it
+    if WANDB_TARGET in targets_in(cfg.get("logger")):
+        check_wandb_mode()
+    check_data_files(cfg.data.name, cfg.data.root, bool(cfg.data.download))
 
 
 TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}

@@ -14,7 +14,6 @@ Binarization (``binarize``):
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 from pathlib import Path
@@ -25,7 +24,13 @@ import torchvision
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vaelab.config import DataSchema, check
-from vaelab.errors import ConfigError, UserError
+from vaelab.errors import ConfigError
+from vaelab.idx_files import (
+    DataNotFoundError,
+    check_split_files,
+    files_present,
+    missing_message,
+)
 from vaelab.safe_load import CheckpointError
 
 DATASETS = {
@@ -33,75 +38,6 @@ DATASETS = {
     "fashion_mnist": torchvision.datasets.FashionMNIST,
 }
 DOWNLOAD_TIMEOUT_S = 20.0
-
-
-class DataNotFoundError(UserError):
-    """The IDX files are missing and could not be downloaded."""
-
-
-class DataCorruptError(UserError):
-    """An IDX file is truncated, has the wrong magic number, or disagrees with its partner file."""
-
-
-IDX_MAGIC = {"images": 2051, "labels": 2049}  # unsigned bytes, 3 or 1 dimensions
-
-
-IMAGE_SIZE = (28, 28)  # the networks' input: MNIST's and Fashion-MNIST's
-
-
-def check_idx_file(path: Path, kind: str) -> tuple[int, ...]:
-    """Check an uncompressed IDX file: a regular file (a FIFO would block), its magic number,
-    its size against its header, at least one item, 28x28 images; return its shape."""
-    import stat
-
-    magic = IDX_MAGIC[kind]
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise DataCorruptError(f"{path}: not a regular file (a FIFO or device)")
-    with os.fdopen(fd, "rb") as handle:
-        head = handle.read(4)
-        found = int.from_bytes(head, "big") if len(head) == 4 else None
-        if found != magic:
-            raise DataCorruptError(
-                f"{path}: not an uncompressed IDX {kind} file (magic number {found}, expected {magic})"
-            )
-        ndim = magic & 0xFF
-        dims_bytes = handle.read(4 * ndim)
-    if len(dims_bytes) < 4 * ndim:
-        raise DataCorruptError(f"{path}: the IDX header is cut short")
-    shape = tuple(int.from_bytes(dims_bytes[4 * i : 4 * i + 4], "big") for i in range(ndim))
-    expected = 4 + 4 * ndim + math.prod(shape)
-    size = path.stat().st_size
-    if size != expected:
-        raise DataCorruptError(
-            f"{path}: {size} bytes, but its header promises {expected} (shape {shape}): "
-            "the file is truncated or corrupt; replace it"
-        )
-    if shape[0] == 0:
-        raise DataCorruptError(f"{path}: its header says it holds 0 {kind}")
-    if kind == "images" and shape[1:] != IMAGE_SIZE:
-        raise DataCorruptError(f"{path}: images of {shape[1]}x{shape[2]} pixels, expected 28x28")
-    return shape
-
-
-def check_split_files(name: str, root: str | os.PathLike, train: bool) -> None:
-    """Check one split's image and label files, and that they hold the same number of items."""
-    folder, prefix = raw_folder(name, root), "train" if train else "t10k"
-    images, labels = folder / f"{prefix}-images-idx3-ubyte", folder / f"{prefix}-labels-idx1-ubyte"
-    image_shape, label_shape = check_idx_file(images, "images"), check_idx_file(labels, "labels")
-    if image_shape[0] != label_shape[0]:
-        raise DataCorruptError(f"{images} holds {image_shape[0]} images but {labels} holds {label_shape[0]} labels")
-
-
-def raw_folder(name: str, root: str | os.PathLike) -> Path:
-    """Where torchvision expects the uncompressed IDX files, e.g. ``root/MNIST/raw``."""
-    return Path(root).expanduser().resolve() / DATASETS[name].__name__ / "raw"
-
-
-def expected_files(name: str) -> list[str]:
-    """The uncompressed IDX file names torchvision looks for."""
-    return [Path(url).stem for url, _md5 in DATASETS[name].resources]
 
 
 def load_split(name: str, root: str | os.PathLike, train: bool, download: bool = True):
@@ -112,18 +48,15 @@ def load_split(name: str, root: str | os.PathLike, train: bool, download: bool =
     """
     cls = DATASETS[name]
     root = str(Path(root).expanduser())
-    if all((raw_folder(name, root) / f).is_file() for f in expected_files(name)):
+    if files_present(name, root):
         check_split_files(name, root, train)
     try:
         dataset = cls(root, train=train, download=False)
     except RuntimeError as missing:
         if not download:
-            raise DataNotFoundError(_missing_message(name, root, "download is off (data.download=false)")) from missing
+            raise DataNotFoundError(missing_message(name, root, "download is off (data.download=false)")) from missing
         dataset = _download(cls, name, root, train)
     labels, classes = dataset.targets.long(), list(dataset.classes)
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= len(classes)):
-        file = raw_folder(name, root) / f"{'train' if train else 't10k'}-labels-idx1-ubyte"
-        raise DataCorruptError(f"{file}: a label is {int(labels.max())}, outside 0..{len(classes) - 1}")
     return dataset.data, labels, classes
 
 
@@ -135,18 +68,9 @@ def _download(cls, name: str, root: str, train: bool):
     except Exception as failure:  # noqa: BLE001 - any download failure gets the same advice
         lines = [line.strip() for line in str(failure).splitlines() if line.strip()]
         reason = lines[-1] if lines else type(failure).__name__  # the last line holds the cause
-        raise DataNotFoundError(_missing_message(name, root, f"the download failed: {reason}")) from failure
+        raise DataNotFoundError(missing_message(name, root, f"the download failed: {reason}")) from failure
     finally:
         socket.setdefaulttimeout(previous)
-
-
-def _missing_message(name: str, root: str, why: str) -> str:
-    return (
-        f"{name} data not found in {raw_folder(name, root)} and {why}. "
-        f"Put the uncompressed IDX files ({', '.join(expected_files(name))}) there, "
-        f"or point data.root (or the VAELAB_DATA_DIR environment variable) at a folder "
-        f"that holds {DATASETS[name].__name__}/raw/."
-    )
 
 
 def to_float_images(images: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vaelab.api import CallableEvaluateModule
 from vaelab.cli import CONFIG_DIR, run_hydra_app
-from vaelab.config import validate_eval_config
+from vaelab.config import pick_device, validate_eval_config
 from vaelab.errors import ConfigError, one_line_errors
 
 log = logging.getLogger(__name__)
@@ -42,12 +42,8 @@ def results_path(cfg: DictConfig) -> Path:
 def run(cfg: DictConfig) -> dict:
     """``vaelab-eval``: describe the checkpoint, evaluate it, print the results, then write them
     to the JSON file and the run's W&B summary."""
-    # imported here, not above: torch and Lightning take seconds, and --help needs neither
-    from vaelab.checkpointing import describe
-    from vaelab.evaluation import evaluate_checkpoint, pick_device
     from vaelab.runs import check_folder_contents, write_file
     from vaelab.safe_load import read_vaelab_checkpoint
-    from vaelab.wandb_run import update_summary
 
     validate_eval_config(cfg)
     run_dir = Path(cfg.ckpt).parent.parent  # <run>/checkpoints/<file>: its W&B run gets the results
@@ -56,6 +52,11 @@ def run(cfg: DictConfig) -> dict:
     out = results_path(cfg)
     pick_device(str(cfg.device))  # a GPU asked for where there is none fails before the file is read
     checkpoint = read_vaelab_checkpoint(cfg.ckpt)
+    # imported once the inputs have passed: Lightning takes seconds, and --help needs none of it
+    from vaelab.checkpointing import describe
+    from vaelab.evaluation import evaluate_checkpoint
+    from vaelab.wandb_run import update_summary
+
     if cfg.get("scan"):
         print("\n".join(describe(checkpoint)))
         config = (checkpoint.get("vaelab") or {}).get("config")

@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 from vaelab.checkpointing import module_from_checkpoint
-from vaelab.config import validate_eval_config
+from vaelab.config import pick_device, validate_eval_config
 from vaelab.data import datamodule_for, datamodule_like, load_split, to_float_images
 from vaelab.diagnostics import summarize
 from vaelab.errors import ConfigError
@@ -141,15 +141,6 @@ def generation_quality(module, classifier_path: Path, real_images: torch.Tensor,
         images = module.generate(module.vae.prior(len(real_images), device=module.device).sample()).cpu()
     results["classifier_fid"] = classifier_fid(classifier, real_images, images)
     return results
-
-
-def pick_device(setting: str) -> str:
-    """cpu or cuda[:N] for device=auto|cpu|cuda[:N]; a GPU asked for where there is none is a ConfigError."""
-    if setting == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if setting.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={setting}: no CUDA GPU is available to torch here; use device=cpu or device=auto")
-    return setting
 
 
 def evaluate_checkpoint(cfg: DictConfig, checkpoint: dict | None = None) -> dict:

@@ -25,15 +25,20 @@ from vaelab.errors import one_line_errors
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="sample")
 def app(cfg: DictConfig) -> None:
-    from torchvision.utils import save_image
-
-    from vaelab.checkpointing import load_module
-    from vaelab.panels import make_picture
     from vaelab.runs import write_file
+    from vaelab.safe_load import read_vaelab_checkpoint
 
     with one_line_errors():
         validate_sample_config(cfg)
-        module = load_module(cfg.ckpt)
+        checkpoint = read_vaelab_checkpoint(cfg.ckpt)
+        # imported once the inputs have passed: Lightning takes seconds
+        from torchvision.utils import save_image
+
+        from vaelab.checkpointing import module_from_checkpoint
+        from vaelab.panels import make_picture
+
+        module = module_from_checkpoint(checkpoint, f"ckpt={cfg.ckpt}")
+        del checkpoint
         picture = make_picture(module, cfg)
         out = Path(cfg.out)
         suffix = out.suffix.lstrip(".").lower() or "png"

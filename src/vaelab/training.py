@@ -103,8 +103,11 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> TrainResult:
     import warnings
 
     from vaelab.config import validate
+    from vaelab.safe_load import read_vaelab_checkpoint
 
     validate(cfg)  # before the slow imports: a bad value fails in a second
+    resume_from = checkpoint_to_resume(cfg)  # read as data, and checked against the model below
+    checkpoint = read_vaelab_checkpoint(resume_from[1], resume_from[0]) if resume_from else None
     import lightning as L
 
     from vaelab.callbacks import FinalSummary
@@ -112,7 +115,6 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> TrainResult:
     from vaelab.config import instantiate_setting
     from vaelab.loggers import build_loggers, log_final_hparams
     from vaelab.module import VAELitModule
-    from vaelab.safe_load import read_vaelab_checkpoint
     from vaelab.wandb_run import finish_wandb
 
     warnings.filterwarnings("ignore", ".*does not have many workers.*")  # in-memory batches need none
@@ -141,11 +143,9 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> TrainResult:
         callbacks.append(FinalSummary())  # final metrics into the W&B run summary, from global rank 0
         callbacks.append(RemoveStaleCheckpoints())
         datamodule.setup()  # missing or damaged data fails here, before any logger writes a file
-        resume_from = checkpoint_to_resume(cfg)
         ckpt_path, resume_step, metrics_before = None, None, {}
-        if resume_from:  # read as data and checked against this model before Lightning loads it
+        if resume_from:  # checked against this model before Lightning loads it
             key, ckpt_path = resume_from
-            checkpoint = read_vaelab_checkpoint(ckpt_path, key)
             check_fits(module, checkpoint, f"{key}={ckpt_path}")
             resume_step = int(checkpoint.get("global_step", 0))
             metrics_before = dict((checkpoint.get("vaelab") or {}).get("metrics") or {})

@@ -49,14 +49,20 @@ def has_wandb_credentials() -> bool:
 WANDB_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")  # what wandb.Settings accepts
 
 
-def choose_wandb_mode() -> str:
-    """Respect WANDB_MODE; without it and without credentials, switch to offline and say so once."""
+def check_wandb_mode() -> str | None:
+    """WANDB_MODE from the environment (None when unset); a value W&B would refuse is a UserError."""
     from vaelab.errors import UserError
 
     mode = os.environ.get("WANDB_MODE")
+    if mode and mode not in WANDB_MODES:
+        raise UserError(f"WANDB_MODE={mode!r} (environment) is not a W&B mode: use {', '.join(WANDB_MODES)}")
+    return mode or None
+
+
+def choose_wandb_mode() -> str:
+    """Respect WANDB_MODE; without it and without credentials, switch to offline and say so once."""
+    mode = check_wandb_mode()
     if mode:
-        if mode not in WANDB_MODES:
-            raise UserError(f"WANDB_MODE={mode!r} (environment) is not a W&B mode: use {', '.join(WANDB_MODES)}")
         return mode
     if has_wandb_credentials():
         return "online"
