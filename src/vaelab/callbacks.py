@@ -23,6 +23,7 @@ from vaelab.config import PANELS, panel_intervals
 from vaelab.diagnostics import ACTIVE_UNIT_THRESHOLD, kl_per_dimension
 from vaelab.errors import ConfigError, NonFiniteError
 from vaelab.module import lightning_logs_this_step
+from vaelab.slurm import requeue_if_time_is_short
 from vaelab.wandb_run import log_checkpoints, log_kl_table, wandb_loggers, write_summaries
 
 log = logging.getLogger(__name__)
@@ -353,6 +354,18 @@ class FinalSummary(L.Callback):
             world_size=trainer.world_size,
         )
         write_summaries(trainer.loggers, final)
+
+
+class TimeLimitRequeue(L.Callback):
+    """In a submitit SLURM job warned of its time limit: requeue when the next epoch starts,
+    once this attempt has trained an epoch and written its last.ckpt (``vaelab.slurm``)."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.first_epoch = trainer.current_epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch > self.first_epoch:
+            requeue_if_time_is_short()
 
 
 class CheckpointArtifacts(L.Callback):

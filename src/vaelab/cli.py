@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from vaelab.config import register_schemas
 from vaelab.errors import ConfigError, find_user_error, first_line
 from vaelab.runs import file_name
+from vaelab.slurm import gpus_per_node
 from vaelab.sweep import SweepSummary, sweep_group
 
 # the YAML configs ship inside the package (``vaelab/configs``), so an installed wheel finds them
@@ -45,6 +46,7 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("vaelab_file_name", file_name, replace=True)
     OmegaConf.register_new_resolver("vaelab_run_dir", run_dir_for, replace=True)
     OmegaConf.register_new_resolver("vaelab_output_dir", hydra_output_dir, replace=True)
+    OmegaConf.register_new_resolver("vaelab_gpus_per_node", gpus_per_node, replace=True)
 
 
 register_resolvers()

@@ -110,12 +110,13 @@ class SweepSummary(Callback):
     def abandon(self) -> None:
         """The sweep stopped before its first job (Hydra checks every job's overrides first): let
         go of the lock, and remove the folder when this sweep made it and it holds only Hydra's
-        multirun.yaml and the lock, so that a bad override leaves nothing behind."""
+        multirun.yaml, the lock and submitit's folder (jobs SLURM refused), so that a bad
+        override leaves nothing behind."""
         SweepSummary.running = None
         if self.lock is not None:
             self.lock.release()
         leftovers = {p.name for p in self.sweep_dir.iterdir()} if self.sweep_dir.is_dir() else set()
-        if self.made_the_folder and leftovers <= {"multirun.yaml", LOCK_FILE}:
+        if self.made_the_folder and leftovers <= {"multirun.yaml", LOCK_FILE, ".submitit"}:
             import shutil
 
             shutil.rmtree(self.sweep_dir, ignore_errors=True)

@@ -24,6 +24,7 @@ from vaelab.runs import (
     remove_if_empty,
     save_run_config,
 )
+from vaelab.slurm import SchedulerStopped, stop_on_sigterm
 from vaelab.sweep import is_global_zero, write_status
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> TrainResult:
     checkpoint = read_vaelab_checkpoint(resume_from[1], resume_from[0]) if resume_from else None
     import lightning as L
 
-    from vaelab.callbacks import FinalSummary
+    from vaelab.callbacks import FinalSummary, TimeLimitRequeue
     from vaelab.checkpointing import RemoveStaleCheckpoints, check_fits, in_folder, source_commit
     from vaelab.config import instantiate_setting
     from vaelab.loggers import build_loggers, log_final_hparams
@@ -142,6 +143,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> TrainResult:
             callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.ProgressBar)]
         callbacks.append(FinalSummary())  # final metrics into the W&B run summary, from global rank 0
         callbacks.append(RemoveStaleCheckpoints())
+        callbacks.append(TimeLimitRequeue())  # a SLURM job near its time limit requeues after a checkpoint
         datamodule.setup()  # missing or damaged data fails here, before any logger writes a file
         ckpt_path, resume_step, metrics_before = None, None, {}
         if resume_from:  # checked against this model before Lightning loads it
@@ -184,9 +186,20 @@ def run_in_folder(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun
     had_run = saved.is_file()
     saved_before = saved.stat().st_mtime_ns if had_run else None
     try:
-        with FolderLock(run_dir, "run folder"):
-            cfg = plan_start(cfg, run_dir, overrides, multirun=multirun)
-            result = train(cfg, None if cfg.get("resume") else overrides)  # a resumed run keeps its overrides.yaml
+        with FolderLock(run_dir, "run folder"), stop_on_sigterm() as sigterm:
+            try:
+                cfg = plan_start(cfg, run_dir, overrides, multirun=multirun)
+                result = train(cfg, None if cfg.get("resume") else overrides)  # a resumed run keeps its overrides.yaml
+            except Exception as error:
+                if sigterm.received:  # e.g. W&B's service, stopped by the same signal: not the cause
+                    raise SchedulerStopped() from error
+                raise
+    except SchedulerStopped as stopped:  # not a failure: the next attempt continues from last.ckpt
+        if saved.is_file() and is_global_zero():
+            with contextlib.suppress(UserError):
+                write_status(run_dir, "stopped", error=str(stopped))
+        log.warning("%s; the next attempt continues from %s", stopped, run_dir / "checkpoints" / "last.ckpt")
+        raise
     except Exception as error:
         user_error = find_user_error(error)
         if not multirun and not isinstance(user_error, FolderInUseError):  # never another process's folder

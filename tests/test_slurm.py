@@ -1,0 +1,217 @@
+"""Sweeps on a real SLURM cluster: requeues, time limits, cancellations and sbatch refusals.
+
+The cluster is the local one of ``scripts/slurm/local-cluster.sh up`` (Debian's Slurm packages,
+two nodes on this machine), which ``.ci/run`` starts; without it these tests skip, saying why.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from helpers import FAST, train_cli
+
+from vaelab.wandb_run import find_offline_runs, read_offline_run
+
+pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[launchers]'")
+
+CLUSTER_DIR = Path(os.environ.get("VAELAB_SLURM_DIR", f"/tmp/vaelab-slurm-{os.getuid()}"))
+# what the local cluster's nodes offer (2 CPUs each, no GPU); each job trains for a few seconds
+ON_THE_LOCAL_CLUSTER = [
+    "hydra/launcher=slurm",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=2",
+    "hydra.launcher.timeout_min=10",
+]
+LONG_ENOUGH = [*FAST, "trainer.max_epochs=8", "callbacks.sample_grids.every_n_epochs=4", "trainer.deterministic=true"]
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory) -> dict[str, str]:
+    """The environment in which sbatch, squeue and scontrol reach the local cluster."""
+    conf = Path(os.environ.get("SLURM_CONF", CLUSTER_DIR / "slurm.conf"))
+    if not conf.is_file():
+        pytest.skip(f"no SLURM cluster: {conf} is missing (scripts/slurm/local-cluster.sh up)")
+    env = {**os.environ, "SLURM_CONF": str(conf)}
+    try:
+        idle = subprocess.run(["sinfo", "-h", "-o", "%t"], env=env, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        pytest.skip(f"no SLURM cluster: sinfo failed ({error})")
+    if "idle" not in idle.stdout and "mix" not in idle.stdout:
+        pytest.skip(f"no SLURM cluster with an idle node: sinfo says {idle.stdout.strip() or idle.stderr.strip()}")
+    return {"SLURM_CONF": str(conf)}
+
+
+def run_sweep(args: list[str], sweep_dir: Path, data_root: Path, slurm: dict, timeout: float = 600):
+    os.environ.update(slurm)  # train_cli's child environment is this process's
+    return train_cli(
+        "-m", *ON_THE_LOCAL_CLUSTER, *args, f"data.root={data_root}", f"hydra.sweep.dir={sweep_dir}", timeout=timeout
+    )
+
+
+def summary(sweep_dir: Path) -> list[dict]:
+    with open(sweep_dir / "sweep_summary.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def slurm_job_of(job_dir: Path) -> str:
+    """The SLURM id of the array task that trains in ``job_dir`` (submitit's folder is named by it)."""
+    number = job_dir.name.split("_")[0]
+    return next(job_dir.parent.glob(f".submitit/*_{number}")).name
+
+
+def after_first_checkpoint(job_glob: str, sweep_dir: Path, act, timeout: float = 300) -> threading.Thread:
+    """Run ``act(job_dir)`` in a thread once the job's folder has its first last.ckpt."""
+
+    def wait_then_act() -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = list(sweep_dir.glob(f"{job_glob}/checkpoints/last.ckpt"))
+            if found:
+                act(found[0].parent.parent)
+                return
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=wait_then_act, daemon=True)
+    thread.start()
+    return thread
+
+
+def wandb_segments(job_dir: Path) -> list[str]:
+    """The run id of each W&B segment (offline-run-<time>-<id>): an attempt stopped by SIGTERM
+    may not have flushed its run record, so the id is read from W&B's folder name."""
+    return [folder.name.rsplit("-", 1)[1] for folder in find_offline_runs(job_dir)]
+
+
+@pytest.mark.slow
+def test_a_requeued_job_continues_and_the_sweep_reports_its_last_attempt(tmp_path, data_root, slurm):
+    sweep_dir = tmp_path / "sweep"
+    env = {**os.environ, **slurm}
+    requeued = []
+
+    def requeue(job_dir: Path) -> None:
+        job = slurm_job_of(job_dir)
+        subprocess.run(["scontrol", "requeue", job], env=env, check=True, timeout=30)
+        requeued.append(job)
+
+    # three jobs with the same training config: job 0 is the uninterrupted reference of job 1
+    thread = after_first_checkpoint("1_*", sweep_dir, requeue)
+    result = run_sweep([*LONG_ENOUGH, "logger=wandb", "run_name=reference,requeued,third"], sweep_dir, data_root, slurm)
+    thread.join(timeout=10)
+    assert requeued, "the job was not requeued"
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "sweep: 3 of 3 jobs ok" in result.stdout
+    rows = summary(sweep_dir)
+    assert [row["status"] for row in rows] == ["ok", "ok", "ok"]
+    job_dirs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name[0].isdigit())
+    segments = wandb_segments(job_dirs[1])
+    assert len(segments) >= 2 and len(set(segments)) == 1, segments  # one W&B run over two attempts
+    assert "resume=" in (job_dirs[1] / "train.log").read_text()  # the second attempt continued the folder
+    assert "test/elbo" in read_offline_run(find_offline_runs(job_dirs[1])[-1]).summary
+    for metric in ("val/elbo", "test/elbo", "test/kl"):  # deterministic: as if never stopped
+        assert float(rows[1][metric]) == pytest.approx(float(rows[0][metric]), rel=1e-6, abs=1e-6), metric
+
+
+@pytest.mark.slow
+def test_a_job_at_its_time_limit_requeues_after_a_checkpoint_and_finishes(tmp_path, data_root, slurm):
+    sweep_dir = tmp_path / "sweep"
+    # more training than a 1-minute limit allows: SLURM warns (USR2) up to 60 s early, the job
+    # requeues itself when the epoch after the warning starts, or the launcher resubmits it at TIMEOUT
+    result = run_sweep(
+        [
+            *FAST,
+            "hydra.launcher.timeout_min=1",
+            "hydra.launcher.signal_delay_s=30",
+            "hydra.launcher.max_num_timeout=5",
+            "trainer.max_epochs=60",
+            "callbacks.sample_grids.every_n_epochs=20",
+            "logger=wandb",
+        ],
+        sweep_dir,
+        data_root,
+        slurm,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [row["status"] for row in summary(sweep_dir)] == ["ok"]
+    job_dir = next(sweep_dir.glob("0_*"))
+    log = (job_dir / "train.log").read_text()
+    assert "time limit is near" in log or "TIMEOUT" in result.stdout + result.stderr
+    segments = wandb_segments(job_dir)
+    assert len(segments) >= 2 and len(set(segments)) == 1, segments
+
+
+@pytest.mark.slow
+def test_a_cancelled_job_is_reported_and_a_rerun_of_the_sweep_finishes_it(tmp_path, data_root, slurm):
+    sweep_dir = tmp_path / "sweep"
+    env = {**os.environ, **slurm}
+    args = [*LONG_ENOUGH, "logger=csv", "model.beta=1,2"]
+
+    def cancel(job_dir: Path) -> None:
+        subprocess.run(["scancel", slurm_job_of(job_dir)], env=env, check=True, timeout=30)
+
+    thread = after_first_checkpoint("1_*", sweep_dir, cancel)
+    first = run_sweep(args, sweep_dir, data_root, slurm)
+    thread.join(timeout=10)
+    assert first.returncode == 1, first.stderr[-3000:]
+    rows = summary(sweep_dir)
+    assert [row["status"] for row in rows] == ["ok", "cancelled"]
+    assert "cancelled; re-run the sweep to continue it" in rows[1]["error"]
+    again = run_sweep(args, sweep_dir, data_root, slurm)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [row["status"] for row in summary(sweep_dir)] == ["ok", "ok"]
+    assert "resume=" in next(sweep_dir.glob("1_*/train.log")).read_text()  # continued, not restarted
+    job_logs = [log.read_text() for log in sweep_dir.glob(".submitit/*/*_log.out")]
+    assert any("finished before (status.json ok): skipped" in log for log in job_logs)  # job 0 ran once
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "request_, message",
+    [
+        # a GPU per node (the default on GPU clusters) where the nodes have none: sbatch refuses
+        (["trainer.accelerator=auto"], "sbatch refused the sweep's jobs: Invalid generic resource"),
+        # more CPUs per task than a node has: SLURM accepts the job and would keep it pending forever
+        (["trainer.accelerator=cpu", "hydra.launcher.cpus_per_task=64"], "SLURM will not start job"),
+    ],
+)
+def test_a_request_the_cluster_cannot_meet_is_one_line_and_leaves_nothing(
+    request_, message, tmp_path, data_root, slurm
+):
+    sweep_dir = tmp_path / "sweep"
+    result = run_sweep([*FAST, *request_, "logger=csv", "model.beta=1,2"], sweep_dir, data_root, slurm, timeout=120)
+    assert result.returncode == 1, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error: ") and message in errors[0], result.stderr
+    assert not sweep_dir.exists()
+    queue = subprocess.run(["squeue", "-h"], env={**os.environ, **slurm}, capture_output=True, text=True).stdout
+    assert queue.strip() == ""  # the jobs SLURM would not start are cancelled, not left pending
+
+
+@pytest.mark.parametrize(
+    "trainer, expected",
+    [
+        (["trainer.accelerator=cpu"], {"nodes": 1, "tasks_per_node": 1, "gpus_per_node": 0}),
+        (
+            ["trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"],
+            {"nodes": 2, "tasks_per_node": 4, "gpus_per_node": 4},
+        ),
+    ],
+)
+def test_the_launcher_asks_for_a_task_per_device_on_each_node(trainer, expected):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from vaelab.cli import CONFIG_DIR, register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm", *trainer], return_hydra_config=True)
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert {key: launcher[key] for key in expected} == expected
+    assert launcher["_target_"] == "hydra_plugins.vaelab_launchers.slurm_launcher.SlurmLauncher"
