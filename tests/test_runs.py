@@ -140,6 +140,7 @@ def test_a_sweep_into_a_held_sweep_folder_stops_at_once(tmp_path, data_root):
     assert sorted(p.name for p in sweep.iterdir()) == [".lock"]
 
 
+@pytest.mark.slow  # two full trainings at once: about 22 s
 def test_two_runs_started_together_get_folders_of_their_own(tmp_path, data_root):
     args = [sys.executable, "train.py", *CSV, f"data.root={data_root}", f"paths.log_dir={tmp_path}"]
     processes = [

@@ -7,14 +7,16 @@ two nodes on this machine), which ``.ci/run`` starts; without it these tests ski
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from helpers import FAST, train_cli
+from helpers import FAST, PROJECT_ROOT, train_cli
 
 from vaelab.wandb_run import find_offline_runs, read_offline_run
 
@@ -28,7 +30,7 @@ ON_THE_LOCAL_CLUSTER = [
     "hydra.launcher.mem_gb=2",
     "hydra.launcher.timeout_min=10",
 ]
-LONG_ENOUGH = [*FAST, "trainer.max_epochs=8", "callbacks.sample_grids.every_n_epochs=4", "trainer.deterministic=true"]
+LONG_ENOUGH = [*FAST, "trainer.max_epochs=30", "callbacks.sample_grids.every_n_epochs=10", "trainer.deterministic=true"]
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +64,9 @@ def summary(sweep_dir: Path) -> list[dict]:
 def slurm_job_of(job_dir: Path) -> str:
     """The SLURM id of the array task that trains in ``job_dir`` (submitit's folder is named by it)."""
     number = job_dir.name.split("_")[0]
-    return next(job_dir.parent.glob(f".submitit/*_{number}")).name
+    folders = [folder.name for folder in job_dir.parent.glob(".submitit/*") if folder.is_dir()]
+    tasks = [name for name in folders if name.endswith(f"_{number}")]
+    return tasks[0] if tasks else folders[0]  # a sweep of one job is a plain job, not an array
 
 
 def after_first_checkpoint(job_glob: str, sweep_dir: Path, act, timeout: float = 300) -> threading.Thread:
@@ -118,30 +122,24 @@ def test_a_requeued_job_continues_and_the_sweep_reports_its_last_attempt(tmp_pat
 
 
 @pytest.mark.slow
-def test_a_job_at_its_time_limit_requeues_after_a_checkpoint_and_finishes(tmp_path, data_root, slurm):
+def test_a_job_warned_of_its_time_limit_requeues_after_a_checkpoint_and_finishes(tmp_path, data_root, slurm):
+    """USR2 is what SLURM sends ``signal_delay_s`` before a submitit job's time limit: the job
+    requeues itself when the next epoch starts (after a last.ckpt) and the next attempt finishes."""
     sweep_dir = tmp_path / "sweep"
-    # more training than a 1-minute limit allows: SLURM warns (USR2) up to 60 s early, the job
-    # requeues itself when the epoch after the warning starts, or the launcher resubmits it at TIMEOUT
-    result = run_sweep(
-        [
-            *FAST,
-            "hydra.launcher.timeout_min=1",
-            "hydra.launcher.signal_delay_s=30",
-            "hydra.launcher.max_num_timeout=5",
-            "trainer.max_epochs=60",
-            "callbacks.sample_grids.every_n_epochs=20",
-            "logger=wandb",
-        ],
-        sweep_dir,
-        data_root,
-        slurm,
-        timeout=900,
-    )
+    env = {**os.environ, **slurm}
+
+    def warn(job_dir: Path) -> None:
+        subprocess.run(["scancel", "--signal=USR2", slurm_job_of(job_dir)], env=env, check=True, timeout=30)
+
+    thread = after_first_checkpoint("0_*", sweep_dir, warn)
+    result = run_sweep([*LONG_ENOUGH, "logger=wandb"], sweep_dir, data_root, slurm)
+    thread.join(timeout=10)
     assert result.returncode == 0, result.stderr[-3000:]
     assert [row["status"] for row in summary(sweep_dir)] == ["ok"]
     job_dir = next(sweep_dir.glob("0_*"))
     log = (job_dir / "train.log").read_text()
-    assert "time limit is near" in log or "TIMEOUT" in result.stdout + result.stderr
+    assert "the time limit is near; the job requeues itself when this epoch ends" in log
+    assert "Requeued job" in log and "resume=" in log  # submitit requeued it; the next attempt continued
     segments = wandb_segments(job_dir)
     assert len(segments) >= 2 and len(set(segments)) == 1, segments
 
@@ -168,6 +166,45 @@ def test_a_cancelled_job_is_reported_and_a_rerun_of_the_sweep_finishes_it(tmp_pa
     assert "resume=" in next(sweep_dir.glob("1_*/train.log")).read_text()  # continued, not restarted
     job_logs = [log.read_text() for log in sweep_dir.glob(".submitit/*/*_log.out")]
     assert any("finished before (status.json ok): skipped" in log for log in job_logs)  # job 0 ran once
+
+
+def wait_for_state(job: str, env: dict, wanted: set[str], timeout: float = 600) -> str:
+    """Poll ``scontrol show job`` until the job's state is one of ``wanted``; return it."""
+    deadline, state = time.monotonic() + timeout, ""
+    while time.monotonic() < deadline:
+        shown = subprocess.run(["scontrol", "show", "job", "-o", job], env=env, capture_output=True, text=True).stdout
+        state = next((w.split("=", 1)[1] for w in shown.split() if w.startswith("JobState=")), "")
+        if state in wanted:
+            return state
+        time.sleep(1)
+    raise AssertionError(f"SLURM job {job} still {state} after {timeout} s")
+
+
+@pytest.mark.slow
+def test_the_sbatch_script_requeues_itself_after_a_checkpoint_and_finishes(tmp_path, data_root, slurm):
+    """scripts/slurm/train.sbatch warned of its time limit (USR1, as ``--signal=USR1@90`` sends it)
+    requeues itself when the next epoch starts; the second attempt finishes in the same folder."""
+    env = {**os.environ, **slurm, "VAELAB_TRAIN": f"{sys.executable} train.py"}
+    run_dir = tmp_path / "run"
+    overrides = [*LONG_ENOUGH, "logger=wandb", f"data.root={data_root}"]
+    submitted = subprocess.run(
+        ["sbatch", "--parsable", f"--chdir={PROJECT_ROOT}", f"--output={tmp_path}/slurm-%j.out", "--mem=2G",
+         "--cpus-per-task=1", "scripts/slurm/train.sbatch", str(run_dir), *overrides],
+        env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    job = submitted.stdout.strip()
+    deadline = time.monotonic() + 300
+    while not (run_dir / "checkpoints" / "last.ckpt").is_file() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    subprocess.run(["scancel", "--signal=USR1", job], env=env, check=True, timeout=30)
+    assert wait_for_state(job, env, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}) == "COMPLETED"
+    output = next(tmp_path.glob("slurm-*.out")).read_text()
+    assert "attempt 1," in output and "attempt 2," in output, output[-3000:]
+    assert "requeues itself when this epoch ends" in (run_dir / "train.log").read_text()
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "ok"
+    segments = wandb_segments(run_dir)
+    assert len(segments) >= 2 and len(set(segments)) == 1, segments
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 import csv
 
+import pytest
 from helpers import FAST, train_cli
 
 from vaelab.wandb_run import find_offline_runs, read_offline_run
@@ -55,6 +56,7 @@ def test_sweep_keeps_going_past_a_failed_job_and_summarises(tmp_path, data_root)
     assert "<h2>Failed runs (2)</h2>" in page and page.count("model.beta=-1.0 is not allowed") == 2
 
 
+@pytest.mark.slow  # a two-job sweep: about 18 s
 def test_a_sweep_over_importance_samples_summarises_the_iwae_bound(tmp_path, data_root):
     from vaelab.comparison import compare
 

@@ -299,6 +299,7 @@ def test_manifold_panel_for_two_latents(tmp_path, data_root):
     assert recon.size == (2 + 16 * 30, 2 + 2 * 30)  # 16 inputs above 16 reconstructions, 2-pixel padding
 
 
+@pytest.mark.slow  # 50 batches of the real data sets: about 22 s each
 @pytest.mark.realdata
 @pytest.mark.parametrize("args", [["model=beta_vae", "model.beta=4"], ["model=cvae", "data=fashion_mnist"]])
 def test_readme_commands_on_real_data(args, tmp_path, real_data_root):

@@ -48,23 +48,39 @@ class SchedulerStopped(SystemExit):
 
 
 class Sigterm:
-    """What arrived within ``stop_on_sigterm``: SIGTERM, and submitit's time-limit warning."""
+    """What arrived within ``stop_on_sigterm``: SIGTERM, and the time-limit warning."""
 
     received = False
-    time_limit_handler = None  # submitit's USR2 handler, deferred until the next epoch starts
+    time_limit_handler = None  # what requeues the job, deferred until the next epoch starts
 
 
 ARRIVED = Sigterm()  # of the ``stop_on_sigterm`` that runs now (one per process)
 
 
+def requeue_this_job(signum, frame) -> None:
+    """``scontrol requeue`` this job (an array task by its array id); SLURM then sends SIGTERM."""
+    job = os.environ["SLURM_JOB_ID"]
+    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
+        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    log.warning("SLURM: requeueing job %s after its checkpoint", job)
+    if subprocess.run(["scontrol", "requeue", job], check=False, timeout=60).returncode == 0:
+        ARRIVED.received = True
+        raise SchedulerStopped()  # SLURM's SIGTERM follows; this attempt is over either way
+    log.warning("SLURM: job %s cannot be requeued (sbatch --requeue?); it runs on to its limit", job)
+
+
 @contextlib.contextmanager
 def stop_on_sigterm() -> Iterator[Sigterm]:
-    """Within a SLURM job: SIGTERM raises SchedulerStopped in the main thread, and submitit's
-    time-limit warning (USR2, ``signal_delay_s`` before the limit, which SLURM may send up to a
-    minute early) is deferred to the start of the next epoch (``TimeLimitRequeue``), so that
-    the job is requeued right after a checkpoint and each attempt makes progress. Elsewhere,
-    nothing changes. The SIGTERM also reaches the job's other processes (W&B's service): an
-    error that follows it is its consequence, which ``received`` tells."""
+    """Within a SLURM job: SIGTERM raises SchedulerStopped in the main thread, and the time-limit
+    warning is deferred to the start of the next epoch (``TimeLimitRequeue``), so that the job
+    is requeued right after a checkpoint and each attempt makes progress. SLURM may send the
+    warning up to a minute early. It is USR2 in a submitit job (``signal_delay_s``), whose
+    handler requeues the job at most ``max_num_timeout`` times, and USR1 in a plain batch job
+    (``#SBATCH --signal=USR1@90``: scripts/slurm/train.sbatch), which ``scontrol requeue``s
+    itself; Lightning's own USR1 handler, which would requeue at once after a mid-epoch
+    checkpoint that an exact resume cannot use, is then not installed. Elsewhere nothing
+    changes. The SIGTERM also reaches the job's other processes (W&B's service): an error that
+    follows it is its consequence, which ``received`` tells."""
     global ARRIVED
     ARRIVED = arrived = Sigterm()
     if "SLURM_JOB_ID" not in os.environ or threading.current_thread() is not threading.main_thread():
@@ -76,25 +92,25 @@ def stop_on_sigterm() -> Iterator[Sigterm]:
         raise SchedulerStopped()
 
     submitit_warning = signal.getsignal(signal.SIGUSR2)
+    warning, requeue = (
+        (signal.SIGUSR2, submitit_warning) if callable(submitit_warning) else (signal.SIGUSR1, requeue_this_job)
+    )
 
     def defer(signum, frame) -> None:
         log.warning("SLURM: the time limit is near; the job requeues itself when this epoch ends")
-        arrived.time_limit_handler = submitit_warning
+        arrived.time_limit_handler = requeue
 
     previous = signal.signal(signal.SIGTERM, stop)
-    if callable(submitit_warning):  # only submitit jobs requeue themselves; a plain job runs to its limit
-        signal.signal(signal.SIGUSR2, defer)
+    previous_warning = signal.signal(warning, defer)
     try:
         yield arrived
     finally:
         signal.signal(signal.SIGTERM, previous)
-        if callable(submitit_warning):
-            signal.signal(signal.SIGUSR2, submitit_warning)
+        signal.signal(warning, previous_warning)
 
 
 def requeue_if_time_is_short() -> None:
-    """At an epoch boundary (its checkpoint written): run submitit's deferred time-limit handler,
-    which requeues the job (or gives up after ``max_num_timeout``) and exits."""
+    """At an epoch boundary (its checkpoint written): run the deferred requeue, which ends the job."""
     handler, ARRIVED.time_limit_handler = ARRIVED.time_limit_handler, None
     if handler is not None:
         handler(signal.SIGUSR2, None)
