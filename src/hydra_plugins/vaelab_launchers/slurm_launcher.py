@@ -129,7 +129,7 @@ class SlurmLauncher(Launcher):
         folder = self.job_folder(overrides, number)
         previous = read_status(folder) or {}
         if previous.get("status") != "ok":
-            status = "cancelled" if state in ("CANCELLED", "PREEMPTED") else "failed"
+            status = "cancelled" if ENDED_WITHOUT_RESULT.get(state) == "cancelled" else "failed"
             write_status(folder, status, previous.get("metrics"), error=message)
         log.error("sweep job %d: %s", number, message)
         result = JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED, working_dir=str(folder))
