@@ -146,3 +146,53 @@ def render(page, tmp_path, fragment: str = "") -> str:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
+
+
+def assert_metrics_over_every_image(
+    run_dir: Path, data_root: Path, world_size: int, logged: dict | None = None, draws: int = 64
+) -> None:
+    """The val/ and test/ metrics of a multi-process run (``logged``, by default its status.json's)
+    are those of every image of the splits, not of one rank's shard: recomputed here in one process
+    from the run's last.ckpt (the run trains one epoch, so it is also the checkpoint tested).
+
+    - The KL, each dimension's KL, the active units and the mutual information are deterministic
+      given the weights: equal to float rounding (rel 1e-5).
+    - The ELBO and the reconstruction term draw one z per image: within 5 standard errors of
+      their mean over ``draws`` draws (the Monte Carlo error of an N-image mean, sigma / sqrt(N)).
+    - So that the check can fail: some shard's KL differs from the whole split's beyond 1e-5."""
+    import json
+
+    import torch
+
+    import vaelab
+    from vaelab.data import datamodule_for
+    from vaelab.diagnostics import kl_per_dimension, summarize
+    from vaelab.evaluation import per_image_negative_elbo
+
+    if logged is None:
+        logged = json.loads((run_dir / "status.json").read_text())["metrics"]
+    module = vaelab.load(run_dir / "checkpoints" / "last.ckpt")
+    data = datamodule_for(module, str(data_root))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for split, dataset in (("val", data.val_set), ("test", data.test_set)):
+            images, labels = dataset.images, dataset.labels
+            assert len(images) % world_size == 0, "pick split sizes that divide by the world size"
+            mean, logvar = module.vae.encode(images, labels if module.vae.conditional else None)
+            kl = kl_per_dimension(mean, logvar)  # (D,) mean over images
+            assert logged[f"{split}/kl"] == pytest.approx(float(kl.sum()), rel=1e-5), split
+            shards = [(mean[r::world_size], logvar[r::world_size]) for r in range(world_size)]
+            shard_kls = [float(kl_per_dimension(*shard).sum()) for shard in shards]
+            if world_size > 1:
+                assert any(s != pytest.approx(float(kl.sum()), rel=1e-5) for s in shard_kls), "shards alike"
+            negative_elbo = torch.stack([per_image_negative_elbo(module, images, labels) for _ in range(draws)], 1)
+            expected = -float(negative_elbo.mean())
+            error = 5 * float(negative_elbo.var(dim=1).mean().sqrt()) / len(images) ** 0.5
+            assert abs(logged[f"{split}/elbo"] - expected) <= error, (split, logged[f"{split}/elbo"], expected, error)
+            assert abs(logged[f"{split}/recon"] - (-expected - float(kl.sum()))) <= error, split
+            if split == "val":
+                diagnostics = summarize(mean, logvar)
+                assert logged["val/active_units"] == diagnostics["active_units"]
+                assert logged["val/mutual_info"] == pytest.approx(diagnostics["mutual_info"], rel=1e-5, abs=1e-6)
+                for d, value in enumerate(diagnostics["kl_per_dim"]):
+                    assert logged[f"val/kl_dim/{d:02d}"] == pytest.approx(value, rel=1e-5, abs=1e-7), d

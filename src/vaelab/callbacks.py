@@ -297,8 +297,9 @@ class NaNGuard(L.Callback):
 class Throughput(L.Callback):
     """Training images per second, logged as ``train/images_per_second`` on the steps the loggers
     write: the images of the steps since the last logging step (or the epoch's start) over their
-    wall time. Lightning's ThroughputMonitor needs a batch-size function that a YAML config cannot
-    give, and logs under its own names. One hook per step: its cost is in docs/benchmarks.md."""
+    wall time, on all ranks together (under DDP every rank trains on a batch of the same size).
+    Lightning's ThroughputMonitor needs a batch-size function that a YAML config cannot give, and
+    logs under its own names. One hook per step: its cost is in docs/benchmarks.md."""
 
     def __init__(self):
         self.images, self.started = 0, 0.0
@@ -307,7 +308,7 @@ class Throughput(L.Callback):
         self.images, self.started = 0, time.perf_counter()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.images += len(batch[0])
+        self.images += len(batch[0]) * trainer.world_size
         if lightning_logs_this_step(trainer):
             now = time.perf_counter()
             pl_module.log("train/images_per_second", self.images / (now - self.started), on_step=True, on_epoch=False)

@@ -12,6 +12,7 @@ current KL weight, beta * schedule(step)). The learning rate is Lightning's Lear
 
 from __future__ import annotations
 
+import logging
 import os
 
 import lightning as L
@@ -24,6 +25,8 @@ from vaelab.diagnostics import summarize
 from vaelab.errors import ConfigError
 from vaelab.networks import VAE
 from vaelab.objectives import Objective
+
+log = logging.getLogger(__name__)
 
 
 def skip_nvml_cuda_probe() -> None:
@@ -76,6 +79,7 @@ class VAELitModule(L.LightningModule):
         self.save_hyperparameters(logger=False)  # the loggers get the whole run config once (build_loggers)
         self._posteriors: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.last_diagnostics: dict = {}
+        self._warned_splits: set[str] = set()
         self.last_terms: dict = {}  # the latest training step's terms, for the NaN guard
         self._rng_to_restore: dict | None = None
         # what the run's checkpoints record besides the weights (set by vaelab.training.train): the
@@ -165,6 +169,26 @@ class VAELitModule(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._posteriors.clear()
+        self._warn_if_ranks_repeat_images("val", self.trainer.val_dataloaders)
+
+    def on_test_epoch_start(self) -> None:
+        self._warn_if_ranks_repeat_images("test", self.trainer.test_dataloaders)
+
+    def _warn_if_ranks_repeat_images(self, split: str, loader) -> None:
+        """Under DDP each rank's epoch mean is over an equal share of the split, and the ranks'
+        means are averaged (sync_dist): exact when the split divides by the world size. Otherwise
+        DistributedSampler repeats a few images to even the shares; say so, once per split."""
+        world, images = self.trainer.world_size, len(loader.dataset) if loader is not None else 0
+        if world > 1 and images % world and split not in self._warned_splits:
+            self._warned_splits.add(split)
+            if not self.trainer.is_global_zero:
+                return
+            repeated = world - images % world
+            log.warning(
+                "%s: %d images over %d ranks: %d of them count twice in the %s/ metrics "
+                "(choose a split size divisible by the world size for exact numbers)",
+                split, images, world, repeated, split,
+            )  # fmt: skip
 
     def on_validation_epoch_end(self) -> None:
         """Log val/active_units, val/mutual_info and val/kl_dim/NN over the whole validation split."""
@@ -173,15 +197,24 @@ class VAELitModule(L.LightningModule):
         mean = torch.cat([m for m, _ in self._posteriors])
         logvar = torch.cat([v for _, v in self._posteriors])
         self._posteriors.clear()
-        if self.trainer.world_size > 1:  # every rank sees the whole split
-            mean, logvar = (self.all_gather(t).flatten(0, 1) for t in (mean, logvar))
+        if self.trainer.world_size > 1:  # every rank sees the whole split, in its order
+            mean, logvar = (self._gather_split(t) for t in (mean, logvar))
         self.last_diagnostics = summarize(mean.float().cpu(), logvar.float().cpu())
         metrics = {
             "val/active_units": float(self.last_diagnostics["active_units"]),
             "val/mutual_info": self.last_diagnostics["mutual_info"],
         }
         metrics.update({f"val/kl_dim/{d:02d}": v for d, v in enumerate(self.last_diagnostics["kl_per_dim"])})
-        self.log_dict(metrics, on_epoch=True, rank_zero_only=True)
+        # the same numbers on every rank: syncing them changes nothing and tells Lightning so
+        self.log_dict(metrics, on_epoch=True, sync_dist=True)
+
+    def _gather_split(self, shard: torch.Tensor) -> torch.Tensor:
+        """(n_rank, ...) rows of this rank's validation shard -> (N, ...) rows of the whole split in
+        its order. Lightning's DistributedSampler (no shuffling) gives rank r the images r, r + W,
+        r + 2W, ... and pads the last round with the first images: interleave, then drop the padding."""
+        gathered = self.all_gather(shard)  # (W, n_rank, ...)
+        whole = gathered.transpose(0, 1).flatten(0, 1)
+        return whole[: len(self.trainer.val_dataloaders.dataset)]
 
     def test_step(self, batch, batch_idx):
         self._shared_step(batch, "test")
