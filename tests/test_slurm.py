@@ -1,4 +1,5 @@
-"""Sweeps on a real SLURM cluster: requeues, time limits, cancellations and sbatch refusals.
+"""Sweeps on a real SLURM cluster: requeues, time limits, cancellations, sbatch refusals and DDP
+across tasks and nodes.
 
 The cluster is the local one of ``scripts/slurm/local-cluster.sh up`` (Debian's Slurm packages,
 two nodes on this machine), which ``.ci/run`` starts; without it these tests skip, saying why.
@@ -16,8 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import FAST, PROJECT_ROOT, train_cli
+from helpers import FAST, PROJECT_ROOT, assert_metrics_over_every_image, train_cli
 
+from vaelab.runs import saved_overrides
 from vaelab.wandb_run import find_offline_runs, read_offline_run
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[launchers]'")
@@ -62,11 +64,11 @@ def summary(sweep_dir: Path) -> list[dict]:
 
 
 def slurm_job_of(job_dir: Path) -> str:
-    """The SLURM id of the array task that trains in ``job_dir`` (submitit's folder is named by it)."""
-    number = job_dir.name.split("_")[0]
-    folders = [folder.name for folder in job_dir.parent.glob(".submitit/*") if folder.is_dir()]
-    tasks = [name for name in folders if name.endswith(f"_{number}")]
-    return tasks[0] if tasks else folders[0]  # a sweep of one job is a plain job, not an array
+    """The SLURM id of the job (or array task, ``<array>_<task>``) that trains in ``job_dir``: the
+    submitit plugin records it as hydra.job.id when the job starts; submitit's folder is named by it."""
+    from omegaconf import OmegaConf
+
+    return str(OmegaConf.load(job_dir / ".hydra" / "hydra.yaml").hydra.job.id)
 
 
 def after_first_checkpoint(job_glob: str, sweep_dir: Path, act, timeout: float = 300) -> threading.Thread:
@@ -122,18 +124,15 @@ def test_a_requeued_job_continues_and_the_sweep_reports_its_last_attempt(tmp_pat
 
 
 @pytest.mark.slow
-def test_a_job_warned_of_its_time_limit_requeues_after_a_checkpoint_and_finishes(tmp_path, data_root, slurm):
-    """USR2 is what SLURM sends ``signal_delay_s`` before a submitit job's time limit: the job
-    requeues itself when the next epoch starts (after a last.ckpt) and the next attempt finishes."""
+def test_a_job_that_reaches_a_one_minute_limit_is_warned_requeued_and_finishes(tmp_path, data_root, slurm):
+    """A 1-minute limit, with SLURM's own USR2 warning ``signal_delay_s`` before it: each attempt
+    requeues itself when its next epoch starts (after a last.ckpt), and a later attempt finishes.
+    The job trains for about a minute (80 short epochs), more than one attempt has."""
     sweep_dir = tmp_path / "sweep"
-    env = {**os.environ, **slurm}
-
-    def warn(job_dir: Path) -> None:
-        subprocess.run(["scancel", "--signal=USR2", slurm_job_of(job_dir)], env=env, check=True, timeout=30)
-
-    thread = after_first_checkpoint("0_*", sweep_dir, warn)
-    result = run_sweep([*LONG_ENOUGH, "logger=wandb"], sweep_dir, data_root, slurm)
-    thread.join(timeout=10)
+    limit = ["hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=15", "hydra.launcher.max_num_timeout=8"]
+    minute_of_training = [*FAST, "trainer.max_epochs=80", "data.batch_size=4"]
+    minute_of_training.append("callbacks.sample_grids.every_n_epochs=40")
+    result = run_sweep([*minute_of_training, *limit, "logger=wandb"], sweep_dir, data_root, slurm, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert [row["status"] for row in summary(sweep_dir)] == ["ok"]
     job_dir = next(sweep_dir.glob("0_*"))
@@ -142,6 +141,8 @@ def test_a_job_warned_of_its_time_limit_requeues_after_a_checkpoint_and_finishes
     assert "Requeued job" in log and "resume=" in log  # submitit requeued it; the next attempt continued
     segments = wandb_segments(job_dir)
     assert len(segments) >= 2 and len(set(segments)) == 1, segments
+    assert "test/elbo" in json.loads((job_dir / "status.json").read_text())["metrics"]
+    assert read_offline_run(find_offline_runs(job_dir)[-1]).summary["epochs"] == 80  # trained to the end
 
 
 @pytest.mark.slow
@@ -166,6 +167,38 @@ def test_a_cancelled_job_is_reported_and_a_rerun_of_the_sweep_finishes_it(tmp_pa
     assert "resume=" in next(sweep_dir.glob("1_*/train.log")).read_text()  # continued, not restarted
     job_logs = [log.read_text() for log in sweep_dir.glob(".submitit/*/*_log.out")]
     assert any("finished before (status.json ok): skipped" in log for log in job_logs)  # job 0 ran once
+
+
+@pytest.mark.slow
+def test_ddp_across_tasks_and_nodes_logs_metrics_over_every_image(tmp_path, data_root, slurm):
+    """trainer=ddp on the launcher: each job asks for trainer.devices tasks on each of
+    trainer.num_nodes nodes (one array job per layout), Lightning's SLURM environment runs a rank
+    per task (gloo), and the run's numbers are those of every image (helpers.assert_metrics_over_every_image)."""
+    sweep_dir = tmp_path / "sweep"
+    layouts = ["trainer=ddp", "trainer.devices=2,1", "trainer.num_nodes=1,2"]  # 2x1, 2x2, 1x1, 1x2 ranks
+    result = run_sweep([*FAST, *layouts, "logger=wandb"], sweep_dir, data_root, slurm)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "sweep: 4 of 4 jobs ok" in result.stdout
+    assert result.stdout.count("submitted SLURM jobs") + result.stderr.count("submitted SLURM jobs") == 4
+    seen = set()
+    for job_dir in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name[0].isdigit()):
+        overrides = dict(o.split("=", 1) for o in saved_overrides(job_dir) if "=" in o)
+        devices, nodes = int(overrides["trainer.devices"]), int(overrides["trainer.num_nodes"])
+        world_size = devices * nodes
+        environment = next((sweep_dir / ".submitit" / slurm_job_of(job_dir)).glob("*_0_log.out")).read_text()
+        assert f"node=0({nodes})" in environment and f"global_rank=0({world_size})" in environment
+        log = (job_dir / "train.log").read_text()
+        assert log.count("torch threads: 1") == world_size  # each task's one CPU (cpus_per_task=1)
+        if world_size > 1:
+            assert f"GLOBAL_RANK: {world_size - 1}, MEMBER: {world_size}/{world_size}" in log
+        runs = [read_offline_run(path) for path in find_offline_runs(job_dir)]
+        assert len(runs) == 1 and runs[0].summary["world_size"] == world_size  # one W&B run, from rank 0
+        assert sorted(p.name for p in (job_dir / "checkpoints").iterdir()) == ["best-epoch-000.ckpt", "last.ckpt"]
+        assert_metrics_over_every_image(job_dir, data_root, world_size)
+        seen.add((devices, nodes))
+    assert seen == {(2, 1), (2, 2), (1, 1), (1, 2)}
+    errors = "".join(path.read_text() for path in sweep_dir.glob(".submitit/*/*_log.err"))
+    assert "sync_dist" not in errors  # every epoch metric is synced or gathered
 
 
 def wait_for_state(job: str, env: dict, wanted: set[str], timeout: float = 600) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,7 +125,10 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> TrainResult:
         logging.getLogger("lightning").handlers.clear()
     import torch
 
-    # joblib's loky workers (hydra/launcher=local_parallel) set OMP_NUM_THREADS to cores // n_jobs
+    # joblib's loky workers (hydra/launcher=local_parallel) set OMP_NUM_THREADS to cores // n_jobs;
+    # a SLURM task has the CPUs it asked for (hydra.launcher.cpus_per_task), not the node's
+    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit() and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
     log.info("torch threads: %d", torch.get_num_threads())
     L.seed_everything(cfg.seed, workers=True)
     try:

@@ -45,12 +45,12 @@ class SlurmLauncher(Launcher):
         self.jobs_launcher.setup(hydra_context=hydra_context, task_function=task_function, config=config)
         self.config, self.hydra_context = config, hydra_context
 
-    def executor(self):
+    def executor(self, params: dict):
         """A submitit executor with the launcher's parameters, named as the plugin names them."""
         import submitit
         from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 
-        params = dict(self.jobs_launcher.params)
+        params = dict(params)
         executor = submitit.AutoExecutor(
             cluster="slurm", folder=params.pop("submitit_folder"), slurm_max_num_timeout=params.pop("max_num_timeout")
         )
@@ -65,6 +65,14 @@ class SlurmLauncher(Launcher):
             config.hydra.job.num = job_num
         return Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
 
+    def job_resources(self, overrides: Sequence[str]) -> dict:
+        """The launcher's parameters as the job's own config resolves them: in a sweep over
+        ``trainer.devices`` or ``trainer.num_nodes`` each job asks for its own tasks and nodes."""
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        params = OmegaConf.to_container(config.hydra.launcher, resolve=True)
+        params.pop("_target_", None)
+        return params
+
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
         from vaelab.slurm import ENDED_BY_THE_CLUSTER, wait_until_ended
 
@@ -75,7 +83,14 @@ class SlurmLauncher(Launcher):
         outcomes: dict[int, JobReturn] = {}
         submissions_left = int(self.jobs_launcher.params.get("max_num_timeout", 0))
         while todo:
-            jobs = dict(zip(todo, self.submit(todo), strict=True))
+            resources = {number: self.job_resources(overrides) for number, overrides in todo.items()}
+            groups: dict[str, list[int]] = {}  # one array job per set of resources
+            for number in todo:
+                groups.setdefault(repr(sorted(resources[number].items())), []).append(number)
+            jobs = {}
+            for numbers in groups.values():
+                group = {number: todo[number] for number in numbers}
+                jobs.update(zip(numbers, self.submit(group, resources[numbers[0]]), strict=True))
             final = wait_until_ended([job.job_id for job in jobs.values()])
             again = {}
             for number, job in jobs.items():
@@ -88,8 +103,9 @@ class SlurmLauncher(Launcher):
             todo, submissions_left = again, submissions_left - 1
         return [outcomes[number] for number in sorted(outcomes)]
 
-    def submit(self, todo: dict[int, list[str]]) -> list:
-        """One array job, a task per Hydra job (number -> overrides); an sbatch refusal is a UserError."""
+    def submit(self, todo: dict[int, list[str]], resources: dict) -> list:
+        """One array job, a task per Hydra job (number -> overrides), each asking for ``resources``
+        (the launcher's parameters); an sbatch refusal is a UserError."""
         from hydra.core.singleton import Singleton
 
         from vaelab.errors import UserError
@@ -101,7 +117,7 @@ class SlurmLauncher(Launcher):
         ]
         try:
             with contextlib.redirect_stderr(io.StringIO()):  # submitit prints sbatch's refusal, then raises it
-                jobs = self.executor().map_array(self.jobs_launcher, *zip(*arguments, strict=True))
+                jobs = self.executor(resources).map_array(self.jobs_launcher, *zip(*arguments, strict=True))
         except Exception as error:  # noqa: BLE001 - submitit wraps sbatch's refusal in a traceback
             reason = sbatch_refusal(error)
             if reason is None:
