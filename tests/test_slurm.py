@@ -170,11 +170,13 @@ def test_a_cancelled_job_is_reported_and_a_rerun_of_the_sweep_finishes_it(tmp_pa
 
 
 @pytest.mark.slow
-def test_ddp_across_tasks_and_nodes_logs_metrics_over_every_image(tmp_path, data_root, slurm):
+def test_ddp_across_tasks_and_nodes_logs_metrics_over_every_image(tmp_path, data_root, slurm, monkeypatch):
     """trainer=ddp on the launcher: each job asks for trainer.devices tasks on each of
     trainer.num_nodes nodes (one array job per layout), Lightning's SLURM environment runs a rank
     per task (gloo), and the run's numbers are those of every image (helpers.assert_metrics_over_every_image)."""
     sweep_dir = tmp_path / "sweep"
+    # a port the submitting shell exported (an earlier DDP run does): concurrent jobs must not share it
+    monkeypatch.setenv("MASTER_PORT", "29533")
     layouts = ["trainer=ddp", "trainer.devices=2,1", "trainer.num_nodes=1,2"]  # 2x1, 2x2, 1x1, 1x2 ranks
     result = run_sweep([*FAST, *layouts, "logger=wandb"], sweep_dir, data_root, slurm)
     assert result.returncode == 0, result.stderr[-3000:]

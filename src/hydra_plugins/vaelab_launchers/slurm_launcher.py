@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,6 +29,23 @@ from hydra.plugins.launcher import Launcher
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger(__name__)
+
+
+# where torch.distributed meets and which rank a process is: in a job they come from SLURM (Lightning's
+# SLURM environment), never from the shell that submitted it, e.g. a port an earlier DDP run exported
+RENDEZVOUS_VARIABLES = (
+    "MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "NODE_RANK", "GROUP_RANK",
+)  # fmt: skip
+
+
+@contextlib.contextmanager
+def without_rendezvous_variables():
+    """This process's environment without RENDEZVOUS_VARIABLES, restored afterwards."""
+    saved = {name: os.environ.pop(name) for name in RENDEZVOUS_VARIABLES if name in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 class SlurmLauncher(Launcher):
@@ -116,7 +134,8 @@ class SlurmLauncher(Launcher):
             for number, overrides in todo.items()
         ]
         try:
-            with contextlib.redirect_stderr(io.StringIO()):  # submitit prints sbatch's refusal, then raises it
+            # sbatch passes this process's environment on; submitit prints sbatch's refusal, then raises it
+            with without_rendezvous_variables(), contextlib.redirect_stderr(io.StringIO()):
                 jobs = self.executor(resources).map_array(self.jobs_launcher, *zip(*arguments, strict=True))
         except Exception as error:  # noqa: BLE001 - submitit wraps sbatch's refusal in a traceback
             reason = sbatch_refusal(error)
