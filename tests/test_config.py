@@ -154,3 +154,15 @@ def test_a_sweep_with_a_value_of_the_wrong_type_stops_before_any_job(tmp_path):
         "error: Error merging override data.batch_size=abc: Value 'abc' of type 'str' could not be converted to Integer"
     ]
     assert not (tmp_path / "sweep").exists()  # no job started, and no sweep folder left behind
+
+
+def test_the_rich_progress_bar_without_rich_names_the_extra(tmp_path, data_root, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "rich" else find_spec(name, *a))
+    cfg = compose(["callbacks.rich_progress_bar.enabled=true"], output_dir=tmp_path, data_root=data_root)
+    with pytest.raises(ConfigError, match=re.escape("callbacks.rich_progress_bar: needs the rich package")):
+        validate(cfg)
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    validate(cfg)  # with rich there, the same config passes

@@ -333,6 +333,12 @@ def validate(cfg: DictConfig) -> None:
         instantiate_setting(annealing, "annealing")  # a schedule is a small pure object: built here to check it
     if WANDB_TARGET in targets_in(cfg.get("logger")):
         check_wandb_mode()
+    rich_bar = (cfg.get("callbacks") or {}).get("rich_progress_bar")
+    if isinstance(rich_bar, DictConfig) and rich_bar.get("enabled") is True:
+        import importlib.util
+
+        if importlib.util.find_spec("rich") is None:  # Lightning would stop with its own traceback
+            raise ConfigError("callbacks.rich_progress_bar: needs the rich package: pip install 'vaelab[rich]'")
     check_data_files(cfg.data.name, cfg.data.root, bool(cfg.data.download))
 
 
