@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vaelab.cli import CONFIG_DIR  # noqa: F401 - the packaged configs; importing registers the resolvers
+from vaelab.cli import CONFIG_DIR, VERSION_BASE  # noqa: F401 - the packaged configs; importing registers the resolvers
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("VAELAB_DATA_DIR", PROJECT_ROOT.parent / "shared" / "data"))
@@ -79,7 +79,7 @@ def compose(overrides: list[str] | None = None, *, output_dir: Path | None = Non
         extra.append(f"paths.output_dir={output_dir}")
     if data_root is not None:
         extra.append(f"data.root={data_root}")
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), **VERSION_BASE):
         return hydra_compose(config_name="train", overrides=[*(overrides or []), *extra])
 
 

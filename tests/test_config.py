@@ -93,11 +93,11 @@ def test_every_precision_lightning_accepts_passes(precision, tmp_path):
 
 
 def app_config(name: str, overrides: list[str]):
-    from helpers import CONFIG_DIR
+    from helpers import CONFIG_DIR, VERSION_BASE
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), **VERSION_BASE):
         return hydra_compose(config_name=name, overrides=overrides)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import CONFIG_DIR, FAST, PROJECT_ROOT, child_env, write_synthetic_dataset
+from helpers import CONFIG_DIR, FAST, PROJECT_ROOT, VERSION_BASE, child_env, write_synthetic_dataset
 
 import vaelab
 from vaelab.errors import ConfigError
@@ -290,7 +290,7 @@ def test_the_train_function_outside_hydra_says_what_to_do(tmp_path):
 
     from vaelab.training import train
 
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), **VERSION_BASE):
         cfg = compose("train", overrides=[*SMALL, "logger=none"])
     with pytest.raises(Exception, match=r"paths.output_dir is not set and no Hydra app is running"):
         train(cfg)

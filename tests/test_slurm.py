@@ -279,10 +279,10 @@ def test_the_launcher_asks_for_a_task_per_device_on_each_node(trainer, expected)
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from vaelab.cli import CONFIG_DIR, register_resolvers
+    from vaelab.cli import CONFIG_DIR, VERSION_BASE, register_resolvers
 
     register_resolvers()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), **VERSION_BASE):
         cfg = compose("train", overrides=["hydra/launcher=slurm", *trainer], return_hydra_config=True)
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     assert {key: launcher[key] for key in expected} == expected

@@ -95,12 +95,12 @@ def compose_train_config(overrides: list[str]):
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
 
-    from vaelab.cli import CONFIG_DIR
+    from vaelab.cli import CONFIG_DIR, VERSION_BASE
     from vaelab.config import validate
     from vaelab.errors import UserError
 
     try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), **VERSION_BASE):
             cfg = compose(config_name="train", overrides=overrides)
     except HydraException as error:
         raise UserError(f"--override: {str(error).splitlines()[0]}") from None

@@ -230,7 +230,7 @@ def check_targets(config, source: str) -> None:
 # the interpolations a config read from a file may use: vaelab's pure ones (a string in, a
 # string out) and references to other keys. Not oc.env (reads secrets), oc.create / oc.decode
 # (make new config, a _target_ included), now, hydra, vaelab_cwd and the like.
-PURE_RESOLVERS = frozenset({"vaelab_group", "vaelab_file_name"})
+PURE_RESOLVERS = frozenset({"vaelab_group", "vaelab_file_name", "vaelab_round"})
 
 
 def leaves(config, prefix: str = ""):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
-from vaelab.cli import CONFIG_DIR, hydra_message
+from vaelab.cli import CONFIG_DIR, VERSION_BASE, hydra_message
 from vaelab.errors import ConfigError
 
 
@@ -37,7 +37,7 @@ def compose(config_name: str, overrides: list[str] | tuple[str, ...] = ()) -> Di
     if isinstance(overrides, str):
         raise ConfigError(f"overrides={overrides!r}: give a list of strings, e.g. [{overrides!r}]")
     try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), **VERSION_BASE):
             return hydra_compose(config_name, overrides=list(overrides), return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(hydra_message(error)) from None

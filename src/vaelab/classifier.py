@@ -11,12 +11,12 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from vaelab.cli import CONFIG_DIR, run_hydra_app
+from vaelab.cli import CONFIG_DIR, VERSION_BASE, run_hydra_app
 from vaelab.config import validate_classifier_config
 from vaelab.errors import one_line_errors
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="classifier")
+@hydra.main(**VERSION_BASE, config_path=str(CONFIG_DIR), config_name="classifier")
 def app(cfg: DictConfig) -> float:
     with one_line_errors():
         validate_classifier_config(cfg)

@@ -7,19 +7,43 @@ Imports only hydra and omegaconf, so ``--help`` and ``--cfg job`` stay fast.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
+import hydra
 from omegaconf import OmegaConf
 
 from vaelab.config import register_schemas
 from vaelab.errors import ConfigError, find_user_error, first_line
-from vaelab.runs import file_name
+from vaelab.runs import file_name, short_number
 from vaelab.slurm import gpus_per_node
 from vaelab.sweep import SweepSummary, sweep_group
 
 # the YAML configs ship inside the package (``vaelab/configs``), so an installed wheel finds them
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def release(version: str) -> tuple[int, int]:
+    """(major, minor) of a version string such as ``1.4.0rc3``."""
+    major, minor = version.split(".")[:2]
+    return int(major), int(re.match(r"\d+", minor).group())
+
+
+# Hydra 1.3 warns when version_base is missing, Hydra 1.4 when it is given: ask for 1.3's
+# behaviour on 1.3 only (1.4's defaults are the same for vaelab's configs)
+VERSION_BASE = {"version_base": "1.3"} if release(hydra.__version__) < (1, 4) else {}
+
+
+def register_resolver(name: str, resolver) -> None:
+    """``OmegaConf.register_new_resolver`` (OmegaConf 2.3), renamed ``register_resolver`` in 2.4,
+    where the old name is deprecated; in 2.3 ``register_resolver`` is the legacy string-only API."""
+    import omegaconf
+
+    if release(omegaconf.__version__) >= (2, 4):
+        OmegaConf.register_resolver(name, resolver, replace=True)
+    else:
+        OmegaConf.register_new_resolver(name, resolver, replace=True)
 
 
 def run_dir_for(resume, default: str) -> str:
@@ -41,12 +65,13 @@ def hydra_output_dir() -> str:
 
 def register_resolvers() -> None:
     """The ``${vaelab_...:}`` interpolations the configs use; registering twice is harmless."""
-    OmegaConf.register_new_resolver("vaelab_cwd", os.getcwd, replace=True)  # where the command runs
-    OmegaConf.register_new_resolver("vaelab_group", sweep_group, replace=True)
-    OmegaConf.register_new_resolver("vaelab_file_name", file_name, replace=True)
-    OmegaConf.register_new_resolver("vaelab_run_dir", run_dir_for, replace=True)
-    OmegaConf.register_new_resolver("vaelab_output_dir", hydra_output_dir, replace=True)
-    OmegaConf.register_new_resolver("vaelab_gpus_per_node", gpus_per_node, replace=True)
+    register_resolver("vaelab_cwd", os.getcwd)  # where the command runs
+    register_resolver("vaelab_group", sweep_group)
+    register_resolver("vaelab_file_name", file_name)
+    register_resolver("vaelab_round", short_number)
+    register_resolver("vaelab_run_dir", run_dir_for)
+    register_resolver("vaelab_output_dir", hydra_output_dir)
+    register_resolver("vaelab_gpus_per_node", gpus_per_node)
 
 
 register_resolvers()

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
         written = compare(args.paths, out, root=root)
     print(
         f"compared {written['count']} runs; wrote {written['html']} and {out}/runs.{{csv,md}}, "
-        f"rate_distortion.png, metrics_vs_latent.png, curves.png"
+        f"rate_distortion.png, pareto_front.png, metrics_vs_latent.png, curves.png"
     )
 
 

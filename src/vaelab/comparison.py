@@ -8,6 +8,9 @@ training curves from the CSV logger (``csv/metrics.csv``), else the offline W&B 
 - ``runs.csv`` and ``runs.md``: one row per run, final metrics in nats per image;
 - ``rate_distortion.png``: distortion (recon, nats) against rate (KL, nats), one line per
   latent size through the β values;
+- ``pareto_front.png``: every run as a point of rate and distortion (or of the two objectives of
+  the multi-objective Optuna study the runs came from), the Pareto front highlighted, each point
+  labelled with the settings that vary; ``runs.csv`` marks the front in ``pareto_front``;
 - ``metrics_vs_latent.png``: ELBO, KL and active units against the latent size, one line per β;
 - ``curves.png``: the training ELBO against the step and the validation ELBO against the epoch;
 - ``report.html`` (``vaelab.report``): one self-contained page with the table (sortable and
@@ -187,6 +190,7 @@ def read_run(folder: Path) -> Run:
 
 def table_rows(runs: list[Run]) -> list[dict]:
     iwae = iwae_columns([run.metrics for run in runs])
+    front = on_front(runs)
     rows = []
     for run in runs:
         row = {
@@ -197,6 +201,7 @@ def table_rows(runs: list[Run]) -> list[dict]:
             "latent_dim": run.latent_dim,
             "seed": run.seed,
             "status": run.status,
+            "pareto_front": "yes" if run.folder in front else "",
         }
         row.update({key: run.metrics.get(key, "") for key in (*TABLE_METRICS, *iwae)})
         rows.append(row)
@@ -238,6 +243,135 @@ def plot_rate_distortion(runs: list[Run]):
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def front_objectives(runs: list[Run]) -> tuple[list[str], list[str]] | None:
+    """(the two metrics, their directions) of the multi-objective Optuna study the runs came
+    from (``optimization_results.yaml`` beside their folders), else None."""
+    from vaelab.optuna_search import RESULTS_FILE
+    from vaelab.safe_load import load_yaml
+
+    for folder in sorted({run.folder.parent for run in runs}):
+        path = folder / RESULTS_FILE
+        if not path.is_file():
+            continue
+        try:
+            results = OmegaConf.to_container(load_yaml(path, str(path), root=folder))
+        except Exception:  # noqa: BLE001 - a damaged results file: draw the default front
+            continue
+        objectives, directions = results.get("objectives") or [], results.get("directions") or []
+        if len(objectives) == 2 and len(directions) == 2:
+            return [str(o) for o in objectives], [str(d) for d in directions]
+    return None
+
+
+def front_points(runs: list[Run]) -> tuple[list[tuple[Run, float, float]], str, str, tuple[float, float]]:
+    """([(run, x, y)] of the runs that logged both, x metric, y metric, (x sign, y sign)): the
+    study's two objectives when the runs are its trials (x the second, y the first; sign -1 for
+    one it maximized), else the final rate (KL) and distortion (recon), test when tested, else
+    validation, both minimized."""
+    study = front_objectives(runs)
+    if study is not None:
+        (y_name, x_name), (y_direction, x_direction) = study
+        signs = (-1.0 if x_direction == "maximize" else 1.0, -1.0 if y_direction == "maximize" else 1.0)
+        points = [(r, r.metrics.get(x_name), r.metrics.get(y_name)) for r in runs]
+    else:
+        split = "test" if any("test/kl" in r.metrics for r in runs) else "val"
+        x_name, y_name, signs = f"{split}/kl", f"{split}/recon", (1.0, 1.0)
+        points = [(r, r.final("kl"), r.final("recon")) for r in runs]
+    numbers = [(r, x, y) for r, x, y in points if all(isinstance(v, float | int) and math.isfinite(v) for v in (x, y))]
+    return [(r, float(x), float(y)) for r, x, y in numbers], x_name, y_name, signs
+
+
+def pareto_front(points: list[tuple[float, float]], signs: tuple[float, float] = (1.0, 1.0)) -> list[int]:
+    """Indices of the points no other point dominates, each coordinate times its sign minimized:
+    another point dominates one when it is no worse in both and better in one."""
+    signed = [(signs[0] * x, signs[1] * y) for x, y in points]
+    front = []
+    for i, (x, y) in enumerate(signed):
+        if not any(a <= x and b <= y and (a < x or b < y) for j, (a, b) in enumerate(signed) if j != i):
+            front.append(i)
+    return front
+
+
+SETTING_NAMES = {"beta": "β", "latent_dim": "z"}  # as in Run.label
+
+
+def run_settings(runs: list[Run]) -> dict[Path, str]:
+    """Each run's overrides that differ between the runs, short: ``β=1.62 z=2 lr=0.000443``."""
+    from vaelab.runs import short_number
+
+    parsed = {run.folder: dict(item.split("=", 1) for item in run.overrides.split() if "=" in item) for run in runs}
+    keys = dict.fromkeys(k for pairs in parsed.values() for k in pairs)
+    varying = [k for k in keys if len({pairs.get(k) for pairs in parsed.values()}) > 1]
+
+    def short(value: str) -> str:
+        try:
+            return short_number(float(value)) if "." in value or "e" in value else value
+        except ValueError:
+            return value
+
+    def name(key: str) -> str:
+        last = key.rsplit(".", 1)[-1]
+        return SETTING_NAMES.get(last, last)
+
+    return {f: " ".join(f"{name(k)}={short(p[k])}" for k in varying if k in p) for f, p in parsed.items()}
+
+
+def place_labels(ax, points: list[tuple[float, float]], labels: list[str], fontsize: float = 7) -> None:
+    """Annotate each point with its label, moving a label to another side of its point when it
+    would cover a label already placed (boxes estimated from the font size, in points)."""
+    ax.autoscale_view()
+    to_points = ax.transData + ax.figure.dpi_scale_trans.inverted()  # data -> inches
+    placed: list[tuple[float, float, float, float]] = []
+    order = sorted(range(len(points)), key=lambda i: (-points[i][1], points[i][0]))
+    for i in order:
+        x_in, y_in = to_points.transform(points[i])
+        px, py = x_in * 72, y_in * 72
+        width, height = 0.55 * fontsize * len(labels[i]), 1.3 * fontsize
+        sides = [(5, 3), (5, -3 - height), (-5 - width, 3), (-5 - width, -3 - height)]
+        sides += [(dx, dy + k * height * (1 if dy > 0 else -1)) for k in (1, 2) for dx, dy in sides[:4]]
+        for dx, dy in sides:
+            box = (px + dx, py + dy, px + dx + width, py + dy + height)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
+                break
+        placed.append(box)
+        ax.annotate(labels[i], points[i], textcoords="offset points", xytext=(dx, dy), fontsize=fontsize)
+
+
+def plot_pareto_front(runs: list[Run]):
+    """Every run as a point of the two objectives (rate and distortion by default), the Pareto
+    front highlighted and joined (a staircase when both are minimized), each point labelled
+    with the settings that vary."""
+    points, x_name, y_name, signs = front_points(runs)
+    front = set(pareto_front([(x, y) for _, x, y in points], signs))
+    settings = run_settings([r for r, _, _ in points])
+    fig = figure(figsize=(7, 5), dpi=110)
+    ax = fig.subplots()
+    others = [p for i, p in enumerate(points) if i not in front]
+    on_front = sorted((p for i, p in enumerate(points) if i in front), key=lambda p: p[1])
+    if others:
+        ax.scatter([x for _, x, _ in others], [y for _, _, y in others], color="0.6", label="other runs", zorder=2)
+    if on_front:
+        steps = "steps-post" if signs == (1.0, 1.0) else "default"
+        xs, ys = [x for _, x, _ in on_front], [y for _, _, y in on_front]
+        ax.plot(xs, ys, "-", color="tab:red", drawstyle=steps, lw=1.2, zorder=3)
+        ax.plot(xs, ys, "o", color="tab:red", label="Pareto front", zorder=4)
+    place_labels(ax, [(x, y) for _, x, y in points], [settings.get(r.folder) or r.label for r, _, _ in points])
+    ax.set_xlabel(f"{x_name} [nats per image]")
+    ax.set_ylabel(f"{y_name} [nats per image]")
+    ax.set_title(f"Pareto front: {len(on_front)} of {len(points)} runs")
+    ax.grid(alpha=0.3)
+    if points:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def on_front(runs: list[Run]) -> set[Path]:
+    """The folders of the runs on the Pareto front drawn by plot_pareto_front."""
+    points, _, _, signs = front_points(runs)
+    return {points[i][0].folder for i in pareto_front([(x, y) for _, x, y in points], signs)}
 
 
 def plot_metrics_vs_latent(runs: list[Run]):
@@ -321,10 +455,11 @@ def compare(paths: list[Path], out: Path, root: Path | None = None) -> dict[str,
         shown_rows=[{**row, "run": Path(row["run"]).name} for row in rows],
         root=root,
     )
-    plots = [out / "rate_distortion.png", out / "metrics_vs_latent.png", out / "curves.png"]
+    plots = [out / "rate_distortion.png", out / "pareto_front.png", out / "metrics_vs_latent.png", out / "curves.png"]
     save_figure(plot_rate_distortion(runs), plots[0], root)
-    save_figure(plot_metrics_vs_latent(runs), plots[1], root)
-    save_figure(plot_curves(runs), plots[2], root)
+    save_figure(plot_pareto_front(runs), plots[1], root)
+    save_figure(plot_metrics_vs_latent(runs), plots[2], root)
+    save_figure(plot_curves(runs), plots[3], root)
     report = write_report(runs, rows, plots, out, [str(p) for p in paths], root=root)
     return {
         "csv": out / "runs.csv",

@@ -16,6 +16,15 @@ class NonFiniteError(UserError):
     """A loss term or gradient became NaN or infinite during training."""
 
 
+class TrialPruned(Exception):
+    """Optuna's pruner stopped this trial after a validation epoch: an outcome, not a failure.
+    ``metrics``: the last logged values (nats per image)."""
+
+    def __init__(self, message: str, metrics: dict[str, float]) -> None:
+        super().__init__(message)
+        self.metrics = metrics
+
+
 def find_user_error(error: BaseException | None) -> UserError | None:
     """The UserError behind an exception (hydra.utils.instantiate wraps them), or None."""
     while error is not None and not isinstance(error, UserError):

@@ -21,7 +21,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from vaelab.api import CallableEvaluateModule
-from vaelab.cli import CONFIG_DIR, run_hydra_app
+from vaelab.cli import CONFIG_DIR, VERSION_BASE, run_hydra_app
 from vaelab.config import pick_device, validate_eval_config
 from vaelab.errors import ConfigError, one_line_errors
 
@@ -74,7 +74,7 @@ def run(cfg: DictConfig) -> dict:
     return results
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
+@hydra.main(**VERSION_BASE, config_path=str(CONFIG_DIR), config_name="eval")
 def app(cfg: DictConfig) -> None:
     with one_line_errors():
         run(cfg)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import socket
@@ -376,6 +377,8 @@ def plan_start(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: b
             )
         if not (run_dir / "checkpoints" / "last.ckpt").is_file():
             return cfg  # stopped before its first checkpoint: start it again
+        if multirun:  # the job's overrides are the saved ones, already in its saved config (group choices too)
+            return config_to_resume(cfg, run_dir, [])
         resume = str(run_dir)
     elif not resume and has_run:
         raise UserError(
@@ -398,6 +401,14 @@ def file_name(name: str) -> str:
     if len(safe) > MAX_NAME:
         safe = f"{safe[: MAX_NAME - 9]}-{hashlib.sha1(str(name).encode()).hexdigest()[:8]}"
     return safe
+
+
+def short_number(value) -> str:
+    """A value for a run name: floats to 3 significant digits (``1.6748913598497648`` -> ``1.67``,
+    ``4.0`` stays ``4.0``), anything else as it is. The config keeps the exact value."""
+    if isinstance(value, float) and math.isfinite(value):
+        return repr(float(f"{value:.3g}"))
+    return str(value)
 
 
 def remove_if_empty(run_dir: str | Path) -> None:

@@ -18,12 +18,12 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from vaelab.cli import CONFIG_DIR, run_hydra_app
+from vaelab.cli import CONFIG_DIR, VERSION_BASE, run_hydra_app
 from vaelab.config import validate_sample_config
 from vaelab.errors import one_line_errors
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="sample")
+@hydra.main(**VERSION_BASE, config_path=str(CONFIG_DIR), config_name="sample")
 def app(cfg: DictConfig) -> None:
     from vaelab.runs import write_file
     from vaelab.safe_load import read_vaelab_checkpoint

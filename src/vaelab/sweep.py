@@ -2,11 +2,12 @@
 
 - ``sweep_group(default)`` (the ``vaelab_group`` resolver): ``sweep-<sweep folder name>`` in a
   multirun, ``default`` otherwise, so that every job of a sweep shares one W&B group.
-- Each job writes ``status.json`` (``ok`` with its final metrics, or ``failed`` with the
-  error) into its own folder; a failed job does not stop the sweep.
+- Each job writes ``status.json`` (``ok`` with its final metrics, ``failed`` with the error,
+  or ``pruned`` by Optuna's pruner) into its own folder; a failed job does not stop the sweep.
 - ``SweepSummary``, a Hydra callback, writes ``sweep_summary.csv`` and ``sweep_summary.md``
-  (one row per job: overrides, status, final metrics) into the sweep folder when the sweep
-  ends, lists the failed jobs and exits with status 1 if there were any.
+  (one row per job: overrides, status, final metrics; for a multi-objective Optuna study, whether
+  the job is on the Pareto front) into the sweep folder when the sweep ends, lists the failed
+  jobs and exits with status 1 if there were any (pruned jobs are not failures).
 
 Imports nothing heavy: Hydra loads it before every run.
 """
@@ -78,9 +79,23 @@ def collect(sweep_dir: Path) -> list[dict]:
     return sorted(rows, key=lambda r: int(r["job"].split("_")[0]) if r["job"].split("_")[0].isdigit() else 0)
 
 
+def mark_front(sweep_dir: Path, rows: list[dict]) -> list[str]:
+    """Set each row's ``pareto_front`` ("yes" or "") when the sweep was a multi-objective Optuna
+    study (its optimization_results.yaml lists the front); the jobs on the front, in order."""
+    from vaelab.optuna_search import read_front
+
+    front = read_front(sweep_dir)
+    if front is None:
+        return []
+    for row in rows:
+        row["pareto_front"] = "yes" if row["job"] in front else ""
+    return [row["job"] for row in rows if row["pareto_front"]]
+
+
 def write_summary(sweep_dir: Path, rows: list[dict]) -> None:
     """sweep_summary.csv and sweep_summary.md: one row per job."""
-    columns = ["job", "overrides", "status", *SUMMARY_METRICS, *iwae_columns(rows), "error"]
+    front = ["pareto_front"] if rows and "pareto_front" in rows[0] else []
+    columns = ["job", "overrides", "status", *front, *SUMMARY_METRICS, *iwae_columns(rows), "error"]
     write_table(rows, columns, sweep_dir / "sweep_summary", root=sweep_dir)
 
 
@@ -125,11 +140,19 @@ class SweepSummary(Callback):
         SweepSummary.running = None
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = collect(sweep_dir)
+        front = mark_front(sweep_dir, rows)
         write_summary(sweep_dir, rows)
         if self.lock is not None:
             self.lock.release()
-        failed = [row for row in rows if row["status"] != "ok"]
-        print(f"sweep: {len(rows) - len(failed)} of {len(rows)} jobs ok; summary in {sweep_dir / 'sweep_summary.md'}")
+        ok = sum(row["status"] == "ok" for row in rows)
+        pruned = sum(row["status"] == "pruned" for row in rows)  # Optuna's pruner stopped them: not failures
+        failed = [row for row in rows if row["status"] not in ("ok", "pruned")]
+        print(
+            f"sweep: {ok} of {len(rows)} jobs ok{f', {pruned} pruned' if pruned else ''}; "
+            f"summary in {sweep_dir / 'sweep_summary.md'}"
+        )
+        if front:
+            print(f"sweep: Pareto front: {', '.join(front)}")
         if failed:
             for row in failed:
                 print(f"sweep: job {row['job']} ({row['overrides']}) {row['status']}: {row['error']}", file=sys.stderr)

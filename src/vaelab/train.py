@@ -17,8 +17,8 @@ import hydra
 from omegaconf import DictConfig
 
 from vaelab.api import CallableTrainModule
-from vaelab.cli import CONFIG_DIR, run_hydra_app
-from vaelab.errors import find_user_error
+from vaelab.cli import CONFIG_DIR, VERSION_BASE, run_hydra_app
+from vaelab.errors import TrialPruned, find_user_error
 from vaelab.runs import FolderInUseError, config_from_folder, finished_job, save_run_config
 from vaelab.sweep import in_multirun, is_global_zero, write_status
 from vaelab.training import run_in_folder, train
@@ -26,7 +26,7 @@ from vaelab.training import run_in_folder, train
 log = logging.getLogger(__name__)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+@hydra.main(**VERSION_BASE, config_path=str(CONFIG_DIR), config_name="train")
 def app(cfg: DictConfig) -> float | None:
     """One run, or one job of a multirun. A failed job is recorded in its status.json and the
     sweep goes on; a job that already finished (a re-run sweep) is skipped; a single run that
@@ -44,10 +44,13 @@ def app(cfg: DictConfig) -> float | None:
         done = finished_job(run_dir, overrides) if in_multirun() else None
         if done is not None:  # read without touching the job's folder
             print(f"sweep: job {run_dir.name} finished before (status.json ok): skipped")
-            return done.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None
+            return objective(cfg, done)
         metrics = run_in_folder(cfg, run_dir, overrides, multirun=in_multirun()).metrics
     except Exception as error:
         user_error = find_user_error(error)
+        if isinstance(error, TrialPruned):  # status.json says pruned; the sweeper tells Optuna
+            log.info("%s", error)
+            return None
         if in_multirun():
             message = str(user_error) if user_error else f"{type(error).__name__}: {error}"
             log.error("job failed: %s", message, exc_info=user_error is None)
@@ -62,11 +65,30 @@ def app(cfg: DictConfig) -> float | None:
         raise SystemExit(1) from None
     shown = {k: float(f"{v:.6g}") for k, v in sorted(metrics.items()) if "/kl_dim/" not in k}
     log.info("final metrics (nats per image): %s", shown)
-    return metrics.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None
+    return objective(cfg, metrics)
+
+
+def objective(cfg: DictConfig, metrics: dict) -> float | list | None:
+    """What a sweeper optimizes: the value of ``optimized_metric``, or a list of values when it
+    names several (None for a metric that was not logged; the sweeper says so)."""
+    names = cfg.get("optimized_metric")
+    if names is None or isinstance(names, str):
+        return metrics.get(names) if names else None
+    return [metrics.get(str(name)) for name in names]
+
+
+def with_multirun(arguments: list[str]) -> list[str]:
+    """``arguments`` with ``--multirun`` added when they choose an ``hparams_search`` (a search
+    is always a sweep; the search configs do not set ``hydra.mode``, which Hydra 1.4 refuses)."""
+    chooses_search = any(a.split("=", 1)[0].lstrip("+~") == "hparams_search" and "=" in a for a in arguments)
+    if chooses_search and not {"-m", "--multirun", "--cfg", "-c", "--help", "-h", "--hydra-help"} & set(arguments):
+        return ["--multirun", *arguments]
+    return arguments
 
 
 def main() -> None:
     """``vaelab-train`` / ``python train.py``: Hydra's command line, its errors as one line."""
+    sys.argv[1:] = with_multirun(sys.argv[1:])
     run_hydra_app(app)
 
 

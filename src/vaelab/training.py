@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from vaelab.errors import UserError, find_user_error
+from vaelab.errors import TrialPruned, UserError, find_user_error
 from vaelab.runs import (
     FolderInUseError,
     FolderLock,
@@ -117,6 +117,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> TrainResult:
     from vaelab.config import instantiate_setting
     from vaelab.loggers import build_loggers, log_final_hparams
     from vaelab.module import VAELitModule
+    from vaelab.optuna_search import is_pruned, objective_names, pruning_callback
     from vaelab.wandb_run import finish_wandb
 
     warnings.filterwarnings("ignore", ".*does not have many workers.*")  # in-memory batches need none
@@ -148,6 +149,9 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> TrainResult:
         callbacks.append(FinalSummary())  # final metrics into the W&B run summary, from global rank 0
         callbacks.append(RemoveStaleCheckpoints())
         callbacks.append(TimeLimitRequeue())  # a SLURM job near its time limit requeues after a checkpoint
+        pruning = pruning_callback(objective_names(cfg.get("optimized_metric")))  # a trial of an Optuna study
+        if pruning is not None:
+            callbacks.append(pruning)
         datamodule.setup()  # missing or damaged data fails here, before any logger writes a file
         ckpt_path, resume_step, metrics_before = None, None, {}
         if resume_from:  # checked against this model before Lightning loads it
@@ -162,7 +166,17 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> TrainResult:
         if is_global_zero():
             save_run_config(cfg.paths.output_dir, cfg, overrides)
         started = time.perf_counter()
-        fit(trainer, module, datamodule, ckpt_path, key if resume_from else None)
+        try:
+            fit(trainer, module, datamodule, ckpt_path, key if resume_from else None)
+            if pruning is not None:
+                pruning.check_pruned()  # under DDP the callback only stops the loop
+        except Exception as error:
+            if pruning is None or not is_pruned(error):
+                raise
+            last = {k: float(v) for k, v in trainer.callback_metrics.items()}
+            value = last.get(pruning.monitor, float("nan"))
+            message = f"pruned after epoch {trainer.current_epoch}: {pruning.monitor}={value:.6g}"
+            raise TrialPruned(message, {**metrics_before, **last}) from None
         # a resumed run that had finished its epochs (killed during the test) keeps its last train/ and val/ values
         metrics = {**metrics_before, **{k: float(v) for k, v in trainer.callback_metrics.items()}}
         metrics["time/fit_seconds"] = time.perf_counter() - started  # this process only, after a resume
@@ -198,6 +212,9 @@ def run_in_folder(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun
                 if sigterm.received:  # e.g. W&B's service, stopped by the same signal: not the cause
                     raise SchedulerStopped() from error
                 raise
+    except TrialPruned as pruned:  # an outcome of the search: the sweeper records it as pruned
+        write_status(run_dir, "pruned", pruned.metrics, error=str(pruned))
+        raise
     except SchedulerStopped as stopped:  # not a failure: the next attempt continues from last.ckpt
         if saved.is_file() and is_global_zero():
             with contextlib.suppress(UserError):
