@@ -14,6 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from vaelab.config import instantiate_setting
+from vaelab.quiet import quiet_wandb_logger
 from vaelab.tables import FINAL_METRICS, IWAE_METRICS
 from vaelab.wandb_run import WANDB_TARGET, choose_wandb_mode, define_best_metrics, run_id_in
 
@@ -50,6 +51,7 @@ def build_loggers(cfg: DictConfig, resume_step: int | None = None) -> list:
                 extra = {"id": run_id, "resume": "allow"}
                 log.info("W&B: resuming run %s", run_id)
         logger = instantiate_setting(logger_cfg, f"logger.{name}", **extra)
+        quiet_wandb_logger(logger)
         if logger_cfg.get("_target_") == CSV_TARGET and resume_step is not None:
             kept_csv[len(loggers)] = csv_rows_before(Path(logger.log_dir) / "metrics.csv", resume_step)
         loggers.append(logger)

@@ -102,7 +102,6 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> TrainResult:
     checks, the run's config (and ``overrides``, the command line's) is saved in
     ``<paths.output_dir>/.hydra/``; a start that fails before then writes nothing there."""
     import time
-    import warnings
 
     from vaelab.config import validate
     from vaelab.safe_load import read_vaelab_checkpoint
@@ -118,10 +117,10 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> TrainResult:
     from vaelab.loggers import build_loggers, log_final_hparams
     from vaelab.module import VAELitModule
     from vaelab.optuna_search import is_pruned, objective_names, pruning_callback
+    from vaelab.quiet import quiet_third_party
     from vaelab.wandb_run import finish_wandb
 
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")  # in-memory batches need none
-    warnings.filterwarnings("ignore", ".*treespec, LeafSpec.*")  # Lightning vs. newer torch, harmless
+    quiet_third_party()
     if logging.getLogger().hasHandlers():  # Hydra's handlers print Lightning's messages already
         logging.getLogger("lightning").handlers.clear()
     import torch
@@ -185,7 +184,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> TrainResult:
             log.warning("not testing %s: it is outside this run's checkpoints/; testing the last weights", best)
             best = ""
         if cfg.get("test", True):
-            trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+            # verbose=False: no results table; the final metrics line below holds the same numbers
+            trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
         if trainer.is_global_zero:
             log_final_hparams(trainer.loggers, cfg, metrics)

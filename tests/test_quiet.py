@@ -1,0 +1,58 @@
+"""A tiny default run prints only vaelab's lines, Lightning's model summary and progress bar, and
+W&B's offline notice: a new third-party line or warning fails here."""
+
+import os
+import re
+import subprocess
+import sys
+
+from helpers import PROJECT_ROOT, child_env
+
+# the third-party warnings a tiny run may print (message start); add one only with a reason
+KNOWN_WARNINGS = {
+    # real: with 1 batch per epoch and log_every_n_steps=50 no training step is logged
+    "The number of training batches (1) is smaller than the logging interval",
+}
+ALLOWED_LINE = re.compile(
+    r"^\[[0-9: ,-]+\]\[vaelab\.[a-z_.]+\]\[(INFO|WARNING)\] - "  # vaelab's own lines
+    r"|^wandb: (W&B syncing is set to `offline`|Run data is saved locally in|View this run in the terminal)"
+    r"|^[┏┃┡│└]|^(Trainable|Non-trainable|Total|Modules in) "  # Lightning's model summary
+    r"|(Sanity Checking|Training|Validation|Testing|Epoch \d+)\b.*(it/s|s/it|\?)"  # its progress bar
+)
+WARNING_LINE = re.compile(r"^\S+\.py:\d+: (?P<message>.*)|^wandb: WARNING (?P<wandb>.*)|\]\[WARNING\] - (?P<log>.*)")
+
+
+def test_a_tiny_default_run_prints_nothing_else(tmp_path, data_root):
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "srun").write_text("#!/bin/sh\nexit 0\n")  # Lightning hints at srun wherever it is on the PATH
+    (fake_bin / "srun").chmod(0o755)
+    env = child_env(PATH=f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
+    env.pop("WANDB_SILENT", None)  # W&B as a user sees it
+    env.pop("WANDB_QUIET", None)
+    result = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "train.py")]
+        + ["trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1"]
+        + ["trainer.limit_test_batches=1", "data.val_size=40", f"data.root={data_root}", "paths.log_dir=logs"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [part.strip() for line in (result.stdout + result.stderr).splitlines() for part in line.split("\r")]
+    lines = [line for line in lines if line and line != "\x1b[A"]
+    warnings = []
+    for line in lines:
+        found = WARNING_LINE.search(line)
+        if found and "][vaelab." not in line:
+            warnings.append(next(group for group in found.groups() if group))
+    unknown = [w for w in warnings if not any(w.startswith(known) for known in KNOWN_WARNINGS)]
+    assert unknown == [] and len(warnings) == len(KNOWN_WARNINGS), warnings
+    others = [line for line in lines if not ALLOWED_LINE.search(line) and not WARNING_LINE.search(line)]
+    assert others == [], others
+    assert sum(line.startswith("wandb: ") for line in lines) == 3  # the offline notice, once
+    assert any("final metrics (nats per image)" in line for line in lines)
+    assert any(line.startswith("┏") for line in lines)  # the model summary is still there
