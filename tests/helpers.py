@@ -92,13 +92,14 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def train_cli(*args: str, timeout: float = 600, **options) -> subprocess.CompletedProcess:
-    """``python train.py *args`` in the project folder as a user runs it (W&B offline, no stdin),
-    its output captured as text; ``options`` go to subprocess.run."""
+def train_cli(*args: str, timeout: float = 600, cwd: Path = PROJECT_ROOT, env: dict | None = None, **options):
+    """``python train.py *args`` as a user runs it (in the project folder unless ``cwd``; W&B
+    offline, no stdin; ``env`` in place of ``child_env()``), its output captured as text;
+    ``options`` go to subprocess.run."""
     return subprocess.run(
-        [sys.executable, "train.py", *args],
-        cwd=PROJECT_ROOT,
-        env=child_env(),
+        [sys.executable, str(PROJECT_ROOT / "train.py"), *args],
+        cwd=cwd,
+        env=env if env is not None else child_env(),
         capture_output=True,
         text=True,
         timeout=timeout,

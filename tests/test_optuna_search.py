@@ -84,6 +84,12 @@ def test_run_names_round_floats_and_a_search_is_a_multirun():
     assert with_multirun(["model.beta=2"]) == ["model.beta=2"]
 
 
+def search(tmp_path, data_root, *args):
+    """``python train.py *args`` on the tiny data, into ``tmp_path/sweep``: (result, sweep folder)."""
+    sweep_dir = tmp_path / "sweep"
+    return train_cli(*args, *QUICK, f"data.root={data_root}", f"hydra.sweep.dir={sweep_dir}"), sweep_dir
+
+
 def summary(sweep_dir):
     with open(sweep_dir / "sweep_summary.csv") as handle:
         return list(csv.DictReader(handle))
@@ -95,17 +101,13 @@ def overrides_of(row):
 
 def test_a_tpe_study_of_three_trials_reads_back_from_its_sqlite_storage(tmp_path, data_root):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    sweep_dir = tmp_path / "tpe"
     args = [
         "hparams_search=optuna",  # no -m: vaelab-train adds it
         "hydra.sweeper.n_trials=3",
         "hydra.sweeper.sampler.n_startup_trials=2",
         f"hydra.sweeper.storage={storage}",
-        *QUICK,
-        f"data.root={data_root}",
-        f"hydra.sweep.dir={sweep_dir}",
     ]
-    result = train_cli(*args)
+    result, sweep_dir = search(tmp_path, data_root, *args)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = summary(sweep_dir)
     assert [row["status"] for row in rows] == ["ok"] * 3
@@ -129,7 +131,7 @@ def test_a_tpe_study_of_three_trials_reads_back_from_its_sqlite_storage(tmp_path
     assert best.trials == {"COMPLETE": 3, "PRUNED": 0, "FAIL": 0}
     assert "setup plugin" not in result.stdout + result.stderr  # alembic's INFO lines are quiet
 
-    again = train_cli(*args)  # the same sweep again: it has run its trials, and asks none
+    again, _ = search(tmp_path, data_root, *args)  # the same sweep again: it has run its trials, and asks none
     assert again.returncode == 0, again.stderr[-3000:]
     assert "0 trials to run" in again.stdout
     assert len(optuna.load_study(study_name="vaelab-mnist-vae", storage=storage).trials) == 3
@@ -137,14 +139,12 @@ def test_a_tpe_study_of_three_trials_reads_back_from_its_sqlite_storage(tmp_path
 
 def test_a_rate_distortion_study_marks_its_pareto_front_in_summary_and_report(tmp_path, data_root):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    sweep_dir = tmp_path / "rd"
-    result = train_cli(
+    result, sweep_dir = search(
+        tmp_path,
+        data_root,
         "hparams_search=rate_distortion",
         "hydra.sweeper.n_trials=4",
         f"hydra.sweeper.storage={storage}",
-        *QUICK,
-        f"data.root={data_root}",
-        f"hydra.sweep.dir={sweep_dir}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     study = optuna.load_study(study_name="vaelab-rd-mnist-beta_vae", storage=storage)
@@ -168,39 +168,36 @@ def test_a_rate_distortion_study_marks_its_pareto_front_in_summary_and_report(tm
 
 
 def test_pruned_trials_are_pruned_not_failed(tmp_path, data_root):
-    sweep_dir = tmp_path / "pruned"
-    result = train_cli(
+    result, sweep_dir = search(
+        tmp_path,
+        data_root,
         "hparams_search=optuna",
         "hydra.sweeper.n_trials=2",
         "hydra.sweeper.storage=null",  # in memory: the jobs run in this process and reach the trial
         "~hydra.sweeper.pruner",
         "+hydra.sweeper.pruner={_target_: optuna.pruners.ThresholdPruner, lower: 0.0}",  # an ELBO is < 0
-        *QUICK,
-        f"data.root={data_root}",
-        f"hydra.sweep.dir={sweep_dir}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "sweep: 0 of 2 jobs ok, 2 pruned" in result.stdout
     rows = summary(sweep_dir)
     assert [row["status"] for row in rows] == ["pruned", "pruned"]
-    for row in rows:  # stopped after the first validation epoch, with what it had logged
+    for row in rows:  # stopped after the first of 2 validation epochs, with what it had logged
         assert row["error"] == f"pruned after epoch 0: val/elbo={float(row['val/elbo']):.6g}"
-        assert not (sweep_dir / row["job"] / "checkpoints" / "epoch-001.ckpt").exists()
+        logged = csv.DictReader((sweep_dir / row["job"] / "csv" / "metrics.csv").open())
+        assert [r["epoch"] for r in logged if r.get("val/elbo")] == ["0"]
     assert OmegaConf.load(sweep_dir / "optimization_results.yaml").trials == {"COMPLETE": 0, "PRUNED": 2, "FAIL": 0}
 
 
 def test_a_trial_that_cannot_report_its_objective_fails(tmp_path, data_root):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    sweep_dir = tmp_path / "failed"
-    result = train_cli(
+    result, sweep_dir = search(
+        tmp_path,
+        data_root,
         "hparams_search=optuna",
         "hydra.sweeper.n_trials=2",
         f"hydra.sweeper.storage={storage}",
         "optimized_metric=val/nope",
         "hydra.sweeper.pruner=null",
-        *QUICK,
-        f"data.root={data_root}",
-        f"hydra.sweep.dir={sweep_dir}",
     )
     assert result.returncode == 1, result.stderr[-3000:]
     assert "sweep: 0 of 2 jobs ok" in result.stdout
@@ -214,13 +211,8 @@ def test_a_trial_that_cannot_report_its_objective_fails(tmp_path, data_root):
 
 
 def test_directions_that_do_not_match_the_objectives_are_one_line(tmp_path, data_root):
-    sweep_dir = tmp_path / "refused"
-    result = train_cli(
-        "hparams_search=optuna",
-        "hydra.sweeper.direction=[maximize,minimize]",
-        *QUICK,
-        f"data.root={data_root}",
-        f"hydra.sweep.dir={sweep_dir}",
+    result, sweep_dir = search(
+        tmp_path, data_root, "hparams_search=optuna", "hydra.sweeper.direction=[maximize,minimize]"
     )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [

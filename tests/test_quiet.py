@@ -3,10 +3,8 @@ W&B's offline notice: a new third-party line or warning fails here."""
 
 import os
 import re
-import subprocess
-import sys
 
-from helpers import PROJECT_ROOT, child_env
+from helpers import child_env, train_cli
 
 # the third-party warnings a tiny run may print (message start); add one only with a reason
 KNOWN_WARNINGS = {
@@ -30,16 +28,12 @@ def test_a_tiny_default_run_prints_nothing_else(tmp_path, data_root):
     env = child_env(PATH=f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
     env.pop("WANDB_SILENT", None)  # W&B as a user sees it
     env.pop("WANDB_QUIET", None)
-    result = subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / "train.py")]
-        + ["trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1"]
-        + ["trainer.limit_test_batches=1", "data.val_size=40", f"data.root={data_root}", "paths.log_dir=logs"],
+    result = train_cli(
+        *["trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1"],
+        *["trainer.limit_test_batches=1", "data.val_size=40", f"data.root={data_root}", "paths.log_dir=logs"],
         cwd=tmp_path,
         env=env,
-        capture_output=True,
-        text=True,
         timeout=300,
-        stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [part.strip() for line in (result.stdout + result.stderr).splitlines() for part in line.split("\r")]
