@@ -52,3 +52,25 @@ def test_submitit_local_runs_the_jobs(tmp_path, data_root):
     assert "model.beta=-1.0 is not allowed" in rows[1]["error"]
     assert math.isfinite(float(rows[0]["val/elbo"]))
     assert list(sweep_dir.glob(".submitit/*/*_log.out"))  # ran as submitit jobs
+
+
+def test_optuna_trials_in_joblib_workers_reach_the_study_and_its_pruner(tmp_path, data_root):
+    pytest.importorskip("optuna", reason="pip install -e '.[optuna]'")
+    sweep_dir = tmp_path / "optuna_joblib"
+    result = sweep(
+        [
+            "hparams_search=optuna",
+            "hydra/launcher=local_parallel",
+            "hydra.sweeper.n_jobs=2",
+            "hydra.sweeper.n_trials=2",
+            f"hydra.sweeper.storage=sqlite:///{tmp_path / 'optuna.db'}",  # how other processes reach the trial
+            "~hydra.sweeper.pruner",
+            "+hydra.sweeper.pruner={_target_: optuna.pruners.ThresholdPruner, lower: 0.0}",  # every ELBO is < 0
+            "logger=csv",
+        ],
+        sweep_dir,
+        data_root,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [row["status"] for row in summary_rows(sweep_dir)] == ["pruned", "pruned"]
+    assert "sweep: 0 of 2 jobs ok, 2 pruned" in result.stdout

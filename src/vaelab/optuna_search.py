@@ -242,7 +242,8 @@ def this_trial():
     if not sweeper.storage:
         return None, sweeper  # an in-memory study in another process: not reachable
     optuna = import_optuna()
-    study = optuna.load_study(study_name=sweeper.study_name, storage=sweeper.storage, sampler=None, pruner=None)
+    pruner = build_optuna_object(sweeper.get("pruner"), "hydra.sweeper.pruner", "optuna.pruners")  # it decides
+    study = optuna.load_study(study_name=sweeper.study_name, storage=sweeper.storage, pruner=pruner)
     return optuna.trial.Trial(study, trial_id_of(study, number)), sweeper
 
 
