@@ -106,7 +106,7 @@ def test_the_report_renders_in_chromium_with_every_image(sweep, tmp_path):
     # sorted by the test ELBO, best first, and filtered to latent size 3, from the address alone
     dom = render(written["html"], tmp_path, "#sort=test/elbo:desc&filter=z=3")
     loaded, total = loaded_images(dom)
-    assert total == 4 * 3 + 3 and loaded == total  # samples, reconstructions, traversals of 4 runs; 3 plots
+    assert total == 4 * 3 + 4 and loaded == total  # samples, reconstructions, traversals of 4 runs; 4 plots
     with open(written["csv"], newline="") as handle:
         elbo = {
             f"β={float(r['beta']):g} z={r['latent_dim']} vae s0": float(r["test/elbo"]) for r in csv.DictReader(handle)
