@@ -47,6 +47,7 @@ ROWS = {
     "negative beta": (lambda t, d, c: train_cmd("model.beta=-1"), "model.beta=-1.0 is not allowed: a number >= 0"),
     "unknown group option": (lambda t, d, c: train_cmd("loss=poisson"), "Could not find 'loss/poisson'"),
     "unknown key": (lambda t, d, c: train_cmd("model.bet=4"), "Could not override 'model.bet'"),
+    "ckpt_path=last": (lambda t, d, c: train_cmd("ckpt_path=last"), "ckpt_path=last: a new run has no last checkpoint"),
     "bad annealing": (lambda t, d, c: train_cmd("annealing=linear", "annealing.warmup_steps=-5"), "warmup_steps"),
     "unknown panel": (
         lambda t, d, c: train_cmd("+callbacks.sample_grids.panels.histogram=true"),

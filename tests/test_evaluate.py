@@ -9,8 +9,8 @@ import torch
 from helpers import FAST, PROJECT_ROOT, child_env, compose
 from omegaconf import OmegaConf
 
-from vaelab.checkpointing import load_module
 from vaelab.evaluation import evaluate_split
+from vaelab.module import VAELitModule
 from vaelab.training import train
 from vaelab.wandb_run import find_offline_runs, read_offline_run
 
@@ -63,7 +63,7 @@ def test_best_checkpoint_path_is_a_valid_override(trained_run, data_root):
 
 
 def test_same_seed_same_numbers(trained_run, data_root):
-    module = load_module(trained_run / "checkpoints" / "last.ckpt")
+    module = VAELitModule.from_checkpoint(trained_run / "checkpoints" / "last.ckpt")
     images = torch.rand(10, 1, 28, 28).round()
     labels = torch.zeros(10, dtype=torch.long)
     torch.manual_seed(0)
@@ -76,7 +76,7 @@ def test_same_seed_same_numbers(trained_run, data_root):
 
 def test_long_pass_reports_progress(trained_run, caplog):
     """A progress line after every batch when progress_seconds=0, none after the last one."""
-    module = load_module(trained_run / "checkpoints" / "last.ckpt")
+    module = VAELitModule.from_checkpoint(trained_run / "checkpoints" / "last.ckpt")
     images = torch.rand(10, 1, 28, 28).round()
     with caplog.at_level("INFO", logger="vaelab.evaluation"):
         results = evaluate_split(

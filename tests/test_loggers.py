@@ -57,6 +57,17 @@ def test_the_private_apis_vaelab_relies_on_are_there(tmp_path):
         restore_csv_rows(writer, ["step"], [])
 
 
+def test_the_anonymous_argument_lightning_passes_to_wandb_is_dropped(tmp_path):
+    from lightning.pytorch.loggers import WandbLogger
+
+    from vaelab.quiet import quiet_wandb_logger
+
+    logger = WandbLogger(project="x", save_dir=str(tmp_path), offline=True)
+    assert "anonymous" in logger._wandb_init  # what W&B warns about: if this goes, so can quiet_wandb_logger
+    quiet_wandb_logger(logger)
+    assert "anonymous" not in logger._wandb_init and logger._wandb_init["project"] == "x"
+
+
 def test_tensorboard_holds_the_curves_the_panels_and_the_hparams_with_final_metrics(tmp_path, data_root):
     pytest.importorskip("tensorboard", reason="pip install 'vaelab[tensorboard]'")
     from helpers import FAST, compose

@@ -15,7 +15,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from vaelab.comparison import compare, pareto_front
-from vaelab.optuna_search import objective_values, override_value, search_space
+from vaelab.optuna_search import objective_values, override_value, search_space, trial_id_of
 from vaelab.runs import short_number
 from vaelab.train import with_multirun
 
@@ -74,6 +74,12 @@ def test_the_pareto_front_is_every_point_no_other_dominates():
     assert pareto_front(points) == [0, 1, 3, 5]  # (3, 3) and (2, 6) are dominated; equal points both stay
     assert pareto_front(points, signs=(-1.0, 1.0)) == [3]  # x maximized: (4, 1) beats every other point
     assert pareto_front(points, signs=(-1.0, -1.0)) == [2, 3, 4]  # both maximized
+
+
+def test_a_trials_storage_id_is_found_from_its_number():
+    study = optuna.create_study()
+    trials = [study.ask() for _ in range(3)]
+    assert [trial_id_of(study, t.number) for t in trials] == [t._trial_id for t in trials]
 
 
 def test_run_names_round_floats_and_a_search_is_a_multirun():

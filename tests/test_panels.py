@@ -7,8 +7,8 @@ from PIL import Image
 
 from vaelab import panels
 from vaelab.callbacks import ImagePanels
-from vaelab.checkpointing import load_module
 from vaelab.errors import ConfigError
+from vaelab.module import VAELitModule
 from vaelab.training import train
 
 TILE = 28 + 2  # one image plus make_grid's 2-pixel padding
@@ -72,7 +72,7 @@ def test_scatter_is_not_blank(runs):
 
 
 def test_traversal_rows_follow_the_kl_order(runs, data_root):
-    module = load_module(runs["vae"] / "checkpoints" / "last.ckpt")
+    module = VAELitModule.from_checkpoint(runs["vae"] / "checkpoints" / "last.ckpt")
     x = torch.rand(1, 1, 28, 28)
     grid = panels.traversals(module, x, None, kl_per_dim=[0.1, 5.0], steps=3, span=2.0)
     mean, _ = module.vae.encode(x)
@@ -86,7 +86,7 @@ def test_traversal_rows_follow_the_kl_order(runs, data_root):
 
 
 def test_interpolation_ends_are_the_reconstructions(runs):
-    module = load_module(runs["vae"] / "checkpoints" / "last.ckpt")
+    module = VAELitModule.from_checkpoint(runs["vae"] / "checkpoints" / "last.ckpt")
     a, b = torch.rand(2, 1, 28, 28), torch.rand(2, 1, 28, 28)
     grid = panels.interpolations(module, a, b, steps=4)
     assert grid.shape[1:] == (2 + 2 * TILE, 2 + 4 * TILE)

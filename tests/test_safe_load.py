@@ -144,7 +144,7 @@ def test_a_cached_classifier_with_a_pickled_callable_is_refused(tmp_path, data_r
 
 
 def test_in_process_loading_refuses_the_same_files(tmp_path, good_run):
-    from vaelab.checkpointing import load_module
+    from vaelab.module import VAELitModule
 
     for how, error in (
         ("pickled callable", CheckpointError),
@@ -153,9 +153,9 @@ def test_in_process_loading_refuses_the_same_files(tmp_path, good_run):
     ):
         run_dir, marker = crafted(good_run, tmp_path / how.replace(" ", "_"), how)
         with pytest.raises(error, match=MESSAGES[how].replace("(", r"\(").replace(")", r"\)")):
-            load_module(run_dir / "checkpoints" / "last.ckpt")
+            VAELitModule.from_checkpoint(run_dir / "checkpoints" / "last.ckpt")
         assert not marker.exists()
-    module = load_module(good_run / "checkpoints" / "last.ckpt")  # the good one loads
+    module = VAELitModule.from_checkpoint(good_run / "checkpoints" / "last.ckpt")  # the good one loads
     assert module.vae.latent_dim == 2 and not module.training
 
 

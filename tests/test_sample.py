@@ -6,8 +6,8 @@ import torch
 from helpers import CONFIG_DIR, FAST, PROJECT_ROOT, child_env, compose
 from PIL import Image
 
-from vaelab.checkpointing import load_module
 from vaelab.errors import ConfigError
+from vaelab.module import VAELitModule
 from vaelab.training import train
 
 
@@ -25,7 +25,7 @@ def cvae_ckpt(tmp_path_factory, data_root):
 
 
 def test_label_picks_the_class_of_every_sample(cvae_ckpt):
-    module = load_module(cvae_ckpt)
+    module = VAELitModule.from_checkpoint(cvae_ckpt)
     sevens = module.sample(6, label=7, seed=1)
     z = torch.randn(6, 3, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(sevens, module.generate(z, torch.full((6,), 7)))
@@ -97,11 +97,12 @@ def test_cli_writes_traversals_interpolations_and_scatter(cvae_ckpt, data_root, 
 def test_manifold_needs_two_unconditional_latents(cvae_ckpt, data_root):
     from omegaconf import OmegaConf
 
+    from vaelab.config import validate_sample_config
     from vaelab.panels import make_picture
 
     defaults = OmegaConf.load(CONFIG_DIR / "sample.yaml")  # vaelab-sample's own defaults
     cfg = OmegaConf.merge(defaults, {"ckpt": str(cvae_ckpt), "kind": "manifold", "n": 1, "data_root": str(data_root)})
     with pytest.raises(ConfigError, match=r"kind=manifold needs an unconditional model with latent_dim=2"):
-        make_picture(load_module(cvae_ckpt), cfg)
-    with pytest.raises(ConfigError, match=r"kind='sketch' is not allowed"):
-        make_picture(load_module(cvae_ckpt), OmegaConf.merge(cfg, {"kind": "sketch"}))
+        make_picture(VAELitModule.from_checkpoint(cvae_ckpt), cfg)
+    with pytest.raises(ConfigError, match=r"kind='sketch' is not allowed"):  # checked before anything loads
+        validate_sample_config(OmegaConf.merge(cfg, {"kind": "sketch"}))

@@ -13,7 +13,6 @@ import torch
 from helpers import FAST, PROJECT_ROOT, child_env, compose
 from hydra.utils import instantiate
 
-from vaelab.checkpointing import load_module
 from vaelab.module import VAELitModule, skip_nvml_cuda_probe
 from vaelab.training import train
 from vaelab.wandb_run import find_offline_runs, read_offline_run
@@ -198,13 +197,13 @@ def test_checkpoint_round_trip(tmp_path, data_root):
     checkpoints = tmp_path / "checkpoints"
     assert (checkpoints / "last.ckpt").is_file()
     assert [p.name for p in checkpoints.glob("best-*.ckpt")] == ["best-epoch-000.ckpt"]
-    loaded = load_module(checkpoints / "last.ckpt")
+    loaded = VAELitModule.from_checkpoint(checkpoints / "last.ckpt")
     state = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     assert loaded.vae.conditional and loaded.vae.latent_dim == 3
     for name, tensor in loaded.state_dict().items():
         assert torch.equal(tensor, state[name]), name
     z, labels = torch.randn(4, 3), torch.tensor([0, 1, 2, 3])
-    again = load_module(checkpoints / "last.ckpt")
+    again = VAELitModule.from_checkpoint(checkpoints / "last.ckpt")
     torch.testing.assert_close(loaded.generate(z, labels), again.generate(z, labels))
 
 
@@ -371,5 +370,5 @@ def test_compiled_model_trains_and_loads(tmp_path, data_root):
         compose([*FAST, "logger=none", "compile=true", "test=false"], output_dir=tmp_path, data_root=data_root)
     ).metrics
     assert math.isfinite(metrics["val/elbo"])
-    loaded = load_module(tmp_path / "checkpoints" / "last.ckpt")
+    loaded = VAELitModule.from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     assert not any("_orig_mod" in name for name in loaded.state_dict())

@@ -12,7 +12,8 @@ Kept import-light on purpose: ``vaelab-train --help`` and ``--cfg`` must not imp
 the API is imported on first use.
 """
 
-__version__ = "0.1.0"
+from vaelab.version import __version__
+
 __all__ = ["train", "load", "evaluate", "__version__"]
 
 

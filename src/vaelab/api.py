@@ -75,15 +75,16 @@ def load(checkpoint: str | Path, device: str = "cpu"):
     """The model in a vaelab checkpoint, in eval mode on ``device``: a ``VAELitModule`` with
     ``sample(n, label=None, seed=None)``, ``encode(x, y=None)``, ``reconstruct(x, y=None)`` and
     ``generate(z, y=None)``. The file is read as data (weights_only, every ``_target_`` allow-listed)."""
-    from vaelab.checkpointing import load_module
+    from vaelab.module import VAELitModule
 
-    return load_module(checkpoint, device, key="checkpoint")
+    return VAELitModule.from_checkpoint(checkpoint, device, key="checkpoint")
 
 
 def evaluate(checkpoint: str | Path, k: int = 5000, split: str = "test", **settings) -> dict:
     """The ``vaelab-eval`` results of a checkpoint as a dict (``<split>/nll``, ``<split>/elbo``, ...,
     nats per image), computed without writing a file or a W&B summary. ``settings`` are vaelab-eval's
     other keys, e.g. ``limit_images=1000``, ``data_root=...``, ``generation=False``, ``device="cpu"``."""
+    from vaelab.config import validate_eval_config
     from vaelab.evaluation import evaluate_checkpoint
 
     cfg = without_hydra(compose("eval"), Path.cwd())
@@ -91,6 +92,7 @@ def evaluate(checkpoint: str | Path, k: int = 5000, split: str = "test", **setti
         if key not in cfg.keys() or key in ("paths", "out", "scan", "wandb"):
             raise ConfigError(f"{key}: not a vaelab.evaluate setting (see vaelab-eval --help)")
         cfg[key] = value
+    validate_eval_config(cfg)
     return evaluate_checkpoint(cfg)
 
 

@@ -8,25 +8,19 @@
 - ``RemoveStaleCheckpoints`` deletes best-checkpoint files that a run killed during a save
   left beside the one its ModelCheckpoint keeps.
 - ``describe`` says what a checkpoint holds, in a few lines, without building anything from it.
-- ``rng_states`` / ``restore_rng_states`` carry the Python, NumPy and torch random states
-  in the checkpoint, so that a resumed run draws the same batches, bits and z samples as an
-  uninterrupted one.
 """
 
 from __future__ import annotations
 
 import os
-import random
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from vaelab.errors import first_line
-from vaelab.safe_load import CheckpointError, read_vaelab_checkpoint
+from vaelab.errors import CheckpointError
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -98,34 +92,6 @@ def usable_callback_state(key: str, state, folder: Path, source) -> bool:
     return ok
 
 
-def rng_states() -> dict:
-    """The random states as tensors, lists and numbers only, so that weights_only loading accepts them."""
-    version, internal, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    states = {
-        "python": [version, list(internal), gauss],
-        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def restore_rng_states(states: dict) -> None:
-    """Set the states ``rng_states`` saved; a malformed one is a CheckpointError."""
-    try:
-        version, internal, gauss = states["python"]
-        random.setstate((version, tuple(internal), gauss))
-        name, keys, pos, has_gauss, cached = states["numpy"]
-        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-        torch.set_rng_state(states["torch"])
-        if "cuda" in states and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(states["cuda"])
-    except Exception as error:  # noqa: BLE001 - any malformed state means the same to the user
-        raise CheckpointError(f"the checkpoint's rng_states cannot be restored: {first_line(error)}") from None
-
-
 SHAPE_KEYS = ("model.latent_dim", "model.conditional", "model.net", "loss", "data.name")
 
 
@@ -143,7 +109,6 @@ def check_fits(module, checkpoint: dict, source: str) -> None:
 
     The message names the first parameter that differs and the shape-giving config keys
     (latent size, conditioning, networks, likelihood, data set) whose values differ."""
-    from vaelab.safe_load import CheckpointError
 
     here = {name: tuple(t.shape) for name, t in module.state_dict().items()}
     saved = {name: tuple(t.shape) for name, t in checkpoint["state_dict"].items() if isinstance(t, torch.Tensor)}
@@ -235,30 +200,3 @@ class RemoveStaleCheckpoints(Callback):
             for path in Path(callback.dirpath).glob(f"{prefix}*.ckpt"):
                 if path.resolve() not in kept:
                     path.unlink(missing_ok=True)
-
-
-def load_module(path: str | Path, device: str = "cpu", key: str = "ckpt"):
-    """A VAELitModule in eval mode from a vaelab checkpoint.
-
-    The file is read as data (``read_vaelab_checkpoint``: weights_only, bounded, every
-    ``_target_`` in its hyperparameters on the allow-list) before anything is built from it."""
-    return module_from_checkpoint(read_vaelab_checkpoint(path, key), f"{key}={path}", device)
-
-
-def module_from_checkpoint(checkpoint: dict, source: str, device: str = "cpu"):
-    """A VAELitModule in eval mode from a checkpoint that ``read_vaelab_checkpoint`` returned."""
-    from vaelab import __version__
-    from vaelab.module import VAELitModule
-
-    try:
-        module = VAELitModule(**checkpoint["hyper_parameters"])
-        module.load_state_dict(checkpoint["state_dict"])
-    except Exception as error:  # noqa: BLE001 - any failure to rebuild means the same to the user
-        written_by = (checkpoint.get("vaelab") or {}).get("version")
-        other = (
-            ""
-            if written_by == __version__
-            else (f" (written by vaelab {written_by or 'of unrecorded version'}, this is vaelab {__version__})")
-        )
-        raise CheckpointError(f"{source} is not a usable vaelab checkpoint{other}: {first_line(error)}") from None
-    return module.to(device).eval()

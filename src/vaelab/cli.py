@@ -15,7 +15,7 @@ import hydra
 from omegaconf import OmegaConf
 
 from vaelab.config import register_schemas
-from vaelab.errors import ConfigError, find_user_error, first_line
+from vaelab.errors import ConfigError, exit_with_error, find_user_error, first_line
 from vaelab.runs import file_name, short_number
 from vaelab.slurm import gpus_per_node
 from vaelab.sweep import SweepSummary, sweep_group
@@ -115,12 +115,10 @@ def run_hydra_app(app) -> None:
         if SweepSummary.running is not None:  # a multirun stopped by a bad override: no sweep folder left
             SweepSummary.running.abandon()
         user_error = find_user_error(error)
-        print(f"error: {user_error if user_error else hydra_message(error)}", file=sys.stderr)
-        raise SystemExit(1) from None
+        exit_with_error(user_error if user_error else hydra_message(error))
     except OSError as error:  # a folder Hydra cannot make or a file it cannot write
         if error.filename is None:
             raise
         if SweepSummary.running is not None:
             SweepSummary.running.abandon()
-        print(f"error: cannot write {error.filename}: {error.strerror}", file=sys.stderr)
-        raise SystemExit(1) from None
+        exit_with_error(f"cannot write {error.filename}: {error.strerror}")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from vaelab.errors import first_line
+from vaelab.errors import UserError, first_line
 from vaelab.report import printable, write_report
 from vaelab.tables import FINAL_METRICS, iwae_columns, write_table
 from vaelab.wandb_run import read_history
@@ -74,7 +74,7 @@ def find_run_folders(paths: list[Path]) -> list[Path]:
     found = []
     for path in paths:
         if not path.exists():
-            raise SystemExit(f"error: {path}: no such folder")
+            raise UserError(f"{path}: no such folder")
         for config in path.rglob(".hydra/config.yaml"):
             if inside(config.parent.parent, path):
                 found.append(config.parent.parent)
@@ -437,7 +437,7 @@ def compare(paths: list[Path], out: Path, root: Path | None = None) -> dict[str,
     root = root or out
     folders = find_run_folders(paths)
     if not folders:
-        raise SystemExit(f"error: no run folders (with .hydra/config.yaml) under {', '.join(map(str, paths))}")
+        raise UserError(f"no run folders (with .hydra/config.yaml) under {', '.join(map(str, paths))}")
     runs, skipped = [], []
     for folder in folders:
         try:
@@ -446,7 +446,7 @@ def compare(paths: list[Path], out: Path, root: Path | None = None) -> dict[str,
             skipped.append(printable(first_line(error)))
             print(f"warning: skipped {printable(str(folder))}: {skipped[-1]}", file=sys.stderr)
     if not runs:
-        raise SystemExit(f"error: no readable run folder under {', '.join(map(str, paths))}: {skipped[0]}")
+        raise UserError(f"no readable run folder under {', '.join(map(str, paths))}: {skipped[0]}")
     rows = table_rows(runs)
     write_table(
         rows,

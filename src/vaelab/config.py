@@ -318,6 +318,8 @@ def validate(cfg: DictConfig) -> None:
     from vaelab.wandb_run import WANDB_TARGET, check_wandb_mode
 
     check_seed(cfg.get("seed"))
+    if cfg.get("ckpt_path") == "last":  # Lightning's shorthand: a new run folder has no last checkpoint
+        raise ConfigError("ckpt_path=last: a new run has no last checkpoint; continue a run with resume=<run folder>")
     require(isinstance(cfg.get("compile", False), bool), "compile", cfg.get("compile"), "true or false")
     precision = str(cfg.get("trainer", {}).get("precision", "32-true"))
     require(precision in PRECISIONS, "trainer.precision", precision, f"one of {', '.join(PRECISIONS)}")

@@ -1,7 +1,9 @@
-"""Errors that a user can fix: the command line prints them as one line and exits non-zero."""
+"""Errors that a user can fix, every one of them: library code raises them; the entry points
+print them as one ``error:`` line (``exit_with_error``) and exit 1."""
 
 import sys
 from contextlib import contextmanager
+from typing import NoReturn
 
 
 class UserError(RuntimeError):
@@ -14,6 +16,30 @@ class ConfigError(UserError, ValueError):
 
 class NonFiniteError(UserError):
     """A loss term or gradient became NaN or infinite during training."""
+
+
+class DataNotFoundError(UserError):
+    """The IDX files are missing and could not be downloaded."""
+
+
+class DataCorruptError(UserError):
+    """An IDX file is truncated, has the wrong magic number, or disagrees with its partner file."""
+
+
+class CheckpointError(UserError):
+    """A missing, unreadable, unsafe or foreign checkpoint."""
+
+
+class FolderInUseError(UserError):
+    """Another process holds the folder's lock: the folder is its, and is left alone."""
+
+
+class NotAFileError(UserError):
+    """A symlink, folder, FIFO or device where vaelab writes or reads a file."""
+
+
+class JobCannotStart(UserError):
+    """SLURM keeps a job pending for a reason that no wait changes (see NEVER_STARTS)."""
 
 
 class TrialPruned(Exception):
@@ -42,8 +68,13 @@ def one_line_errors():
         user_error = find_user_error(error)
         if user_error is None:
             raise
-        print(f"error: {user_error}", file=sys.stderr)
-        raise SystemExit(1) from None
+        exit_with_error(user_error)
+
+
+def exit_with_error(message: object) -> NoReturn:
+    """The one way a command stops on a bad input: ``error: <message>`` on stderr, exit status 1."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(1) from None
 
 
 def first_line(error: BaseException) -> str:

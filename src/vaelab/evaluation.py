@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from vaelab.checkpointing import module_from_checkpoint
-from vaelab.config import pick_device, validate_eval_config
+from vaelab.config import pick_device
 from vaelab.data import datamodule_for, datamodule_like, load_split, to_float_images
 from vaelab.diagnostics import summarize
 from vaelab.errors import ConfigError
+from vaelab.module import VAELitModule
 from vaelab.objectives import importance_weighted_terms, iwae_bound, kl_standard_normal
 from vaelab.safe_load import read_vaelab_checkpoint
 
@@ -145,12 +145,12 @@ def generation_quality(module, classifier_path: Path, real_images: torch.Tensor,
 
 def evaluate_checkpoint(cfg: DictConfig, checkpoint: dict | None = None) -> dict:
     """The vaelab-eval results of ``cfg.ckpt`` (``<split>/<name>`` keys, nats per image), computed
-    without writing anything. ``checkpoint``: the file as ``read_vaelab_checkpoint`` returned it."""
-    validate_eval_config(cfg)
+    without writing anything. ``cfg`` has passed ``validate_eval_config`` (the caller's first step);
+    ``checkpoint``: the file as ``read_vaelab_checkpoint`` returned it."""
     torch.manual_seed(cfg.seed)
     device = pick_device(str(cfg.device))
     checkpoint = checkpoint or read_vaelab_checkpoint(cfg.ckpt)
-    module = module_from_checkpoint(checkpoint, f"ckpt={cfg.ckpt}", device)
+    module = VAELitModule.from_checkpoint(checkpoint, device, source=f"ckpt={cfg.ckpt}")
     datamodule = datamodule_for(module, cfg.get("data_root"))
     dataset = {"val": datamodule.val_set, "test": datamodule.test_set}[cfg.split]
     if len(dataset) == 0:

@@ -14,21 +14,13 @@ import os
 import stat
 from pathlib import Path
 
-from vaelab.errors import UserError
+from vaelab.errors import DataCorruptError, DataNotFoundError, UserError  # noqa: F401 - raised here, imported from here
 
 FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}  # torchvision's class names
 NUM_CLASSES = 10  # both data sets: digits 0-9, ten kinds of clothing
 IDX_MAGIC = {"images": 2051, "labels": 2049}  # unsigned bytes, 3 or 1 dimensions
 IMAGE_SIZE = (28, 28)  # the networks' input: MNIST's and Fashion-MNIST's
 SPLIT_PREFIX = {True: "train", False: "t10k"}
-
-
-class DataNotFoundError(UserError):
-    """The IDX files are missing and could not be downloaded."""
-
-
-class DataCorruptError(UserError):
-    """An IDX file is truncated, has the wrong magic number, or disagrees with its partner file."""
 
 
 def raw_folder(name: str, root: str | os.PathLike) -> Path:

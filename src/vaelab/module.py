@@ -14,19 +14,52 @@ from __future__ import annotations
 
 import logging
 import os
+import random
+from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from hydra.utils import instantiate
 
-from vaelab.checkpointing import restore_rng_states, rng_states
 from vaelab.config import ModelSchema, check, instantiate_setting
 from vaelab.diagnostics import summarize
-from vaelab.errors import ConfigError
+from vaelab.errors import CheckpointError, ConfigError, first_line
 from vaelab.networks import VAE
 from vaelab.objectives import Objective
+from vaelab.version import __version__
 
 log = logging.getLogger(__name__)
+
+
+# the random states, saved by on_save_checkpoint and set again at the first epoch after a resume,
+# so that a resumed run draws the same batches, bits and z samples as an uninterrupted one
+def rng_states() -> dict:
+    """The random states as tensors, lists and numbers only, so that weights_only loading accepts them."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    states = {
+        "python": [version, list(internal), gauss],
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict) -> None:
+    """Set the states ``rng_states`` saved; a malformed one is a CheckpointError."""
+    try:
+        version, internal, gauss = states["python"]
+        random.setstate((version, tuple(internal), gauss))
+        name, keys, pos, has_gauss, cached = states["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        torch.set_rng_state(states["torch"])
+        if "cuda" in states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states["cuda"])
+    except Exception as error:  # noqa: BLE001 - any malformed state means the same to the user
+        raise CheckpointError(f"the checkpoint's rng_states cannot be restored: {first_line(error)}") from None
 
 
 def skip_nvml_cuda_probe() -> None:
@@ -118,6 +151,34 @@ class VAELitModule(L.LightningModule):
             return cls(**settings, image_shape=datamodule.image_shape, num_classes=datamodule.num_classes)
         except Exception as error:  # noqa: BLE001 - a network, likelihood or schedule refused its settings
             raise find_user_error(error) or ConfigError(f"model: {first_line(error)}") from error
+
+    @classmethod
+    def from_checkpoint(
+        cls, checkpoint: str | Path | dict, device: str = "cpu", key: str = "ckpt", source: str | None = None
+    ) -> VAELitModule:
+        """The module in eval mode from a vaelab checkpoint: a file (read as data first by
+        ``read_vaelab_checkpoint``: weights_only, bounded, every ``_target_`` in its hyperparameters
+        on the allow-list) or the dict that function returned. ``key`` (the setting that names the
+        file) or ``source`` says where it came from in a CheckpointError."""
+        if not isinstance(checkpoint, dict):
+            from vaelab.safe_load import read_vaelab_checkpoint
+
+            source = source or f"{key}={checkpoint}"
+            checkpoint = read_vaelab_checkpoint(checkpoint, key)
+        try:
+            module = cls(**checkpoint["hyper_parameters"])
+            module.load_state_dict(checkpoint["state_dict"])
+        except Exception as error:  # noqa: BLE001 - any failure to rebuild means the same to the user
+            written_by = (checkpoint.get("vaelab") or {}).get("version")
+            other = (
+                ""
+                if written_by == __version__
+                else f" (written by vaelab {written_by or 'of unrecorded version'}, this is vaelab {__version__})"
+            )
+            raise CheckpointError(
+                f"{source or key} is not a usable vaelab checkpoint{other}: {first_line(error)}"
+            ) from None
+        return module.to(device).eval()
 
     @property
     def likelihood(self):
@@ -222,7 +283,6 @@ class VAELitModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """The random states, and under ``checkpoint["vaelab"]``: vaelab's version, the latest
         logged metrics as plain numbers, the W&B run id, and ``run_record`` (commit, seed, config)."""
-        from vaelab import __version__
         from vaelab.wandb_run import logged_run_ids
 
         checkpoint["rng_states"] = rng_states()

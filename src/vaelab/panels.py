@@ -23,7 +23,6 @@ from omegaconf import DictConfig
 from torch.distributions import Normal
 from torchvision.utils import make_grid
 
-from vaelab.config import validate_sample_config
 from vaelab.data import datamodule_for
 from vaelab.diagnostics import kl_per_dimension
 from vaelab.errors import ConfigError
@@ -181,8 +180,8 @@ def pick_test_images(module, cfg: DictConfig, n: int) -> tuple[torch.Tensor, tor
 
 
 def make_picture(module, cfg: DictConfig) -> torch.Tensor:
-    """The picture that ``cfg.kind`` asks for, as a (3, H, W) image in [0, 1]."""
-    validate_sample_config(cfg)
+    """The picture that ``cfg.kind`` asks for, as a (3, H, W) image in [0, 1]; ``cfg`` has passed
+    ``validate_sample_config`` (vaelab-sample's first step)."""
     kind, n, vae = cfg.kind, cfg.n, module.vae
     module.check_label(cfg.get("label"))  # before test images load
     if kind == "samples":

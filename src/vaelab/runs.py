@@ -24,7 +24,6 @@ import math
 import os
 import re
 import socket
-import sys
 import time
 from pathlib import Path
 
@@ -32,17 +31,13 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from vaelab.allow_list import check_file_config
-from vaelab.errors import UserError
+from vaelab.errors import FolderInUseError, NotAFileError, UserError, exit_with_error  # noqa: F401 - raised here
 from vaelab.safe_load import load_yaml, read_run_config
 
 log = logging.getLogger(__name__)
 LOCK_FILE = ".lock"
 STATUS_FILE = "status.json"
 _MISSING = object()
-
-
-class FolderInUseError(UserError):
-    """Another process holds the folder's lock: the folder is its, and is left alone."""
 
 
 class FolderLock:
@@ -107,7 +102,8 @@ def check_can_create(folder: Path, what: str) -> None:
 
 
 class OutputFolderCheck(Callback):
-    """Before Hydra makes a run's or a sweep's folder: one ``error:`` line and exit 1 if it cannot."""
+    """Before Hydra makes a run's or a sweep's folder: one ``error:`` line and exit 1 if it cannot.
+    It exits itself: Hydra turns an exception raised in a callback into a warning."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         self._check(Path(config.hydra.run.dir), "run folder")
@@ -121,12 +117,7 @@ class OutputFolderCheck(Callback):
             check_can_create(folder, what)
             check_folder_contents(folder, what)
         except UserError as error:
-            print(f"error: {error}", file=sys.stderr)
-            sys.exit(1)
-
-
-class NotAFileError(UserError):
-    """A symlink, folder, FIFO or device where vaelab writes or reads a file."""
+            exit_with_error(error)
 
 
 def _open_folder(folder: Path, root: Path | None) -> int:

@@ -23,16 +23,12 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from vaelab.allow_list import check_checkpoint_config, inside
-from vaelab.errors import UserError, first_line
+from vaelab.errors import CheckpointError, UserError, first_line  # noqa: F401 - raised here, imported from here
 
 # a vaelab checkpoint holds about 1,000 values and is 10 deep; a shared-reference bomb expands to billions
 MAX_VALUES = 200_000
 MAX_DEPTH = 64
 MAX_CONFIG_BYTES = 1 << 20
-
-
-class CheckpointError(UserError):
-    """A missing, unreadable, unsafe or foreign checkpoint."""
 
 
 def check_bounded(data, source: str) -> None:

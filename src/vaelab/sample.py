@@ -34,10 +34,10 @@ def app(cfg: DictConfig) -> None:
         # imported once the inputs have passed: Lightning takes seconds
         from torchvision.utils import save_image
 
-        from vaelab.checkpointing import module_from_checkpoint
+        from vaelab.module import VAELitModule
         from vaelab.panels import make_picture
 
-        module = module_from_checkpoint(checkpoint, f"ckpt={cfg.ckpt}")
+        module = VAELitModule.from_checkpoint(checkpoint, source=f"ckpt={cfg.ckpt}")
         del checkpoint
         picture = make_picture(module, cfg)
         out = Path(cfg.out)

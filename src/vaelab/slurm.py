@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 
-from vaelab.errors import UserError
+from vaelab.errors import JobCannotStart, UserError  # noqa: F401 - raised here, imported from here
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +134,6 @@ NEVER_STARTS = {
     "PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit", "BadConstraints", "InvalidAccount",
     "InvalidQOS", "DependencyNeverSatisfied", "QOSMaxWallDurationPerJobLimit", "AssocMaxWallDurationPerJobLimit",
 }  # fmt: skip
-
-
-class JobCannotStart(UserError):
-    """SLURM keeps a job pending for a reason that no wait changes (see NEVER_STARTS)."""
 
 
 def job_states(job_ids: Sequence[str]) -> dict[str, tuple[str, str]]:

@@ -25,7 +25,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from vaelab.errors import UserError
+from vaelab.errors import UserError, exit_with_error
 from vaelab.runs import LOCK_FILE, STATUS_FILE, FolderLock, read_status, saved_overrides, write_file
 from vaelab.tables import IWAE_METRICS, iwae_columns, write_table
 
@@ -117,9 +117,8 @@ class SweepSummary(Callback):
         self.lock = FolderLock(self.sweep_dir, "sweep folder")
         try:
             self.lock.__enter__()
-        except UserError as error:
-            print(f"error: {error}", file=sys.stderr)
-            sys.exit(1)
+        except UserError as error:  # exits itself: Hydra turns a callback's exception into a warning
+            exit_with_error(error)
         SweepSummary.running = self
 
     def abandon(self) -> None:

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from vaelab.api import CallableTrainModule
 from vaelab.cli import CONFIG_DIR, VERSION_BASE, run_hydra_app
-from vaelab.errors import TrialPruned, find_user_error
+from vaelab.errors import TrialPruned, exit_with_error, find_user_error
 from vaelab.runs import FolderInUseError, config_from_folder, finished_job, save_run_config
 from vaelab.sweep import in_multirun, is_global_zero, write_status
 from vaelab.training import run_in_folder, train
@@ -61,8 +61,7 @@ def app(cfg: DictConfig) -> float | None:
             return float("nan")  # Optuna records a NaN as a failed trial and goes on
         if user_error is None:
             raise
-        print(f"error: {user_error}", file=sys.stderr)
-        raise SystemExit(1) from None
+        exit_with_error(user_error)
     shown = {k: float(f"{v:.6g}") for k, v in sorted(metrics.items()) if "/kl_dim/" not in k}
     log.info("final metrics (nats per image): %s", shown)
     return objective(cfg, metrics)

@@ -49,10 +49,7 @@ def switched_on(callbacks: DictConfig | None) -> list[tuple[str, DictConfig]]:
 
 def checkpoint_to_resume(cfg: DictConfig) -> tuple[str, Path] | None:
     """(the setting that names it, the checkpoint file) to continue from, or None for a fresh start:
-    ckpt_path as given ("last": this run folder's checkpoints/last.ckpt), or
-    <resume>/checkpoints/last.ckpt with resume=RUN_DIR."""
-    if cfg.get("ckpt_path") == "last":
-        return "ckpt_path", Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    ckpt_path as given, or <resume>/checkpoints/last.ckpt with resume=RUN_DIR."""
     if cfg.get("ckpt_path"):
         return "ckpt_path", Path(cfg.ckpt_path)
     if cfg.get("resume") and cfg.resume != "auto":  # main() has turned a resume=auto that continues into a path
