@@ -95,7 +95,8 @@ def test_cfg_job_prints_the_composed_config_without_torch():
     printed = OmegaConf.create(result.stdout)
     assert printed.model.name == "beta_vae" and printed.model.beta == 4.0
     for entry_point in ("train", "evaluate", "sample", "classifier", "compare"):  # --help and --cfg stay fast
-        probe = f"import sys, vaelab.{entry_point}; print(sorted({{'torch', 'lightning', 'wandb'}} & set(sys.modules)))"
+        heavy = "{'torch', 'lightning', 'wandb'}"
+        probe = f"import sys, vaelab.cli.{entry_point}; print(sorted({heavy} & set(sys.modules)))"
         imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
         assert imported.stdout.strip() == "[]", (entry_point, imported.stdout, imported.stderr)
 

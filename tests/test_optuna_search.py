@@ -14,10 +14,10 @@ from helpers import FAST, PROJECT_ROOT, child_env, train_cli, write_synthetic_da
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
+from vaelab.cli.train import with_multirun
 from vaelab.comparison import compare, pareto_front
 from vaelab.optuna_search import objective_values, override_value, search_space, trial_id_of
 from vaelab.runs import short_number
-from vaelab.train import with_multirun
 
 optuna = pytest.importorskip("optuna", reason="pip install -e '.[optuna]'")
 QUICK = [

@@ -18,13 +18,9 @@ __all__ = ["train", "load", "evaluate", "__version__"]
 
 
 def __getattr__(name: str):
-    # vaelab.train and vaelab.evaluate are their (callable) modules; see vaelab/train.py
-    if name in ("train", "evaluate"):
-        import importlib
+    # the API's functions, imported on first use (vaelab.cli.* are the commands)
+    if name in ("train", "load", "evaluate"):
+        from vaelab import api
 
-        return importlib.import_module(f"vaelab.{name}")
-    if name == "load":
-        from vaelab.api import load
-
-        return load
+        return getattr(api, name)
     raise AttributeError(f"module 'vaelab' has no attribute {name!r}")

@@ -17,7 +17,6 @@ Imports only hydra and omegaconf until a function is called.
 
 from __future__ import annotations
 
-import types
 from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
@@ -94,17 +93,3 @@ def evaluate(checkpoint: str | Path, k: int = 5000, split: str = "test", **setti
         cfg[key] = value
     validate_eval_config(cfg)
     return evaluate_checkpoint(cfg)
-
-
-class CallableTrainModule(types.ModuleType):
-    """The class of the ``vaelab.train`` module: ``vaelab.train([...])`` calls ``vaelab.api.train``."""
-
-    def __call__(self, overrides: list[str] | tuple[str, ...] = ()):
-        return train(overrides)
-
-
-class CallableEvaluateModule(types.ModuleType):
-    """The class of the ``vaelab.evaluate`` module: ``vaelab.evaluate(ckpt, k=...)`` calls ``vaelab.api.evaluate``."""
-
-    def __call__(self, checkpoint: str | Path, k: int = 5000, split: str = "test", **settings) -> dict:
-        return evaluate(checkpoint, k, split, **settings)

@@ -1,5 +1,7 @@
-"""What every console script shares: the packaged config folder, vaelab's OmegaConf
-resolvers, and running a Hydra app so that a bad input is one ``error:`` line.
+"""vaelab's five commands (``vaelab.cli.train``, ``evaluate``, ``sample``, ``compare``,
+``classifier``), each parsing, calling the library and printing, and what they share, here: the
+packaged config folder, vaelab's OmegaConf resolvers, and running a Hydra app so that a bad
+input is one ``error:`` line.
 
 Imports only hydra and omegaconf, so ``--help`` and ``--cfg job`` stay fast.
 """
@@ -21,7 +23,7 @@ from vaelab.slurm import gpus_per_node
 from vaelab.sweep import SweepSummary, sweep_group
 
 # the YAML configs ship inside the package (``vaelab/configs``), so an installed wheel finds them
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 def release(version: str) -> tuple[int, int]:
