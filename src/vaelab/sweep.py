@@ -27,10 +27,9 @@ from omegaconf import DictConfig
 
 from vaelab.errors import UserError, exit_with_error
 from vaelab.runs import LOCK_FILE, STATUS_FILE, FolderLock, read_status, saved_overrides, write_file
-from vaelab.tables import IWAE_METRICS, iwae_columns, write_table
+from vaelab.tables import FINAL_METRICS, IWAE_METRICS, iwae_columns, write_table
 
 log = logging.getLogger(__name__)
-SUMMARY_METRICS = ("val/elbo", "val/kl", "val/recon", "val/active_units", "test/elbo", "test/recon", "test/kl")
 
 
 def in_multirun() -> bool:
@@ -74,7 +73,7 @@ def collect(sweep_dir: Path) -> list[dict]:
             "error": status.get("error") or "",
         }
         metrics = status.get("metrics") or {}
-        row.update({key: metrics.get(key, "") for key in (*SUMMARY_METRICS, *IWAE_METRICS)})
+        row.update({key: metrics.get(key, "") for key in (*FINAL_METRICS, *IWAE_METRICS)})
         rows.append(row)
     return sorted(rows, key=lambda r: int(r["job"].split("_")[0]) if r["job"].split("_")[0].isdigit() else 0)
 
@@ -95,7 +94,7 @@ def mark_front(sweep_dir: Path, rows: list[dict]) -> list[str]:
 def write_summary(sweep_dir: Path, rows: list[dict]) -> None:
     """sweep_summary.csv and sweep_summary.md: one row per job."""
     front = ["pareto_front"] if rows and "pareto_front" in rows[0] else []
-    columns = ["job", "overrides", "status", *front, *SUMMARY_METRICS, *iwae_columns(rows), "error"]
+    columns = ["job", "overrides", "status", *front, *FINAL_METRICS, *iwae_columns(rows), "error"]
     write_table(rows, columns, sweep_dir / "sweep_summary", root=sweep_dir)
 
 
