@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from vaelab.evaluation import evaluate_split
 from vaelab.module import VAELitModule
 from vaelab.training import train
-from vaelab.wandb_run import find_offline_runs, read_offline_run
+from vaelab.wandb_offline import find_offline_runs, read_offline_run
 
 
 @pytest.fixture(scope="module")

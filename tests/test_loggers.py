@@ -30,7 +30,7 @@ def test_the_private_apis_vaelab_relies_on_are_there(tmp_path):
 
     from vaelab.loggers import restore_csv_rows
     from vaelab.module import lightning_logs_this_step
-    from vaelab.wandb_run import record_class
+    from vaelab.wandb_offline import record_class
 
     trainer = L.Trainer(
         logger=False,

@@ -13,7 +13,7 @@ from helpers import FAST, PROJECT_ROOT, child_env, compose, differing_metrics, w
 
 from vaelab.errors import NonFiniteError
 from vaelab.training import train
-from vaelab.wandb_run import find_offline_runs, read_offline_run
+from vaelab.wandb_offline import find_offline_runs, read_offline_run
 
 
 def cli(args, tmp_path):

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from vaelab.errors import UserError
 from vaelab.runs import FolderLock, file_name
-from vaelab.wandb_run import find_offline_runs, read_offline_run
+from vaelab.wandb_offline import find_offline_runs, read_offline_run
 
 CSV = [*FAST, "logger=csv"]
 

@@ -20,7 +20,7 @@ import pytest
 from helpers import FAST, PROJECT_ROOT, assert_metrics_over_every_image, train_cli
 
 from vaelab.runs import saved_overrides
-from vaelab.wandb_run import find_offline_runs, read_offline_run
+from vaelab.wandb_offline import find_offline_runs, read_offline_run
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[launchers]'")
 

@@ -5,7 +5,7 @@ import csv
 import pytest
 from helpers import FAST, train_cli
 
-from vaelab.wandb_run import find_offline_runs, read_offline_run
+from vaelab.wandb_offline import find_offline_runs, read_offline_run
 
 
 def test_sweep_keeps_going_past_a_failed_job_and_summarises(tmp_path, data_root):

@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 
 from vaelab.module import VAELitModule, skip_nvml_cuda_probe
 from vaelab.training import train
-from vaelab.wandb_run import find_offline_runs, read_offline_run
+from vaelab.wandb_offline import find_offline_runs, read_offline_run
 
 VARIANTS = [
     ["model=vae"],

@@ -31,7 +31,7 @@ from omegaconf import OmegaConf
 from vaelab.errors import UserError, first_line
 from vaelab.report import printable, write_report
 from vaelab.tables import FINAL_METRICS, iwae_columns, write_table
-from vaelab.wandb_run import read_history
+from vaelab.wandb_offline import read_history
 
 TABLE_METRICS = ("test/nll", *FINAL_METRICS, "time/fit_seconds")
 
