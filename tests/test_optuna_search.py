@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from vaelab.cli.train import with_multirun
 from vaelab.comparison import compare, pareto_front
-from vaelab.optuna_search import objective_values, override_value, search_space, trial_id_of
+from vaelab.optuna_search import objective_values, override_value, read_front, read_results, search_space, trial_id_of
 from vaelab.runs import short_number
 
 optuna = pytest.importorskip("optuna", reason="pip install -e '.[optuna]'")
@@ -261,3 +261,19 @@ def test_a_killed_search_continues_its_running_trial_in_its_folder(tmp_path):
     epochs = [row["epoch"] for row in csv.DictReader((job / "csv" / "metrics.csv").open()) if row.get("val/elbo")]
     assert epochs == ["0", "1", "2"]
     assert "resum" in (job / "train.log").read_text().lower()
+
+
+def test_a_results_file_from_elsewhere_is_read_as_data(tmp_path):
+    outside = tmp_path / "outside.yaml"
+    outside.write_text("pareto_front: [{job: 0_a}]\n")
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    (sweep_dir / "optimization_results.yaml").symlink_to(outside)
+    assert read_results(sweep_dir) is None and read_front(sweep_dir) is None  # a symlink is not followed
+    (sweep_dir / "optimization_results.yaml").unlink()
+    (sweep_dir / "optimization_results.yaml").write_text(
+        "objectives: ['${oc.env:HOME}', '${oc.create:{_target_: os.system}}']\n"
+        "pareto_front: [{job: '${oc.env:HOME}'}]\n"
+    )
+    assert read_results(sweep_dir)["objectives"][0] == "${oc.env:HOME}"  # never resolved
+    assert read_front(sweep_dir) == {"${oc.env:HOME}"}

@@ -248,17 +248,10 @@ def plot_rate_distortion(runs: list[Run]):
 def front_objectives(runs: list[Run]) -> tuple[list[str], list[str]] | None:
     """(the two metrics, their directions) of the multi-objective Optuna study the runs came
     from (``optimization_results.yaml`` beside their folders), else None."""
-    from vaelab.optuna_search import RESULTS_FILE
-    from vaelab.safe_load import load_yaml
+    from vaelab.optuna_search import read_results
 
     for folder in sorted({run.folder.parent for run in runs}):
-        path = folder / RESULTS_FILE
-        if not path.is_file():
-            continue
-        try:
-            results = OmegaConf.to_container(load_yaml(path, str(path), root=folder))
-        except Exception:  # noqa: BLE001 - a damaged results file: draw the default front
-            continue
+        results = read_results(folder) or {}
         objectives, directions = results.get("objectives") or [], results.get("directions") or []
         if len(objectives) == 2 and len(directions) == 2:
             return [str(o) for o in objectives], [str(d) for d in directions]

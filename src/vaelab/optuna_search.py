@@ -208,20 +208,27 @@ def write_results(sweep_dir: Path, study, objectives: list[str]) -> Path:
     return path
 
 
-def read_front(sweep_dir: Path) -> set[str] | None:
-    """The job folder names on the Pareto front of a multi-objective study in ``sweep_dir``
-    (from its optimization_results.yaml), None when it has no front."""
+def read_results(sweep_dir: Path) -> dict | None:
+    """A sweep folder's optimization_results.yaml read as data (a regular file inside the folder,
+    bounded, interpolations left as text), or None when it is missing or damaged."""
+    from omegaconf import OmegaConf
+
     from vaelab.safe_load import load_yaml
 
     path = sweep_dir / RESULTS_FILE
     if not path.is_file():
         return None
     try:
-        results = load_yaml(path, str(path), root=sweep_dir)
-    except Exception:  # noqa: BLE001 - a damaged results file: no front to mark
+        return OmegaConf.to_container(load_yaml(path, str(path), root=sweep_dir))
+    except Exception:  # noqa: BLE001 - a damaged results file is the same as none
         return None
-    front = results.get("pareto_front") if hasattr(results, "get") else None
-    return {str(entry.get("job")) for entry in front} if front is not None else None
+
+
+def read_front(sweep_dir: Path) -> set[str] | None:
+    """The job folder names on the Pareto front of a multi-objective study in ``sweep_dir``,
+    None when it has no front."""
+    front = (read_results(sweep_dir) or {}).get("pareto_front")
+    return {str(entry.get("job")) for entry in front if isinstance(entry, dict)} if isinstance(front, list) else None
 
 
 def this_trial():

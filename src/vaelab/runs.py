@@ -302,7 +302,7 @@ def config_from_folder(
     paths = OmegaConf.to_container(cfg.paths, resolve=False) if "paths" in cfg else {}
     paths["output_dir"] = str(run_dir)
     paths = OmegaConf.to_container(OmegaConf.create({"paths": paths}), resolve=True)["paths"]
-    for name in ("hydra", "paths"):  # the file's own would be resolved where they name this machine
+    for name in ("hydra", "paths"):  # the file's own name the folders of the machine that wrote it
         config.pop(name, None)
     config.paths = paths
     given, trusted = [], []

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from vaelab.cli import CONFIG_DIR, VERSION_BASE, run_hydra_app
 from vaelab.errors import TrialPruned, exit_with_error, find_user_error
+from vaelab.optuna_search import objective_names
 from vaelab.runs import FolderInUseError, config_from_folder, finished_job, save_run_config
 from vaelab.sweep import in_multirun, is_global_zero, write_status
 from vaelab.training import run_in_folder, train
@@ -68,10 +69,10 @@ def app(cfg: DictConfig) -> float | None:
 def objective(cfg: DictConfig, metrics: dict) -> float | list | None:
     """What a sweeper optimizes: the value of ``optimized_metric``, or a list of values when it
     names several (None for a metric that was not logged; the sweeper says so)."""
-    names = cfg.get("optimized_metric")
-    if names is None or isinstance(names, str):
-        return metrics.get(names) if names else None
-    return [metrics.get(str(name)) for name in names]
+    values = [metrics.get(name) for name in objective_names(cfg.get("optimized_metric"))]
+    if not isinstance(cfg.get("optimized_metric"), str):
+        return values or None
+    return values[0]
 
 
 def with_multirun(arguments: list[str]) -> list[str]:
