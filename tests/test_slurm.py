@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from helpers import FAST, PROJECT_ROOT, assert_metrics_over_every_image, train_cli
 
-from vaelab.runs import saved_overrides
 from vaelab.wandb_offline import find_offline_runs, read_offline_run
+from vaelab.runs import saved_overrides
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[launchers]'")
 
@@ -127,12 +127,14 @@ def test_a_requeued_job_continues_and_the_sweep_reports_its_last_attempt(tmp_pat
 def test_a_job_that_reaches_a_one_minute_limit_is_warned_requeued_and_finishes(tmp_path, data_root, slurm):
     """A 1-minute limit, with SLURM's own USR2 warning ``signal_delay_s`` before it: each attempt
     requeues itself when its next epoch starts (after a last.ckpt), and a later attempt finishes.
-    The job trains for about a minute (80 short epochs), more than one attempt has."""
+    SLURM checks limits every 30 s or so, so an attempt may last up to about 100 s: the job trains
+    for longer than that even on an idle machine (200 epochs of 0.5 s), so the warning always comes
+    before its end."""
     sweep_dir = tmp_path / "sweep"
     limit = ["hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=15", "hydra.launcher.max_num_timeout=8"]
-    minute_of_training = [*FAST, "trainer.max_epochs=80", "data.batch_size=4"]
-    minute_of_training.append("callbacks.sample_grids.every_n_epochs=40")
-    result = run_sweep([*minute_of_training, *limit, "logger=wandb"], sweep_dir, data_root, slurm, timeout=900)
+    longer_than_an_attempt = [*FAST, "trainer.max_epochs=200", "data.batch_size=4"]
+    longer_than_an_attempt.append("callbacks.sample_grids.every_n_epochs=100")
+    result = run_sweep([*longer_than_an_attempt, *limit, "logger=wandb"], sweep_dir, data_root, slurm, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert [row["status"] for row in summary(sweep_dir)] == ["ok"]
     job_dir = next(sweep_dir.glob("0_*"))
@@ -142,7 +144,7 @@ def test_a_job_that_reaches_a_one_minute_limit_is_warned_requeued_and_finishes(t
     segments = wandb_segments(job_dir)
     assert len(segments) >= 2 and len(set(segments)) == 1, segments
     assert "test/elbo" in json.loads((job_dir / "status.json").read_text())["metrics"]
-    assert read_offline_run(find_offline_runs(job_dir)[-1]).summary["epochs"] == 80  # trained to the end
+    assert read_offline_run(find_offline_runs(job_dir)[-1]).summary["epochs"] == 200  # trained to the end
 
 
 @pytest.mark.slow
