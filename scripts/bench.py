@@ -15,7 +15,7 @@ On the real MNIST training images, the 784-400-20 MLP VAE, batch 128, Adam, dyna
       matrix products (two forward, three backward) and one fused Adam update, so that the
       table says how fast any implementation of this step could be on the machine.
 Images per second are counted after `--warmup` steps. It also times the importance-sampled NLL
-(k = 5000) of the IWAE-paper MLP through `vaelab.evaluation.evaluate_split` against the same
+(k = 5000) of the IWAE-paper MLP through `vaelab.results.evaluation.evaluate_split` against the same
 batched computation written out by hand, the start-up time of `python train.py --cfg job`, and
 what the throughput callback costs per step (Lightning's SimpleProfiler, over all of its hooks).
 Results go to a JSON file and, with --doc, into that Markdown file between the bench markers.

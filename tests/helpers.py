@@ -168,7 +168,7 @@ def assert_metrics_over_every_image(
     import vaelab
     from vaelab.data import datamodule_for
     from vaelab.diagnostics import kl_per_dimension, summarize
-    from vaelab.evaluation import per_image_negative_elbo
+    from vaelab.results.evaluation import per_image_negative_elbo
 
     if logged is None:
         logged = json.loads((run_dir / "status.json").read_text())["metrics"]

@@ -12,7 +12,7 @@ import pytest
 from helpers import FAST, PROJECT_ROOT, child_env, train_cli
 from PIL import Image
 
-from vaelab.comparison import compare
+from vaelab.results.comparison import compare
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,7 @@ def test_report_holds_the_table_of_runs_csv_and_every_runs_pictures(sweep_dir, t
 
 
 def test_curves_come_from_the_csv_logger(sweep_dir):
-    from vaelab.comparison import find_run_folders, read_run
+    from vaelab.results.comparison import find_run_folders, read_run
 
     runs = [read_run(folder) for folder in find_run_folders([sweep_dir])]
     assert len(runs) == 4
@@ -205,7 +205,7 @@ def test_damaged_run_folders_are_skipped_with_a_warning_naming_them(sweep_dir, t
 def test_a_resumed_wandb_run_is_read_as_one_run(tmp_path, data_root):
     from helpers import compose
 
-    from vaelab.comparison import read_run
+    from vaelab.results.comparison import read_run
     from vaelab.runs import save_run_config
     from vaelab.training import train
 

@@ -100,7 +100,7 @@ def loaded_images(dom: str) -> tuple[int, int]:
 
 
 def test_the_report_renders_in_chromium_with_every_image(sweep, tmp_path):
-    from vaelab.comparison import compare
+    from vaelab.results.comparison import compare
 
     written = compare([sweep], tmp_path / "compare")
     # sorted by the test ELBO, best first, and filtered to latent size 3, from the address alone

@@ -7,8 +7,8 @@ import sys
 import pytest
 from helpers import FAST, PROJECT_ROOT, assert_metrics_over_every_image, child_env, compose
 
+from vaelab.results.wandb_offline import find_offline_runs, read_offline_run
 from vaelab.training import train
-from vaelab.wandb_offline import find_offline_runs, read_offline_run
 
 pytestmark = pytest.mark.slow  # about 100 s: run by `make test-slow` (and .ci/run)
 

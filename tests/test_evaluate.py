@@ -9,10 +9,10 @@ import torch
 from helpers import FAST, PROJECT_ROOT, child_env, compose
 from omegaconf import OmegaConf
 
-from vaelab.evaluation import evaluate_split
 from vaelab.module import VAELitModule
+from vaelab.results.evaluation import evaluate_split
+from vaelab.results.wandb_offline import find_offline_runs, read_offline_run
 from vaelab.training import train
-from vaelab.wandb_offline import find_offline_runs, read_offline_run
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_long_pass_reports_progress(trained_run, caplog):
     """A progress line after every batch when progress_seconds=0, none after the last one."""
     module = VAELitModule.from_checkpoint(trained_run / "checkpoints" / "last.ckpt")
     images = torch.rand(10, 1, 28, 28).round()
-    with caplog.at_level("INFO", logger="vaelab.evaluation"):
+    with caplog.at_level("INFO", logger="vaelab.results.evaluation"):
         results = evaluate_split(
             module, images, torch.zeros(10, dtype=torch.long), k=8, batch_images=3, progress_seconds=0
         )

@@ -9,8 +9,8 @@ import pytest
 import torch
 from helpers import FAST, PROJECT_ROOT, child_env, compose, synthetic_digits
 
-from vaelab.evaluation import generation_quality, ood_auroc
-from vaelab.image_classifier import (
+from vaelab.results.evaluation import generation_quality, ood_auroc
+from vaelab.results.image_classifier import (
     classifier_fid,
     load_classifier,
     save_classifier,

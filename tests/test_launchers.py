@@ -7,7 +7,7 @@ import os
 import pytest
 from helpers import FAST, train_cli
 
-from vaelab.wandb_offline import find_offline_runs, read_offline_run
+from vaelab.results.wandb_offline import find_offline_runs, read_offline_run
 
 pytestmark = pytest.mark.slow  # about 80 s: run by `make test-slow` (and .ci/run)
 

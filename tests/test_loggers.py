@@ -30,7 +30,7 @@ def test_the_private_apis_vaelab_relies_on_are_there(tmp_path):
 
     from vaelab.loggers import restore_csv_rows
     from vaelab.module import lightning_logs_this_step
-    from vaelab.wandb_offline import record_class
+    from vaelab.results.wandb_offline import record_class
 
     trainer = L.Trainer(
         logger=False,
@@ -98,7 +98,7 @@ def test_tensorboard_holds_the_curves_the_panels_and_the_hparams_with_final_metr
     assert start.hparams["loss._target_"].string_value == "BernoulliLikelihood"
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     assert {"final/test/elbo", "final/val/active_units"} <= {m.name.tag for m in experiment.metric_infos}
-    from vaelab.comparison import read_run  # vaelab-compare reads the TensorBoard run's curves
+    from vaelab.results.comparison import read_run  # vaelab-compare reads the TensorBoard run's curves
 
     run = read_run(tmp_path)
     assert run.curve_source == "tensorboard" and run.beta == 2.0

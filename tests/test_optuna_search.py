@@ -15,8 +15,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from vaelab.cli.train import with_multirun
-from vaelab.comparison import compare, pareto_front
 from vaelab.optuna_search import objective_values, override_value, read_front, read_results, search_space, trial_id_of
+from vaelab.results.comparison import compare, pareto_front
 from vaelab.runs import short_number
 
 optuna = pytest.importorskip("optuna", reason="pip install -e '.[optuna]'")

@@ -105,7 +105,7 @@ def api_runs(tmp_path_factory):
         common = [*SMALL, "logger=wandb", f"data.root={data_root}", f"paths.log_dir={root / 'logs'}"]
         vae = vaelab.train([*common, "model.latent_dim=2"])
         cvae = vaelab.train([*common, "model=cvae", "model.latent_dim=3"])
-        from vaelab.comparison import compare
+        from vaelab.results.comparison import compare
 
         compare([root / "logs" / "runs"], root / "compare")
         yield vae, cvae, data_root, matplotlib.get_backend()

@@ -12,8 +12,8 @@ import torch
 from helpers import FAST, PROJECT_ROOT, child_env, compose, differing_metrics, write_synthetic_dataset
 
 from vaelab.errors import NonFiniteError
+from vaelab.results.wandb_offline import find_offline_runs, read_offline_run
 from vaelab.training import train
-from vaelab.wandb_offline import find_offline_runs, read_offline_run
 
 
 def cli(args, tmp_path):

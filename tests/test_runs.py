@@ -15,8 +15,8 @@ from helpers import FAST, PROJECT_ROOT, child_env, differing_metrics, snapshot, 
 from omegaconf import OmegaConf
 
 from vaelab.errors import UserError
+from vaelab.results.wandb_offline import find_offline_runs, read_offline_run
 from vaelab.runs import FolderLock, file_name
-from vaelab.wandb_offline import find_offline_runs, read_offline_run
 
 CSV = [*FAST, "logger=csv"]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from helpers import FAST, PROJECT_ROOT, assert_metrics_over_every_image, train_cli
 
-from vaelab.wandb_offline import find_offline_runs, read_offline_run
+from vaelab.results.wandb_offline import find_offline_runs, read_offline_run
 from vaelab.runs import saved_overrides
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[launchers]'")

@@ -5,7 +5,7 @@ import csv
 import pytest
 from helpers import FAST, train_cli
 
-from vaelab.wandb_offline import find_offline_runs, read_offline_run
+from vaelab.results.wandb_offline import find_offline_runs, read_offline_run
 
 
 def test_sweep_keeps_going_past_a_failed_job_and_summarises(tmp_path, data_root):
@@ -44,13 +44,13 @@ def test_sweep_keeps_going_past_a_failed_job_and_summarises(tmp_path, data_root)
         assert len([row for row in run.history if "test/elbo" in row]) == 1
 
     # vaelab-compare reads the same sweep back from the offline W&B runs: failed jobs listed, curves from W&B
-    from vaelab.comparison import find_run_folders, read_run
+    from vaelab.results.comparison import find_run_folders, read_run
 
     compared = [read_run(folder) for folder in find_run_folders([sweep_dir])]
     assert [r.status for r in compared] == ["ok", "ok", "failed", "failed", "ok", "ok"]
     ok = [r for r in compared if r.status == "ok"]
     assert all(r.curve_source == "wandb" and any("train/elbo" in row for row in r.history) for r in ok)
-    from vaelab.comparison import compare  # the report shows why the two jobs failed
+    from vaelab.results.comparison import compare  # the report shows why the two jobs failed
 
     page = compare([sweep_dir], tmp_path / "compare")["html"].read_text()
     assert "<h2>Failed runs (2)</h2>" in page and page.count("model.beta=-1.0 is not allowed") == 2
@@ -58,7 +58,7 @@ def test_sweep_keeps_going_past_a_failed_job_and_summarises(tmp_path, data_root)
 
 @pytest.mark.slow  # a two-job sweep: about 18 s
 def test_a_sweep_over_importance_samples_summarises_the_iwae_bound(tmp_path, data_root):
-    from vaelab.comparison import compare
+    from vaelab.results.comparison import compare
 
     sweep_dir = tmp_path / "sweep"
     result = train_cli(

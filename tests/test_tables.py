@@ -2,7 +2,7 @@
 
 import csv
 
-from vaelab.tables import cell, iwae_columns, write_table
+from vaelab.results.tables import cell, iwae_columns, write_table
 
 
 def test_cells_round_numbers_and_escape_pipes():

@@ -14,8 +14,8 @@ from helpers import FAST, PROJECT_ROOT, child_env, compose
 from hydra.utils import instantiate
 
 from vaelab.module import VAELitModule, skip_nvml_cuda_probe
+from vaelab.results.wandb_offline import find_offline_runs, read_offline_run
 from vaelab.training import train
-from vaelab.wandb_offline import find_offline_runs, read_offline_run
 
 VARIANTS = [
     ["model=vae"],

@@ -284,7 +284,7 @@ def test_a_sweep_folder_with_symlinks_is_refused_and_compare_never_writes_throug
 
 
 def test_the_report_embeds_only_the_run_folders_own_png_files(tmp_path, good_run):
-    from vaelab.comparison import compare
+    from vaelab.results.comparison import compare
 
     decoy = make_decoy(tmp_path)
     runs = tmp_path / "runs"
@@ -413,7 +413,7 @@ def test_a_crafted_report_runs_no_script_and_injects_no_element(tmp_path, good_r
 
     from helpers import render
 
-    from vaelab.comparison import compare
+    from vaelab.results.comparison import compare
 
     mark = 'document.body.dataset.pwned="1"'
     element = '<i class="injected">'  # no "/": it is also a folder and a file name

@@ -36,8 +36,8 @@ def bare_iwae_nll(vae, images: torch.Tensor, k: int, batch_images: int) -> float
 def bench_nll(root: str, n_images: int, k: int) -> dict:
     """Seconds for the test NLL of the first n_images at k samples: vaelab-eval's path and the bare one."""
     from vaelab.data import VAEDataModule
-    from vaelab.evaluation import evaluate_split, images_per_forward
     from vaelab.module import VAELitModule
+    from vaelab.results.evaluation import evaluate_split, images_per_forward
 
     cfg = compose_train_config(["experiment=iwae_paper_vae_mnist", f"data.root={root}"])
 

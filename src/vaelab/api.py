@@ -84,7 +84,7 @@ def evaluate(checkpoint: str | Path, k: int = 5000, split: str = "test", **setti
     nats per image), computed without writing a file or a W&B summary. ``settings`` are vaelab-eval's
     other keys, e.g. ``limit_images=1000``, ``data_root=...``, ``generation=False``, ``device="cpu"``."""
     from vaelab.config import validate_eval_config
-    from vaelab.evaluation import evaluate_checkpoint
+    from vaelab.results.evaluation import evaluate_checkpoint
 
     cfg = without_hydra(compose("eval"), Path.cwd())
     for key, value in {"ckpt": str(checkpoint), "k": k, "split": split, **settings}.items():

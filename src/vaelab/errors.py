@@ -77,6 +77,11 @@ def exit_with_error(message: object) -> NoReturn:
     raise SystemExit(1) from None
 
 
+def printable(text: str) -> str:
+    """``text`` without control characters (a crafted name cannot move the terminal's cursor)."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
 def first_line(error: BaseException) -> str:
     """The first non-empty line of an error's message (its class name when it has none)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vaelab.config import instantiate_setting
 from vaelab.quiet import quiet_wandb_logger
-from vaelab.tables import FINAL_METRICS, IWAE_METRICS
+from vaelab.results.tables import FINAL_METRICS, IWAE_METRICS
 from vaelab.wandb_run import WANDB_TARGET, choose_wandb_mode, define_best_metrics, run_id_in
 
 log = logging.getLogger(__name__)

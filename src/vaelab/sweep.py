@@ -26,8 +26,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from vaelab.errors import UserError, exit_with_error
+from vaelab.results.tables import FINAL_METRICS, IWAE_METRICS, iwae_columns, write_table
 from vaelab.runs import LOCK_FILE, STATUS_FILE, FolderLock, read_status, saved_overrides, write_file
-from vaelab.tables import FINAL_METRICS, IWAE_METRICS, iwae_columns, write_table
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@
   staged offline for ``wandb sync``;
 - finishing the run, so that the next job of a multirun starts its own (``finish_wandb``).
 
-Reading runs back with no network is ``vaelab.wandb_offline``.
+Reading runs back with no network is ``vaelab.results.wandb_offline``.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """``vaelab-classifier``: train (or reuse) the CNN that judges generated images
-(``vaelab.image_classifier``) and cache it at ``<log_dir>/classifiers/<data>.pt``.
+(``vaelab.results.image_classifier``) and cache it at ``<log_dir>/classifiers/<data>.pt``.
 
     vaelab-classifier data=mnist            # or: python -m vaelab.classifier data=fashion_mnist
 """
@@ -20,7 +20,7 @@ from vaelab.errors import one_line_errors
 def app(cfg: DictConfig) -> float:
     with one_line_errors():
         validate_classifier_config(cfg)
-        from vaelab.image_classifier import load_classifier, save_classifier, train_classifier
+        from vaelab.results.image_classifier import load_classifier, save_classifier, train_classifier
 
         path = Path(cfg.out)
         if path.is_file() and not cfg.retrain:

@@ -1,5 +1,5 @@
 """``vaelab-compare PATH [PATH ...] [--out DIR]``: the runs table, plots and HTML report of
-``vaelab.comparison`` over run folders, or folders above them (a multirun folder)."""
+``vaelab.results.comparison`` over run folders, or folders above them (a multirun folder)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from vaelab.comparison import compare
 from vaelab.errors import one_line_errors
+from vaelab.results.comparison import compare
 
 
 def main(argv: list[str] | None = None) -> None:

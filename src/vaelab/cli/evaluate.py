@@ -1,4 +1,4 @@
-"""``vaelab-eval``: score a checkpoint (``vaelab.evaluation``), print the results, then write
+"""``vaelab-eval``: score a checkpoint (``vaelab.results.evaluation``), print the results, then write
 them to a JSON file and to the run's W&B summary.
 
     vaelab-eval ckpt=logs/runs/<run>/checkpoints/last.ckpt k=5000
@@ -52,7 +52,7 @@ def run(cfg: DictConfig) -> dict:
     checkpoint = read_vaelab_checkpoint(cfg.ckpt)
     # imported once the inputs have passed: Lightning takes seconds, and --help needs none of it
     from vaelab.checkpointing import describe
-    from vaelab.evaluation import evaluate_checkpoint
+    from vaelab.results.evaluation import evaluate_checkpoint
     from vaelab.wandb_run import update_summary
 
     if cfg.get("scan"):

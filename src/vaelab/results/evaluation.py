@@ -126,7 +126,7 @@ def generate_per_class(module, samples_per_class: int) -> tuple[torch.Tensor, to
 
 def generation_quality(module, classifier_path: Path, real_images: torch.Tensor, samples_per_class: int) -> dict:
     """CVAE class accuracy (per class and overall) and the classifier-feature Fréchet distance to real images."""
-    from vaelab.image_classifier import accuracy, classifier_fid, load_classifier
+    from vaelab.results.image_classifier import accuracy, classifier_fid, load_classifier
 
     classifier, classifier_accuracy = load_classifier(classifier_path)
     results = {"classifier_test_accuracy": classifier_accuracy}

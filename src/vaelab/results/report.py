@@ -17,7 +17,8 @@ import html
 import math
 from pathlib import Path
 
-from vaelab.tables import cell
+from vaelab.errors import printable
+from vaelab.results.tables import cell
 
 # the final picture of these panels goes into the gallery, when the run made it
 GALLERY_PANELS = ("samples", "class_samples", "reconstructions", "traversals")
@@ -145,11 +146,6 @@ def png_bytes(path: Path, root: Path) -> bytes | None:
         print(f"warning: not embedding {printable(str(path))}: it is not a PNG file", file=sys.stderr)
         return None
     return data
-
-
-def printable(text: str) -> str:
-    """``text`` without control characters (a crafted name cannot move the terminal's cursor)."""
-    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def script_hash(script: str) -> str:
