@@ -47,8 +47,8 @@ from benchmarks.through_vaelab import (  # noqa: E402
     compose_train_config,
 )
 
-from vaelab.checkpointing import source_commit  # noqa: E402
 from vaelab.errors import one_line_errors  # noqa: E402
+from vaelab.runs import source_commit  # noqa: E402
 
 
 def main() -> None:

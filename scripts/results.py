@@ -111,7 +111,7 @@ def torch_version() -> str:
 
 
 def source_commit() -> str | None:
-    from vaelab.checkpointing import source_commit as commit
+    from vaelab.runs import source_commit as commit
 
     return commit()
 

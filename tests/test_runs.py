@@ -14,9 +14,21 @@ import torch
 from helpers import FAST, PROJECT_ROOT, child_env, differing_metrics, snapshot, train_cli, write_synthetic_dataset
 from omegaconf import OmegaConf
 
-from vaelab.errors import UserError
+from vaelab.allow_list import check_file_config
+from vaelab.errors import ConfigError, UserError
 from vaelab.results.wandb_offline import find_offline_runs, read_offline_run
-from vaelab.runs import FolderLock, file_name
+from vaelab.runs import (
+    FolderLock,
+    file_name,
+    holds_run,
+    last_checkpoint_file,
+    read_run_config,
+    read_status,
+    run_of_checkpoint,
+    save_run_config,
+    saved_overrides,
+    write_status,
+)
 
 CSV = [*FAST, "logger=csv"]
 
@@ -244,3 +256,40 @@ def test_a_long_run_name_is_shortened_to_one_file_name_part_that_stays_unique():
     assert len(first) == len(second) == MAX_NAME and first != second
     assert first.startswith("x" * 80) and file_name("vae-mnist-z20") == "vae-mnist-z20"
     assert file_name("../" * 100) != file_name("../" * 101) and "/" not in file_name("../" * 100)
+
+
+def test_a_run_config_with_a_yaml_alias_bomb_or_a_foreign_target_is_refused(tmp_path):
+    bomb = tmp_path / "bomb"
+    (bomb / ".hydra").mkdir(parents=True)
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]  # 10**9 values expanded
+    (bomb / ".hydra" / "config.yaml").write_text("\n".join(lines) + "\n")
+    with pytest.raises(UserError, match="config.yaml is refused: its structure is larger than"):
+        read_run_config(bomb)
+    foreign = tmp_path / "foreign"
+    (foreign / ".hydra").mkdir(parents=True)
+    (foreign / ".hydra" / "config.yaml").write_text("callbacks:\n  evil:\n    _target_: builtins.exec\n")
+    with pytest.raises(ConfigError, match=r"callbacks\.evil\._target_='builtins.exec' is not allowed"):
+        check_file_config(read_run_config(foreign), "config.yaml", foreign)
+    with pytest.raises(UserError, match="is not a vaelab run folder"):
+        read_run_config(tmp_path / "nowhere")
+
+
+def test_the_layout_and_status_of_a_run_folder_come_from_runs(tmp_path):
+    run = tmp_path / "run"
+    assert not holds_run(run) and run_of_checkpoint(last_checkpoint_file(run)) is None
+    save_run_config(run, OmegaConf.create({"seed": 1}), ["seed=1"])
+    assert holds_run(run) and saved_overrides(run) == ["seed=1"]
+    assert run_of_checkpoint(last_checkpoint_file(run)) == run
+    assert run_of_checkpoint(tmp_path / "copied" / "last.ckpt") is None  # a checkpoint away from its run
+    write_status(run, "ok", {"test/elbo": -90.5})
+    assert read_status(run) == {"status": "ok", "metrics": {"test/elbo": -90.5}, "error": None}
+    (run / "status.json").write_text("[1]")
+    assert read_status(run) is None
+    with pytest.raises(UserError, match=r"status.json is not a vaelab status file: it holds a list"):
+        read_status(run, strict=True)
+    outside = tmp_path / "outside.json"
+    outside.write_text(json.dumps({"status": "ok", "metrics": {}}))
+    (run / "status.json").unlink()
+    (run / "status.json").symlink_to(outside)
+    assert read_status(run) is None  # a file out of the folder is not read as the run's status

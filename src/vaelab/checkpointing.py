@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from vaelab.errors import CheckpointError
+from vaelab.runs import checkpoint_dir
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -53,12 +54,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             checkpoint["callbacks"] = {
                 key: state
                 for key, state in checkpoint["callbacks"].items()
-                if usable_callback_state(key, state, self.root / "checkpoints", path)
+                if usable_callback_state(key, state, checkpoint_dir(self.root), path)
             }
         return checkpoint
 
     def remove_checkpoint(self, path) -> None:
-        if self.root is not None and not in_folder(path, self.root / "checkpoints"):
+        if self.root is not None and not in_folder(path, checkpoint_dir(self.root)):
             warnings.warn(f"not removing {path}: it is outside {self.root / 'checkpoints'}", stacklevel=2)
             return
         super().remove_checkpoint(path)
@@ -126,34 +127,6 @@ def check_fits(module, checkpoint: dict, source: str) -> None:
     )
 
 
-def source_commit() -> str | None:
-    """The git commit of vaelab's source tree (``+dirty`` with uncommitted changes), or None when
-    vaelab is not run from a git checkout of itself (an installed wheel)."""
-    import subprocess
-
-    package = Path(__file__).resolve().parent
-    try:
-        top = subprocess.run(
-            ["git", "rev-parse", "--show-toplevel"], cwd=package, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        if not top or Path(top).resolve() / "src" / "vaelab" != package:  # another project's repository
-            return None
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=top, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=top,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return f"{commit}+dirty" if dirty else commit
-
-
 def describe(checkpoint: dict) -> list[str]:
     """What a vaelab checkpoint (as ``read_vaelab_checkpoint`` returns it) holds, one fact per line."""
     from vaelab.allow_list import find_targets
@@ -194,7 +167,7 @@ class RemoveStaleCheckpoints(Callback):
             prefix = (callback.filename or "").split("{")[0]
             if not prefix or not callback.dirpath or not Path(callback.dirpath).is_dir():
                 continue
-            if not in_folder(Path(callback.dirpath) / "x", Path(trainer.default_root_dir) / "checkpoints"):
+            if not in_folder(Path(callback.dirpath) / "x", checkpoint_dir(trainer.default_root_dir)):
                 continue  # only in this run's own checkpoints/
             kept = {Path(p).resolve() for p in [*callback.best_k_models, callback.best_model_path] if p}
             for path in Path(callback.dirpath).glob(f"{prefix}*.ckpt"):

@@ -1,4 +1,10 @@
-"""Run folders: one writer at a time, and what a start continues from.
+"""Run folders: their layout, one writer at a time, and what a start continues from.
+
+- The layout: ``config_file`` (``.hydra/config.yaml``; a folder that has it ``holds_run``),
+  ``overrides_file``, ``checkpoint_dir``, ``last_checkpoint_file`` and ``run_of_checkpoint``;
+  ``status.json`` (``write_status`` / ``read_status``); the source commit a run was trained from
+  (``source_commit``); ``write_file``, the one writer that never follows a symlink out of a folder.
+  Every other module asks here.
 
 - ``FolderLock``: an exclusive ``flock`` on ``<folder>/.lock``, held while a run or a sweep
   writes there. A second process stops with one line naming the holder. The kernel drops the
@@ -24,6 +30,7 @@ import math
 import os
 import re
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -31,13 +38,116 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from vaelab.allow_list import check_file_config
-from vaelab.errors import FolderInUseError, NotAFileError, UserError, exit_with_error  # noqa: F401 - raised here
-from vaelab.safe_load import load_yaml, read_run_config
+from vaelab.errors import FolderInUseError, NotAFileError, UserError, exit_with_error, first_line  # noqa: F401 - raised here
+from vaelab.safe_load import load_yaml, read_file
 
 log = logging.getLogger(__name__)
 LOCK_FILE = ".lock"
 STATUS_FILE = "status.json"
+CONFIG_FILE = Path(".hydra") / "config.yaml"  # the config a run trains with (Hydra's place for it)
+OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"  # in CHECKPOINT_DIR, written at every epoch's end
 _MISSING = object()
+
+
+def config_file(run_dir: str | Path) -> Path:
+    return Path(run_dir) / CONFIG_FILE
+
+
+def overrides_file(run_dir: str | Path) -> Path:
+    return Path(run_dir) / OVERRIDES_FILE
+
+
+def holds_run(run_dir: str | Path) -> bool:
+    """Whether a run saved its config in ``run_dir`` (it passed its checks and started)."""
+    return config_file(run_dir).is_file()
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / CHECKPOINT_DIR
+
+
+def last_checkpoint_file(run_dir: str | Path) -> Path:
+    """Where the run's last checkpoint is (it may not be there yet)."""
+    return checkpoint_dir(run_dir) / LAST_CHECKPOINT
+
+
+def run_of_checkpoint(checkpoint: str | Path) -> Path | None:
+    """The run folder of a checkpoint in its ``checkpoints/``, else None (a file copied elsewhere)."""
+    checkpoint = Path(checkpoint)
+    run_dir = checkpoint.parent.parent
+    return run_dir if checkpoint.parent.name == CHECKPOINT_DIR and holds_run(run_dir) else None
+
+
+def is_global_zero() -> bool:
+    """False on the other ranks of a multi-process (DDP) run, which must not write the run's files.
+    Reads the same variables, in the same order, as Lightning's ``rank_zero_only``."""
+    for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        if var in os.environ:
+            return int(os.environ[var]) == 0
+    return True
+
+
+def write_status(run_dir: str | Path, status: str, metrics: dict | None = None, error: str | None = None) -> None:
+    """``status.json``: ``{"status": ok | failed | stopped | pruned | cancelled | timed out,
+    "metrics": {name: nats per image}, "error": one line or null}``, from rank 0 only; never
+    half-written, even when killed."""
+    if not is_global_zero():
+        return
+    content = json.dumps({"status": status, "metrics": metrics or {}, "error": error}, indent=2) + "\n"
+    write_file(Path(run_dir) / STATUS_FILE, content, root=run_dir)
+
+
+def read_status(run_dir: str | Path, strict: bool = False) -> dict | None:
+    """A run folder's ``status.json`` (see ``write_status``), read as data from a regular file
+    inside the folder. None when absent; when damaged, None, or with ``strict`` a UserError
+    naming the file."""
+    path = Path(run_dir) / STATUS_FILE
+    if not path.exists():
+        return None
+    try:
+        status = json.loads(read_file(path, run_dir))
+    except ValueError as error:
+        problem = f"{path} is not readable JSON: {first_line(error)}"
+    except UserError as error:
+        problem = str(error)
+    else:
+        if isinstance(status, dict) and isinstance(status.get("metrics", {}), dict):
+            return status
+        problem = f"{path} is not a vaelab status file: it holds a {type(status).__name__}"
+    if strict:
+        raise UserError(problem)
+    return None
+
+
+def read_run_config(run_dir: str | Path, key: str = "resume") -> DictConfig:
+    """A run folder's ``.hydra/config.yaml`` as an unresolved config, bounded in size and
+    structure. Not yet checked: ``config_from_folder`` gives it this command's paths and checks
+    it whole (``check_file_config``) before anything is built from it."""
+    path = config_file(run_dir)
+    if not path.is_file():
+        raise UserError(f"{key}={run_dir} is not a vaelab run folder: it has no {CONFIG_FILE}")
+    return load_yaml(path, f"{key}={run_dir}: {path.name}", root=run_dir)
+
+
+def source_commit() -> str | None:
+    """The git commit of vaelab's source tree (``+dirty`` with uncommitted changes), or None when
+    vaelab is not run from a git checkout of itself (an installed wheel)."""
+    package = Path(__file__).resolve().parent
+
+    def git(*args: str, cwd: Path) -> str:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=True).stdout
+
+    try:
+        top = git("rev-parse", "--show-toplevel", cwd=package).strip()
+        if not top or Path(top).resolve() / "src" / "vaelab" != package:  # another project's repository
+            return None
+        commit = git("rev-parse", "HEAD", cwd=Path(top)).strip()
+        dirty = git("status", "--porcelain", "--untracked-files=no", cwd=Path(top)).strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{commit}+dirty" if dirty else commit
 
 
 class FolderLock:
@@ -248,17 +358,8 @@ def check_folder_contents(folder: Path, what: str) -> None:
                 )
 
 
-def read_status(run_dir: Path) -> dict | None:
-    """A run folder's status.json ({"status": "ok" | "failed", "metrics", "error"}), None when absent or damaged."""
-    try:
-        status = json.loads((run_dir / STATUS_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return status if isinstance(status, dict) else None
-
-
 def saved_overrides(run_dir: Path) -> list[str] | None:
-    path = run_dir / ".hydra" / "overrides.yaml"
+    path = overrides_file(run_dir)
     try:
         return [str(o) for o in load_yaml(path, str(path), list)] if path.is_file() else None
     except Exception:  # noqa: BLE001 - a damaged file is the same as none
@@ -270,10 +371,10 @@ def save_run_config(run_dir: str | Path, cfg: DictConfig, overrides: list[str] |
     under Hydra, ``hydra.yaml``."""
     from hydra.core.hydra_config import HydraConfig
 
-    folder = Path(run_dir) / ".hydra"
-    write_file(folder / "config.yaml", OmegaConf.to_yaml(cfg), root=run_dir)
+    folder = config_file(run_dir).parent
+    write_file(config_file(run_dir), OmegaConf.to_yaml(cfg), root=run_dir)
     if overrides is not None:
-        write_file(folder / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(overrides))), root=run_dir)
+        write_file(overrides_file(run_dir), OmegaConf.to_yaml(OmegaConf.create(list(overrides))), root=run_dir)
     if HydraConfig.initialized():
         hydra_yaml = OmegaConf.to_yaml(OmegaConf.create({"hydra": HydraConfig.get()}))
         write_file(folder / "hydra.yaml", hydra_yaml, root=run_dir)
@@ -281,9 +382,9 @@ def save_run_config(run_dir: str | Path, cfg: DictConfig, overrides: list[str] |
 
 def last_checkpoint(run_dir: Path, setting: str) -> Path:
     """``<run_dir>/checkpoints/last.ckpt``; a UserError naming ``setting`` when there is none."""
-    last = run_dir / "checkpoints" / "last.ckpt"
+    last = last_checkpoint_file(run_dir)
     if not last.is_file():
-        raise UserError(f"{setting}={run_dir}: there is no checkpoints/last.ckpt in that run folder")
+        raise UserError(f"{setting}={run_dir}: there is no {CHECKPOINT_DIR}/{LAST_CHECKPOINT} in that run folder")
     return last
 
 

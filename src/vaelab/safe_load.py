@@ -6,8 +6,6 @@
   expand into gigabytes when it is copied or converted.
 - ``read_vaelab_checkpoint``: that, and its hyperparameters checked by the allow-list
   (``vaelab.allow_list.check_checkpoint_config``).
-- ``read_run_config``: a run folder's ``.hydra/config.yaml``, bounded the same way; checked whole
-  by ``runs.config_from_folder`` once this command's paths are in it.
 - ``read_file`` / ``load_yaml``: a regular file inside a folder, of bounded size; a FIFO, device
   or symlink out of the folder is refused, never opened.
 """
@@ -119,16 +117,6 @@ def read_vaelab_checkpoint(path: str | Path, key: str = "ckpt") -> dict:
     data_root = (hparams.get("data") or {}).get("root")  # read, never written (data.datamodule_for)
     check_checkpoint_config(hparams, f"{key}={path}: hyper_parameters", data_dir=data_root)
     return checkpoint
-
-
-def read_run_config(run_dir: str | Path, key: str = "resume") -> DictConfig:
-    """A run folder's ``.hydra/config.yaml`` as an unresolved config, bounded in size and
-    structure. Not yet checked: ``runs.config_from_folder`` gives it this command's paths and
-    checks it whole (``check_file_config``) before anything is built from it."""
-    path = Path(run_dir) / ".hydra" / "config.yaml"
-    if not path.is_file():
-        raise UserError(f"{key}={run_dir} is not a vaelab run folder: it has no .hydra/config.yaml")
-    return load_yaml(path, f"{key}={run_dir}: {path.name}")
 
 
 def read_file(path: str | Path, root: str | Path | None = None, max_bytes: int = MAX_CONFIG_BYTES) -> bytes:

@@ -14,9 +14,7 @@ Imports nothing heavy: Hydra loads it before every run.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -27,7 +25,7 @@ from omegaconf import DictConfig
 
 from vaelab.errors import UserError, exit_with_error
 from vaelab.results.tables import FINAL_METRICS, IWAE_METRICS, iwae_columns, write_table
-from vaelab.runs import LOCK_FILE, STATUS_FILE, FolderLock, read_status, saved_overrides, write_file
+from vaelab.runs import LOCK_FILE, OVERRIDES_FILE, STATUS_FILE, FolderLock, read_status, saved_overrides
 
 log = logging.getLogger(__name__)
 
@@ -43,26 +41,10 @@ def sweep_group(default: str) -> str:
     return default
 
 
-def is_global_zero() -> bool:
-    """False on the other ranks of a multi-process (DDP) run, which must not write the run's files.
-    Reads the same variables, in the same order, as Lightning's ``rank_zero_only``."""
-    for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
-        if var in os.environ:
-            return int(os.environ[var]) == 0
-    return True
-
-
-def write_status(output_dir: str | Path, status: str, metrics: dict | None = None, error: str | None = None) -> None:
-    if not is_global_zero():
-        return
-    content = json.dumps({"status": status, "metrics": metrics or {}, "error": error}, indent=2) + "\n"
-    write_file(Path(output_dir) / STATUS_FILE, content, root=output_dir)  # never half-written, even when killed
-
-
 def collect(sweep_dir: Path) -> list[dict]:
     """One row per job folder under sweep_dir: job number, overrides, status, error, final metrics."""
     rows = []
-    job_dirs = {p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")}
+    job_dirs = {p.parent.parent for p in sweep_dir.glob(f"*/{OVERRIDES_FILE}")}
     job_dirs |= {p.parent for p in sweep_dir.glob(f"*/{STATUS_FILE}")}
     for job_dir in sorted(job_dirs):
         status = read_status(job_dir) or {"status": "missing", "metrics": {}}

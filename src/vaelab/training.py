@@ -20,13 +20,18 @@ from vaelab.errors import TrialPruned, UserError, find_user_error
 from vaelab.runs import (
     FolderInUseError,
     FolderLock,
+    checkpoint_dir,
+    config_file,
+    is_global_zero,
     last_checkpoint,
+    last_checkpoint_file,
     plan_start,
     remove_if_empty,
     save_run_config,
+    source_commit,
+    write_status,
 )
 from vaelab.slurm import SchedulerStopped, stop_on_sigterm
-from vaelab.sweep import is_global_zero, write_status
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +114,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> TrainResult:
     import lightning as L
 
     from vaelab.callbacks import FinalSummary, TimeLimitRequeue
-    from vaelab.checkpointing import RemoveStaleCheckpoints, check_fits, in_folder, source_commit
+    from vaelab.checkpointing import RemoveStaleCheckpoints, check_fits, in_folder
     from vaelab.config import instantiate_setting
     from vaelab.loggers import build_loggers, log_final_hparams
     from vaelab.module import VAELitModule
@@ -177,7 +182,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> TrainResult:
         metrics = {**metrics_before, **{k: float(v) for k, v in trainer.callback_metrics.items()}}
         metrics["time/fit_seconds"] = time.perf_counter() - started  # this process only, after a resume
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        if best and not in_folder(best, Path(cfg.paths.output_dir) / "checkpoints"):
+        if best and not in_folder(best, checkpoint_dir(cfg.paths.output_dir)):
             log.warning("not testing %s: it is outside this run's checkpoints/; testing the last weights", best)
             best = ""
         if cfg.get("test", True):
@@ -187,7 +192,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> TrainResult:
         if trainer.is_global_zero:
             log_final_hparams(trainer.loggers, cfg, metrics)
         run_dir = Path(cfg.paths.output_dir)
-        last = run_dir / "checkpoints" / "last.ckpt"
+        last = last_checkpoint_file(run_dir)
         return TrainResult(metrics, run_dir, Path(best) if best else None, last if last.is_file() else None)
     finally:
         finish_wandb()
@@ -197,7 +202,7 @@ def run_in_folder(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun
     """Train in ``run_dir`` while holding its lock: a fresh start, or its run continued
     (``resume=``, ``resume=auto``, a sweep job that stopped), then ``status.json`` says ok.
     A single run that fails on a bad input leaves no new folder behind."""
-    saved = run_dir / ".hydra" / "config.yaml"
+    saved = config_file(run_dir)
     had_run = saved.is_file()
     saved_before = saved.stat().st_mtime_ns if had_run else None
     try:
@@ -216,7 +221,7 @@ def run_in_folder(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun
         if saved.is_file() and is_global_zero():
             with contextlib.suppress(UserError):
                 write_status(run_dir, "stopped", error=str(stopped))
-        log.warning("%s; the next attempt continues from %s", stopped, run_dir / "checkpoints" / "last.ckpt")
+        log.warning("%s; the next attempt continues from %s", stopped, last_checkpoint_file(run_dir))
         raise
     except Exception as error:
         user_error = find_user_error(error)

@@ -95,10 +95,10 @@ def update_summary(run_dir: Path, results: dict) -> str | None:
     or None when the run folder has no W&B run."""
     from omegaconf import OmegaConf
 
-    from vaelab.safe_load import read_run_config
+    from vaelab.runs import holds_run, read_run_config
 
     run_id = run_id_in(run_dir)
-    if run_id is None or not (run_dir / ".hydra" / "config.yaml").is_file():
+    if run_id is None or not holds_run(run_dir):
         return None
     saved = OmegaConf.to_container(read_run_config(run_dir), resolve=False)  # data: nothing resolved
     wandb_cfg = (saved.get("logger") or {}).get("wandb")

@@ -149,9 +149,8 @@ class SlurmLauncher(Launcher):
         """The job's JobReturn from its last attempt's result file. A job that left none, or whose
         result is submitit's error, has that written in its folder's status.json (unless it says
         ok) and returns NaN, as a failed vaelab job does: the sweep goes on."""
-        from vaelab.runs import read_status
+        from vaelab.runs import read_status, write_status
         from vaelab.slurm import ENDED_WITHOUT_RESULT
-        from vaelab.sweep import write_status
 
         if job.paths.result_pickle.exists():
             try:

@@ -173,8 +173,7 @@ class OptunaSweeper(Sweeper):
 
         from vaelab import optuna_search as search
         from vaelab.errors import first_line
-        from vaelab.runs import read_status
-        from vaelab.sweep import write_status
+        from vaelab.runs import read_status, write_status
 
         job_dir = Path(result.hydra_cfg.hydra.runtime.output_dir) if result.hydra_cfg is not None else None
         if job_dir is not None:

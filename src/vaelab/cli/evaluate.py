@@ -40,12 +40,12 @@ def results_path(cfg: DictConfig) -> Path:
 def run(cfg: DictConfig) -> dict:
     """``vaelab-eval``: describe the checkpoint, evaluate it, print the results, then write them
     to the JSON file and the run's W&B summary."""
-    from vaelab.runs import check_folder_contents, write_file
+    from vaelab.runs import check_folder_contents, run_of_checkpoint, write_file
     from vaelab.safe_load import read_vaelab_checkpoint
 
     validate_eval_config(cfg)
-    run_dir = Path(cfg.ckpt).parent.parent  # <run>/checkpoints/<file>: its W&B run gets the results
-    if Path(cfg.ckpt).parent.name == "checkpoints" and (run_dir / ".hydra" / "config.yaml").is_file():
+    run_dir = run_of_checkpoint(cfg.ckpt)  # its W&B run gets the results; None for a file elsewhere
+    if run_dir is not None:
         check_folder_contents(run_dir, "run folder")  # a run folder from elsewhere: W&B and out= write in it
     out = results_path(cfg)
     pick_device(str(cfg.device))  # a GPU asked for where there is none fails before the file is read
@@ -68,7 +68,7 @@ def run(cfg: DictConfig) -> dict:
     write_file(out, json.dumps(results, indent=2) + "\n")
     log.info("wrote %s", out)
     if cfg.get("wandb", True):
-        results["wandb_run_id"] = update_summary(Path(cfg.ckpt).resolve().parent.parent, results)
+        results["wandb_run_id"] = update_summary(run_dir.resolve(), results) if run_dir else None
     return results
 
 

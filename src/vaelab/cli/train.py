@@ -18,8 +18,16 @@ from omegaconf import DictConfig
 from vaelab.cli import CONFIG_DIR, VERSION_BASE, run_hydra_app
 from vaelab.errors import TrialPruned, exit_with_error, find_user_error
 from vaelab.optuna_search import objective_names
-from vaelab.runs import FolderInUseError, config_from_folder, finished_job, save_run_config
-from vaelab.sweep import in_multirun, is_global_zero, write_status
+from vaelab.runs import (
+    FolderInUseError,
+    config_from_folder,
+    finished_job,
+    holds_run,
+    is_global_zero,
+    save_run_config,
+    write_status,
+)
+from vaelab.sweep import in_multirun
 from vaelab.training import run_in_folder, train
 
 log = logging.getLogger(__name__)
@@ -35,7 +43,7 @@ def app(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
-    had_run = (run_dir / ".hydra" / "config.yaml").is_file()
+    had_run = holds_run(run_dir)
     try:
         if not is_global_zero():  # a DDP rank re-launched by Lightning: rank 0 saved the config it trains with
             train(config_from_folder(cfg, run_dir, [], key="run folder")[0] if had_run else cfg)

@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 
 from vaelab.errors import UserError, first_line, printable
 from vaelab.results.wandb_offline import read_history
+from vaelab.runs import CONFIG_FILE, checkpoint_dir, config_file, overrides_file, read_status
 
 
 @dataclass
@@ -63,7 +64,7 @@ def find_run_folders(paths: list[Path]) -> list[Path]:
     for path in paths:
         if not path.exists():
             raise UserError(f"{path}: no such folder")
-        for config in path.rglob(".hydra/config.yaml"):
+        for config in path.rglob(str(CONFIG_FILE)):
             if inside(config.parent.parent, path):
                 found.append(config.parent.parent)
             else:  # a symlinked folder must not bring another run of the user's into the report
@@ -129,19 +130,16 @@ def read_run(folder: Path) -> Run:
     from vaelab.safe_load import load_yaml
 
     # values as written: an interpolation in a file from elsewhere is shown, never resolved
-    config_file = folder / ".hydra" / "config.yaml"
-    cfg = OmegaConf.to_container(load_yaml(config_file, str(config_file), root=folder), resolve=False)
+    saved = config_file(folder)
+    cfg = OmegaConf.to_container(load_yaml(saved, str(saved), root=folder), resolve=False)
     model, data = cfg.get("model") or {}, cfg.get("data") or {}
-    overrides_file = folder / ".hydra" / "overrides.yaml"
+    saved_overrides = overrides_file(folder)
     overrides = (
-        " ".join(map(str, load_yaml(overrides_file, str(overrides_file), list, root=folder)))
-        if overrides_file.exists()
+        " ".join(map(str, load_yaml(saved_overrides, str(saved_overrides), list, root=folder)))
+        if saved_overrides.exists()
         else ""
     )
-    status_file = folder / "status.json"
-    status = read_json(status_file, folder) if status_file.exists() else {"status": "unknown"}
-    if not isinstance(status, dict) or not isinstance(status.get("metrics", {}), dict):
-        raise ValueError(f"{status_file} is not a vaelab status file")
+    status = read_status(folder, strict=True) or {"status": "unknown"}
     run = Run(
         folder=folder,
         model=str(model.get("name")),
@@ -168,7 +166,7 @@ def read_run(folder: Path) -> Run:
     for row in run.history:
         last_logged.update({k: v for k, v in row.items() if "/" in k and not k.startswith("trainer/")})
     run.metrics = {**last_logged, **run.metrics}  # status.json's final metrics win; else (a killed run) the last logged
-    for eval_file in sorted(folder.glob("checkpoints/*.eval.json")):
+    for eval_file in sorted(checkpoint_dir(folder).glob("*.eval.json")):
         results = read_json(eval_file, folder)  # vaelab-eval's "<split>/nll", "<split>/bits_per_dim", ...
         run.metrics.update(
             {k: v for k, v in results.items() if k.endswith(("/nll", "/bits_per_dim")) and isinstance(v, (int, float))}
