@@ -83,7 +83,7 @@ def main() -> None:
 
 
 def measure(args: argparse.Namespace) -> None:
-    from vaelab.data import load_split
+    from vaelab.datasets import load_split
 
     compose_train_config(args.override)
     images, _, _ = load_split("mnist", args.data_root, train=True, download=False)

@@ -166,14 +166,13 @@ def assert_metrics_over_every_image(
     import torch
 
     import vaelab
-    from vaelab.data import datamodule_for
     from vaelab.diagnostics import kl_per_dimension, summarize
     from vaelab.results.evaluation import per_image_negative_elbo
 
     if logged is None:
         logged = json.loads((run_dir / "status.json").read_text())["metrics"]
     module = vaelab.load(run_dir / "checkpoints" / "last.ckpt")
-    data = datamodule_for(module, str(data_root))
+    data = module.data_module(str(data_root))
     torch.manual_seed(0)
     with torch.no_grad():
         for split, dataset in (("val", data.val_set), ("test", data.test_set)):

@@ -45,13 +45,13 @@ def train_cmd(*overrides):
 # id: (command given (tmp, data_root, ckpt), the message, the outputs that must not exist (given tmp))
 ROWS = {
     "negative beta": (lambda t, d, c: train_cmd("model.beta=-1"), "model.beta=-1.0 is not allowed: a number >= 0"),
-    "unknown group option": (lambda t, d, c: train_cmd("loss=poisson"), "Could not find 'loss/poisson'"),
+    "unknown group option": (lambda t, d, c: train_cmd("likelihood=poisson"), "Could not find 'likelihood/poisson'"),
     "unknown key": (lambda t, d, c: train_cmd("model.bet=4"), "Could not override 'model.bet'"),
     "ckpt_path=last": (lambda t, d, c: train_cmd("ckpt_path=last"), "ckpt_path=last: a new run has no last checkpoint"),
     "bad annealing": (lambda t, d, c: train_cmd("annealing=linear", "annealing.warmup_steps=-5"), "warmup_steps"),
     "unknown panel": (
-        lambda t, d, c: train_cmd("+callbacks.sample_grids.panels.histogram=true"),
-        "callbacks.sample_grids.panels.histogram: unknown panel",
+        lambda t, d, c: train_cmd("+callbacks.image_panels.panels.histogram=true"),
+        "callbacks.image_panels.panels.histogram: unknown panel",
     ),
     "missing data": (
         lambda t, d, c: train_cmd(f"data.root={t / 'nowhere'}", "data.download=false"),

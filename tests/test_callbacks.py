@@ -75,7 +75,7 @@ def test_throughput_logs_images_per_second_on_logging_steps(log_every, tmp_path,
         [
             *FAST,
             "logger=csv",
-            "callbacks.sample_grids=null",
+            "callbacks.image_panels=null",
             "trainer.limit_train_batches=6",
             f"trainer.log_every_n_steps={log_every}",
             "test=false",
@@ -98,7 +98,7 @@ def test_switched_on_early_stopping_stops(tmp_path, data_root):
             "callbacks.early_stopping.enabled=true",
             "callbacks.early_stopping.patience=1",
             "callbacks.early_stopping.min_delta=1e9",
-            "callbacks.sample_grids=null",
+            "callbacks.image_panels=null",
             "trainer.max_epochs=5",
             "test=false",
         ],
@@ -126,7 +126,7 @@ def test_callbacks_that_are_off_are_not_built(tmp_path):
 
 def test_switched_on_rich_progress_bar_draws_richs_bar(tmp_path, data_root, capfd):
     pytest.importorskip("rich")
-    overrides = [*FAST, "logger=none", "callbacks.sample_grids=null", "test=false", "trainer.limit_train_batches=2"]
+    overrides = [*FAST, "logger=none", "callbacks.image_panels=null", "test=false", "trainer.limit_train_batches=2"]
     train(compose([*overrides, "trainer.enable_progress_bar=true"], output_dir=tmp_path / "tqdm", data_root=data_root))
     tqdm_output = capfd.readouterr()
     cfg = compose(

@@ -25,8 +25,8 @@ def sweep_dir(tmp_path_factory, data_root):
         *FAST,
         "trainer.max_epochs=2",
         "logger=csv",
-        "callbacks.sample_grids.every_n_epochs=2",  # the panels once, after the last epoch
-        "callbacks.sample_grids.scatter_images=40",
+        "callbacks.image_panels.every_n_epochs=2",  # the panels once, after the last epoch
+        "callbacks.image_panels.scatter_images=40",
         f"data.root={data_root}",
         f"hydra.sweep.dir={sweep_dir}",
     )
@@ -216,7 +216,7 @@ def test_a_resumed_wandb_run_is_read_as_one_run(tmp_path, data_root):
                 *FAST,
                 f"trainer.max_epochs={epochs}",
                 "test=false",
-                "callbacks.sample_grids.every_n_epochs=5",
+                "callbacks.image_panels.every_n_epochs=5",
                 *([f"resume={run_dir}"] if epochs == 2 else []),
             ],
             output_dir=run_dir,

@@ -79,7 +79,7 @@ def test_bad_value_names_the_key(overrides, message, tmp_path):
         ["model=cvae", "data=fashion_mnist"],
         ["model=beta_vae_capacity"],
         ["experiment=beta_vae_mnist"],
-        ["model/net=conv", "loss=gaussian"],
+        ["model/net=conv", "likelihood=gaussian"],
         ["model=iwae", "model.dreg=true", "annealing=linear"],
     ],
 )
@@ -120,7 +120,7 @@ COMMAND_BAD = [
     ("command", "overrides", "message"), COMMAND_BAD, ids=[f"{c} {' '.join(o)}" for c, o, _ in COMMAND_BAD]
 )
 def test_bad_eval_or_sample_value_names_the_key(command, overrides, message):
-    from vaelab.config import validate_eval_config, validate_sample_config
+    from vaelab.command_configs import validate_eval_config, validate_sample_config
 
     validator = {"eval": validate_eval_config, "sample": validate_sample_config}[command]
     with pytest.raises(ConfigError, match=re.escape(message)):

@@ -14,7 +14,7 @@ from vaelab.training import switched_on
 GROUPS = [
     "data",
     "model",
-    "loss",
+    "likelihood",
     "annealing",
     "trainer",
     "logger",

@@ -28,7 +28,7 @@ def sweep(tmp_path_factory, data_root):
         *FAST,
         "trainer.max_epochs=2",
         "trainer.limit_train_batches=3",
-        "callbacks.sample_grids.scatter_images=40",
+        "callbacks.image_panels.scatter_images=40",
         f"data.root={data_root}",
         f"hydra.sweep.dir={sweep_dir}",
         timeout=900,

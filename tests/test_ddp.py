@@ -12,7 +12,7 @@ from vaelab.training import train
 
 pytestmark = pytest.mark.slow  # about 100 s: run by `make test-slow` (and .ci/run)
 
-TWO_CPUS = ["trainer.accelerator=cpu", "trainer.devices=2", "callbacks.sample_grids.panels.latent_scatter=false"]
+TWO_CPUS = ["trainer.accelerator=cpu", "trainer.devices=2", "callbacks.image_panels.panels.latent_scatter=false"]
 
 
 def assert_one_run_from_rank_zero(run_dir, world_size=2):

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow  # about 80 s: run by `make test-slow` (and .ci/ru
 
 pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="pip install -e '.[launchers]'")
 
-QUICK = [*FAST, "trainer.limit_train_batches=3", "callbacks.sample_grids.every_n_epochs=5", "test=false"]
+QUICK = [*FAST, "trainer.limit_train_batches=3", "callbacks.image_panels.every_n_epochs=5", "test=false"]
 
 
 def sweep(args, sweep_dir, data_root, timeout=600):

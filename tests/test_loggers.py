@@ -82,7 +82,7 @@ def test_tensorboard_holds_the_curves_the_panels_and_the_hparams_with_final_metr
         "trainer.max_epochs=2",
         "model.beta=2",
         "model.latent_dim=3",
-        "callbacks.sample_grids.scatter_images=40",
+        "callbacks.image_panels.scatter_images=40",
     ]
     metrics = train(compose(overrides, output_dir=tmp_path, data_root=data_root)).metrics
     events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
@@ -95,7 +95,7 @@ def test_tensorboard_holds_the_curves_the_panels_and_the_hparams_with_final_metr
     content = events.PluginTagToContent("hparams")
     start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
     assert start.hparams["model.beta"].number_value == 2.0 and start.hparams["model.latent_dim"].number_value == 3
-    assert start.hparams["loss._target_"].string_value == "BernoulliLikelihood"
+    assert start.hparams["likelihood._target_"].string_value == "BernoulliLikelihood"
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     assert {"final/test/elbo", "final/val/active_units"} <= {m.name.tag for m in experiment.metric_infos}
     from vaelab.results.comparison import read_run  # vaelab-compare reads the TensorBoard run's curves

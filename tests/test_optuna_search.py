@@ -24,7 +24,7 @@ QUICK = [
     *FAST,
     "trainer.max_epochs=2",
     "trainer.limit_train_batches=3",
-    "callbacks.sample_grids.every_n_epochs=5",
+    "callbacks.image_panels.every_n_epochs=5",
     "test=false",
     "logger=csv",
 ]
@@ -235,7 +235,7 @@ def test_a_killed_search_continues_its_running_trial_in_its_folder(tmp_path):
     sweep_dir = tmp_path / "killed"
     args = [sys.executable, "train.py", "hparams_search=optuna", "hydra.sweeper.n_trials=2"]
     args += [f"hydra.sweeper.storage={storage}", "hydra.sweeper.pruner=null", *FAST, "trainer.max_epochs=3"]
-    args += ["data.batch_size=16", "data.val_size=200", "callbacks.sample_grids.every_n_epochs=10", "logger=csv"]
+    args += ["data.batch_size=16", "data.val_size=200", "callbacks.image_panels.every_n_epochs=10", "logger=csv"]
     args += [f"data.root={root}", f"hydra.sweep.dir={sweep_dir}"]
     process = subprocess.Popen(args, cwd=PROJECT_ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 400

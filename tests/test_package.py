@@ -17,7 +17,7 @@ import vaelab
 from vaelab.errors import ConfigError
 from vaelab.safe_load import CheckpointError
 
-SMALL = [*FAST, "trainer.enable_model_summary=false", "callbacks.sample_grids.scatter_images=60"]
+SMALL = [*FAST, "trainer.enable_model_summary=false", "callbacks.image_panels.scatter_images=60"]
 
 
 def test_wheel_installs_and_trains_from_an_empty_folder(tmp_path):
@@ -273,7 +273,7 @@ def test_resume_from_python_continues_the_run(tmp_path):
     common = [
         *SMALL,
         "logger=csv",
-        "callbacks.sample_grids=null",
+        "callbacks.image_panels=null",
         f"data.root={data_root}",
         f"paths.log_dir={tmp_path}",
     ]

@@ -32,11 +32,11 @@ def runs(tmp_path_factory, data_root):
                     *args,
                     "logger=none",
                     "test=false",
-                    "callbacks.sample_grids.manifold_steps=5",
-                    "callbacks.sample_grids.traversal_steps=7",
-                    "callbacks.sample_grids.interpolation_pairs=3",
-                    "callbacks.sample_grids.interpolation_steps=6",
-                    "callbacks.sample_grids.num_samples=9",
+                    "callbacks.image_panels.manifold_steps=5",
+                    "callbacks.image_panels.traversal_steps=7",
+                    "callbacks.image_panels.interpolation_pairs=3",
+                    "callbacks.image_panels.interpolation_steps=6",
+                    "callbacks.image_panels.num_samples=9",
                 ],
                 output_dir=run_dir,
                 data_root=data_root,
@@ -100,9 +100,9 @@ def test_panel_switches_and_intervals():
     assert grids.due(0) == set()
     assert grids.due(1) == {"reconstructions", "samples", "class_samples", "interpolations", "manifold"}
     assert grids.due(2) == {"traversals"}
-    with pytest.raises(ConfigError, match=r"callbacks.sample_grids.panels.histogram: unknown panel"):
+    with pytest.raises(ConfigError, match=r"callbacks.image_panels.panels.histogram: unknown panel"):
         ImagePanels(panels={"histogram": True})
-    with pytest.raises(ConfigError, match=r"callbacks.sample_grids.panels.samples must be true, false or an interval"):
+    with pytest.raises(ConfigError, match=r"callbacks.image_panels.panels.samples must be true, false or an interval"):
         ImagePanels(panels={"samples": -1})
 
 
@@ -113,8 +113,8 @@ def test_switched_off_panels_are_not_made(tmp_path, data_root):
                 *FAST,
                 "logger=none",
                 "test=false",
-                "callbacks.sample_grids.panels.latent_scatter=false",
-                "callbacks.sample_grids.panels.traversals=false",
+                "callbacks.image_panels.panels.latent_scatter=false",
+                "callbacks.image_panels.panels.traversals=false",
             ],
             output_dir=tmp_path,
             data_root=data_root,

@@ -32,7 +32,7 @@ def test_killed_run_resumes_to_the_same_metrics_in_the_same_wandb_run(tmp_path):
         "trainer.deterministic=true",
         "data.batch_size=16",
         "data.val_size=200",
-        "callbacks.sample_grids.every_n_epochs=10",
+        "callbacks.image_panels.every_n_epochs=10",
         f"data.root={root}",
     ]
     whole, killed = tmp_path / "whole", tmp_path / "killed"

@@ -185,7 +185,7 @@ def test_a_sweep_killed_during_its_second_job_continues_where_it_stopped(tmp_pat
         "trainer.deterministic=true",
         "data.batch_size=16",
         "data.val_size=200",
-        "callbacks.sample_grids.every_n_epochs=10",
+        "callbacks.image_panels.every_n_epochs=10",
         f"data.root={root}",
         "logger=wandb",
     ]

@@ -50,7 +50,7 @@ def crafted(good_run: Path, folder: Path, how: str) -> tuple[Path, Path]:
     if how == "pickled callable":
         checkpoint["hyper_parameters"]["note"] = RunsCode(marker)
     elif how == "foreign target":  # would write the marker file when instantiated
-        checkpoint["hyper_parameters"]["loss"] = {
+        checkpoint["hyper_parameters"]["likelihood"] = {
             "_target_": "pathlib.Path.write_text",
             "self": str(marker),
             "data": "x",
@@ -95,7 +95,7 @@ ENTRY_POINTS = {
 }
 MESSAGES = {
     "pickled callable": "holds a pickled object (posix.system)",
-    "foreign target": "hyper_parameters: loss._target_='pathlib.Path.write_text' is not allowed",
+    "foreign target": "hyper_parameters: likelihood._target_='pathlib.Path.write_text' is not allowed",
     "shared-reference bomb": f"is refused: its structure is larger than {MAX_VALUES:,} values",
 }
 CASES = [(how, entry) for how in ("pickled callable", "foreign target") for entry in ENTRY_POINTS]
@@ -219,7 +219,7 @@ def test_a_users_own_class_is_trusted_only_through_the_environment(tmp_path, dat
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delenv("VAELAB_TRUSTED_TARGETS", raising=False)
     run = tmp_path / "run"
-    args = [*FAST, "logger=none", "callbacks.sample_grids=null", "test=false", f"data.root={data_root}"]
+    args = [*FAST, "logger=none", "callbacks.image_panels=null", "test=false", f"data.root={data_root}"]
     args += ["+callbacks.quiet._target_=mylab_callbacks.Quiet"]  # given by the user, not read from a file
     vaelab.train([*args, f"hydra.run.dir={run}"])
     again = [*args, "trainer.max_epochs=2", f"resume={run}"]

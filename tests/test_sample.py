@@ -97,7 +97,7 @@ def test_cli_writes_traversals_interpolations_and_scatter(cvae_ckpt, data_root, 
 def test_manifold_needs_two_unconditional_latents(cvae_ckpt, data_root):
     from omegaconf import OmegaConf
 
-    from vaelab.config import validate_sample_config
+    from vaelab.command_configs import validate_sample_config
     from vaelab.panels import make_picture
 
     defaults = OmegaConf.load(CONFIG_DIR / "sample.yaml")  # vaelab-sample's own defaults

@@ -32,7 +32,7 @@ ON_THE_LOCAL_CLUSTER = [
     "hydra.launcher.mem_gb=2",
     "hydra.launcher.timeout_min=10",
 ]
-LONG_ENOUGH = [*FAST, "trainer.max_epochs=30", "callbacks.sample_grids.every_n_epochs=10", "trainer.deterministic=true"]
+LONG_ENOUGH = [*FAST, "trainer.max_epochs=30", "callbacks.image_panels.every_n_epochs=10", "trainer.deterministic=true"]
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def test_a_job_that_reaches_a_one_minute_limit_is_warned_requeued_and_finishes(t
     sweep_dir = tmp_path / "sweep"
     limit = ["hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=15", "hydra.launcher.max_num_timeout=8"]
     longer_than_an_attempt = [*FAST, "trainer.max_epochs=200", "data.batch_size=4"]
-    longer_than_an_attempt.append("callbacks.sample_grids.every_n_epochs=100")
+    longer_than_an_attempt.append("callbacks.image_panels.every_n_epochs=100")
     result = run_sweep([*longer_than_an_attempt, *limit, "logger=wandb"], sweep_dir, data_root, slurm, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert [row["status"] for row in summary(sweep_dir)] == ["ok"]

@@ -16,7 +16,7 @@ def test_sweep_keeps_going_past_a_failed_job_and_summarises(tmp_path, data_root)
         "model.latent_dim=2,3",
         *FAST,
         "trainer.limit_train_batches=2",
-        "callbacks.sample_grids.every_n_epochs=5",
+        "callbacks.image_panels.every_n_epochs=5",
         f"data.root={data_root}",
         f"hydra.sweep.dir={sweep_dir}",
     )
@@ -67,7 +67,7 @@ def test_a_sweep_over_importance_samples_summarises_the_iwae_bound(tmp_path, dat
         *FAST,
         "trainer.limit_train_batches=2",
         "logger=csv",
-        "callbacks.sample_grids.every_n_epochs=5",
+        "callbacks.image_panels.every_n_epochs=5",
         f"data.root={data_root}",
         f"hydra.sweep.dir={sweep_dir}",
     )

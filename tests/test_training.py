@@ -24,17 +24,17 @@ VARIANTS = [
     ["model=beta_vae_capacity"],
     ["model=vae", "model/net=conv"],
     ["model=cvae", "model/net=conv", "data=fashion_mnist"],
-    ["loss=gaussian"],
-    ["loss=gaussian", "loss.learn_sigma=true"],
+    ["likelihood=gaussian"],
+    ["likelihood=gaussian", "likelihood.learn_sigma=true"],
     ["annealing=linear"],
     ["annealing=cyclical"],
     ["annealing=sigmoid"],
     ["model.free_bits=0.5"],
-    ["loss=ar_bernoulli"],
-    ["loss=ar_bernoulli", "model/net=conv", "model=cvae"],
+    ["likelihood=ar_bernoulli"],
+    ["likelihood=ar_bernoulli", "model/net=conv", "model=cvae"],
     ["model=iwae"],
     ["model=iwae", "model.dreg=true", "annealing=linear"],
-    ["model=iwae", "model.conditional=true", "model/net=conv", "loss=ar_bernoulli"],
+    ["model=iwae", "model.conditional=true", "model/net=conv", "likelihood=ar_bernoulli"],
 ]
 
 
@@ -127,7 +127,7 @@ def test_training_lowers_the_loss(tmp_path, data_root):
 def test_a_callback_set_to_null_is_off(tmp_path, data_root):
     train(
         compose(
-            [*FAST, "logger=csv", "callbacks.sample_grids=null", "callbacks.nan_guard=null", "test=false"],
+            [*FAST, "logger=csv", "callbacks.image_panels=null", "callbacks.nan_guard=null", "test=false"],
             output_dir=tmp_path,
             data_root=data_root,
         )
@@ -151,7 +151,7 @@ HALVE_LR_EVERY_EPOCH = (
 
 
 def test_lr_schedule_steps_every_epoch_and_survives_a_resume(tmp_path, data_root):
-    args = [*FAST, "logger=csv", "callbacks.sample_grids=null", "test=false", LR_MONITOR, HALVE_LR_EVERY_EPOCH]
+    args = [*FAST, "logger=csv", "callbacks.image_panels=null", "test=false", LR_MONITOR, HALVE_LR_EVERY_EPOCH]
     train(compose([*args, "trainer.max_epochs=2"], output_dir=tmp_path, data_root=data_root))
     train(compose([*args, "trainer.max_epochs=4", f"resume={tmp_path}"], output_dir=tmp_path, data_root=data_root))
     # LearningRateMonitor logs once at each epoch's start; epochs 2 and 3 come after the resume
@@ -162,7 +162,7 @@ def test_lr_schedule_per_step(tmp_path, data_root):
     per_step = HALVE_LR_EVERY_EPOCH.replace("}", ",interval:step}")
     train(
         compose(
-            [*FAST, "logger=csv", "callbacks.sample_grids=null", "test=false", "trainer.limit_train_batches=3"]
+            [*FAST, "logger=csv", "callbacks.image_panels=null", "test=false", "trainer.limit_train_batches=3"]
             + [LR_MONITOR, per_step],
             output_dir=tmp_path,
             data_root=data_root,
@@ -172,7 +172,7 @@ def test_lr_schedule_per_step(tmp_path, data_root):
 
 
 def test_lr_monitor_without_a_scheduler_logs_lightnings_name(tmp_path, data_root):
-    args = [*FAST, "logger=csv", "callbacks.sample_grids=null", "test=false", "trainer.limit_train_batches=3"]
+    args = [*FAST, "logger=csv", "callbacks.image_panels=null", "test=false", "trainer.limit_train_batches=3"]
     train(compose([*args, LR_MONITOR, "model.optimizer.lr=3e-4"], output_dir=tmp_path, data_root=data_root))
     lr = logged_column(tmp_path, "lr-Adam")  # at the epoch's start and on each of the 3 logging steps
     assert len(lr) >= 3 and lr == pytest.approx([3e-4] * len(lr))
@@ -287,7 +287,7 @@ def test_manifold_panel_for_two_latents(tmp_path, data_root):
 
     train(
         compose(
-            [*FAST, "logger=none", "model.latent_dim=2", "callbacks.sample_grids.manifold_steps=5", "test=false"],
+            [*FAST, "logger=none", "model.latent_dim=2", "callbacks.image_panels.manifold_steps=5", "test=false"],
             output_dir=tmp_path,
             data_root=data_root,
         )

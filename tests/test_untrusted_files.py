@@ -37,7 +37,7 @@ def good_run(tmp_path_factory, data_root) -> Path:
     from vaelab.training import train
 
     run_dir = tmp_path_factory.mktemp("good") / "run"
-    panels = [f"callbacks.sample_grids.panels.{p}=false" for p in ("traversals", "interpolations", "latent_scatter")]
+    panels = [f"callbacks.image_panels.panels.{p}=false" for p in ("traversals", "interpolations", "latent_scatter")]
     train(
         compose(
             [*FAST, "logger=csv", "test=false", "model.latent_dim=2", *panels], output_dir=run_dir, data_root=data_root
@@ -153,9 +153,9 @@ CRAFTED_CONFIGS = {
         ["callbacks.last_checkpoint.dirpath", "inside the run folder"],
     ),
     "the image panels' output_dir outside": (
-        "callbacks.sample_grids.output_dir",
+        "callbacks.image_panels.output_dir",
         "DECOY",
-        ["callbacks.sample_grids.output_dir"],
+        ["callbacks.image_panels.output_dir"],
     ),
     "the CSV logger's save_dir outside": ("logger.csv.save_dir", "DECOY", ["logger.csv.save_dir"]),
     "a file-name part that climbs out": ("logger.csv.name", "../../decoy", ["logger.csv.name", "file-name part"]),
@@ -197,9 +197,9 @@ def test_a_crafted_run_config_is_refused_before_anything_runs(case, tmp_path, go
 CRAFTED_HPARAMS = {
     "a secret": ("model.name", "${oc.env:VAELAB_TEST_SECRET}", "model.name holds an interpolation"),
     "a made _target_": (
-        "loss.extra",
+        "likelihood.extra",
         "${oc.create:{_target_: pathlib.Path.write_text, self: X, data: x}}",
-        "loss.extra holds an interpolation",
+        "likelihood.extra holds an interpolation",
     ),
     "a nested target": ("data.root", {"nested": {"_target_": "os.system"}}, "data.root.nested._target_='os.system'"),
 }

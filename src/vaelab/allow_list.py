@@ -32,6 +32,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from vaelab.compat import FORMER_TARGETS
 from vaelab.errors import ConfigError, first_line
 
 ALLOWED = (
@@ -40,7 +41,8 @@ ALLOWED = (
 )
 TRUSTED_TARGETS_VARIABLE = "VAELAB_TRUSTED_TARGETS"
 
-# the classes vaelab's own configs name (SampleGrids: ImagePanels' former name, in older run folders)
+# the classes vaelab's own configs name, and their former paths, which older run folders and
+# checkpoints name (vaelab.compat.FORMER_TARGETS: re-exported there, checked as the class they are now)
 VAELAB_CLASSES = frozenset(
     f"vaelab.{name}"
     for name in (
@@ -48,23 +50,22 @@ VAELAB_CLASSES = frozenset(
         "annealing.Linear",
         "annealing.Sigmoid",
         "annealing.Cyclical",
-        "callbacks.ImagePanels",
-        "callbacks.SampleGrids",
+        "image_panels.ImagePanels",
         "callbacks.CollapseMonitor",
         "callbacks.NaNGuard",
-        "callbacks.CheckpointArtifacts",
         "callbacks.Throughput",
+        "checkpointing.CheckpointArtifacts",
         "checkpointing.AtomicCheckpointIO",
         "data.VAEDataModule",
         "networks.MLPEncoder",
         "networks.MLPDecoder",
         "networks.ConvEncoder",
         "networks.ConvDecoder",
-        "objectives.BernoulliLikelihood",
-        "objectives.GaussianLikelihood",
-        "objectives.LocalAutoregressiveBernoulli",
+        "likelihoods.BernoulliLikelihood",
+        "likelihoods.GaussianLikelihood",
+        "likelihoods.LocalAutoregressiveBernoulli",
     )
-)
+) | frozenset(FORMER_TARGETS)
 # Lightning's callbacks and loggers that write only where their arguments say (checked below) and
 # take no code; not LambdaCallback (callables), BasePredictionWriter, ModelPruning and the like
 LIGHTNING_CALLBACKS = frozenset(
@@ -104,8 +105,7 @@ PATH_ARGUMENTS: dict[str, dict[str, str]] = {
         "prefix": "part",
     },
     "lightning.pytorch.loggers.WandbLogger": {"save_dir": "dir", "dir": "dir", "id": "part", "version": "part"},
-    "vaelab.callbacks.ImagePanels": {"output_dir": "dir"},
-    "vaelab.callbacks.SampleGrids": {"output_dir": "dir"},
+    "vaelab.image_panels.ImagePanels": {"output_dir": "dir"},
     "vaelab.checkpointing.AtomicCheckpointIO": {"root": "dir"},
     "vaelab.data.VAEDataModule": {"root": "data"},
 }
@@ -155,12 +155,15 @@ NOT_PATHS = {
         "add_file_policy": "a W&B upload policy name",
         "offline": "a switch",
     },
-    "vaelab.callbacks.ImagePanels": {"traversal_dims": "a count", "scatter_images": "a count"},
-    "vaelab.callbacks.SampleGrids": {"traversal_dims": "a count", "scatter_images": "a count"},
+    "vaelab.image_panels.ImagePanels": {"traversal_dims": "a count", "scatter_images": "a count"},
     "vaelab.callbacks.Throughput": {"log_every_n_steps": "a count"},
     "vaelab.data.VAEDataModule": {"name": "a data set name, checked against DATA_NAMES"},
     "vaelab.callbacks.CollapseMonitor": {},
 }
+for _former, _current in FORMER_TARGETS.items():  # a former path is checked as the class it names now
+    for _table in (PATH_ARGUMENTS, NOT_PATHS):
+        if _current in _table:
+            _table[_former] = _table[_current]
 
 
 def trusted_by_the_user(target: str) -> bool:

@@ -22,6 +22,7 @@ from pathlib import Path
 from omegaconf import DictConfig, open_dict
 
 from vaelab.cli import CONFIG_DIR, VERSION_BASE, hydra_message
+from vaelab.compat import upgrade_overrides
 from vaelab.errors import ConfigError
 
 
@@ -60,7 +61,7 @@ def train(overrides: list[str] | tuple[str, ...] = ()):
     from vaelab.runs import check_can_create, check_folder_contents
     from vaelab.training import run_in_folder
 
-    overrides = list(overrides)
+    overrides = upgrade_overrides(list(overrides))
     if any(o.startswith(("hparams_search=", "hydra/sweeper", "hydra/launcher")) for o in overrides):
         raise ConfigError("vaelab.train runs one job: sweep with the command line (vaelab-train -m ...)")
     cfg = compose("train", overrides)
@@ -83,7 +84,7 @@ def evaluate(checkpoint: str | Path, k: int = 5000, split: str = "test", **setti
     """The ``vaelab-eval`` results of a checkpoint as a dict (``<split>/nll``, ``<split>/elbo``, ...,
     nats per image), computed without writing a file or a W&B summary. ``settings`` are vaelab-eval's
     other keys, e.g. ``limit_images=1000``, ``data_root=...``, ``generation=False``, ``device="cpu"``."""
-    from vaelab.config import validate_eval_config
+    from vaelab.command_configs import validate_eval_config
     from vaelab.results.evaluation import evaluate_checkpoint
 
     cfg = without_hydra(compose("eval"), Path.cwd())

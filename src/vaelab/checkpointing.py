@@ -8,6 +8,8 @@
 - ``RemoveStaleCheckpoints`` deletes best-checkpoint files that a run killed during a save
   left beside the one its ModelCheckpoint keeps.
 - ``describe`` says what a checkpoint holds, in a few lines, without building anything from it.
+- ``CheckpointArtifacts``: at the end of fit, the best and the last checkpoint as versions of the
+  run's W&B model artifact.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ import os
 import warnings
 from pathlib import Path
 
+import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from vaelab.errors import CheckpointError
 from vaelab.runs import checkpoint_dir
+from vaelab.wandb_run import log_checkpoints, wandb_loggers
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -93,7 +97,7 @@ def usable_callback_state(key: str, state, folder: Path, source) -> bool:
     return ok
 
 
-SHAPE_KEYS = ("model.latent_dim", "model.conditional", "model.net", "loss", "data.name")
+SHAPE_KEYS = ("model.latent_dim", "model.conditional", "model.net", "likelihood", "data.name")
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, object]:
@@ -145,7 +149,7 @@ def describe(checkpoint: dict) -> list[str]:
         f"model {model.get('name', '?')}: latent_dim={model.get('latent_dim')}, beta={model.get('beta')}, "
         f"conditional={model.get('conditional', False)}, importance_samples={model.get('importance_samples', 1)}",
         f"encoder {(net.get('encoder') or {}).get('_target_')}, decoder {(net.get('decoder') or {}).get('_target_')}, "
-        f"likelihood {hparams['loss'].get('_target_')}, annealing {hparams['annealing'].get('_target_')}",
+        f"likelihood {hparams['likelihood'].get('_target_')}, annealing {hparams['annealing'].get('_target_')}",
         f"data {data.get('name', '?')}: binarize={data.get('binarize')}, val_size={data.get('val_size')}",
         f"{sum(t.numel() for t in tensors):,} parameters in {len(tensors)} tensors",
         f"{len(find_targets(hparams))} _target_ entries, all on the allow-list",
@@ -173,3 +177,38 @@ class RemoveStaleCheckpoints(Callback):
             for path in Path(callback.dirpath).glob(f"{prefix}*.ckpt"):
                 if path.resolve() not in kept:
                     path.unlink(missing_ok=True)
+
+
+def last_checkpoint_written(trainer: L.Trainer) -> Path | None:
+    """The newest checkpoint written: last.ckpt (callbacks.last_checkpoint) or Lightning's save_last."""
+    paths = [
+        Path(path)
+        for cb in trainer.checkpoint_callbacks
+        for path in (cb.last_model_path, cb.best_model_path)
+        if path and Path(path).stem == "last"
+    ]
+    return paths[0] if paths else None
+
+
+class CheckpointArtifacts(L.Callback):
+    """At the end of fit, the best checkpoint (on ``val/elbo``) and the last one as two versions of
+    the W&B artifact ``model-<run id>``, aliased ``best`` and ``last`` (W&B makes the last one
+    ``latest``); online they are uploaded, offline staged for ``wandb sync``. Nothing without a W&B
+    logger. Lightning's own ``log_model`` is not used: it aliases the newest file of every
+    ModelCheckpoint ``best``, and vaelab has two (the best one and ``last.ckpt``)."""
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:
+        if not trainer.is_global_zero or not wandb_loggers(trainer.loggers) or trainer.checkpoint_callback is None:
+            return
+        best_callback = trainer.checkpoint_callback  # the first ModelCheckpoint: the one on val/elbo
+        at = {"epoch": trainer.current_epoch, "global_step": trainer.global_step}
+        checkpoints = []  # W&B gives the version logged last the alias "latest" too
+        if best_callback.best_model_path and Path(best_callback.best_model_path).is_file():
+            best = Path(best_callback.best_model_path)
+            score = best_callback.best_model_score
+            scored = {"monitor": best_callback.monitor, "score": float(score)} if score is not None else {}
+            checkpoints.append((best, ["best"], {**at, **scored, "file": best.name}))
+        last = last_checkpoint_written(trainer)
+        if last is not None and last.is_file():
+            checkpoints.append((last, ["last"], {**at, "file": last.name}))
+        log_checkpoints(trainer.loggers, checkpoints)

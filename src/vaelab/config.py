@@ -16,7 +16,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from vaelab.errors import ConfigError
+from vaelab.errors import ConfigError, require
+from vaelab.instantiate import instantiate_setting
 
 DATA_NAMES = ("mnist", "fashion_mnist")
 BINARIZE = ("none", "static", "dynamic")
@@ -25,11 +26,6 @@ PICTURE_KINDS = ("samples", "traversals", "interpolations", "manifold", "scatter
 
 
 MAX_LATENT_DIM = 4096  # far above any useful VAE on 28x28 images; keeps a typo from allocating gigabytes
-
-
-def require(ok: bool, key: str, value, allowed: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
 
 
 def is_count(value, allow_null: bool = False) -> bool:
@@ -281,26 +277,26 @@ def pick_device(setting: str) -> str:
     return setting
 
 
-# the image panels of vaelab.callbacks.ImagePanels, in the order they are made
+# the image panels of vaelab.image_panels.ImagePanels, in the order they are made
 PANELS = ("reconstructions", "samples", "class_samples", "traversals", "interpolations", "manifold", "latent_scatter")
 
 
 def panel_intervals(every_n_epochs, panels: dict | None) -> dict[str, int]:
-    """Each panel's interval in validation epochs (0: off) from ``callbacks.sample_grids``:
+    """Each panel's interval in validation epochs (0: off) from ``callbacks.image_panels``:
     every panel is on by default; a setting is true, false or its own interval."""
     if not isinstance(every_n_epochs, int) or isinstance(every_n_epochs, bool) or every_n_epochs < 1:
-        raise ConfigError(f"callbacks.sample_grids.every_n_epochs must be >= 1, got {every_n_epochs}")
+        raise ConfigError(f"callbacks.image_panels.every_n_epochs must be >= 1, got {every_n_epochs}")
     intervals = dict.fromkeys(PANELS, every_n_epochs)
     for name, setting in (panels or {}).items():
         if name not in PANELS:
-            raise ConfigError(f"callbacks.sample_grids.panels.{name}: unknown panel; allowed: {', '.join(PANELS)}")
+            raise ConfigError(f"callbacks.image_panels.panels.{name}: unknown panel; allowed: {', '.join(PANELS)}")
         if isinstance(setting, bool) or setting is None:
             intervals[name] = every_n_epochs if setting else 0
         elif isinstance(setting, int) and setting >= 0:
             intervals[name] = setting
         else:
             raise ConfigError(
-                f"callbacks.sample_grids.panels.{name} must be true, false or an interval >= 0, got {setting!r}"
+                f"callbacks.image_panels.panels.{name} must be true, false or an interval >= 0, got {setting!r}"
             )
     return intervals
 
@@ -327,8 +323,8 @@ def validate(cfg: DictConfig) -> None:
     check("model", ModelSchema, cfg.model)
     check("trainer", TrainerSchema, cfg.trainer, only_schema_keys=True)
     check_devices(cfg)
-    grids = (cfg.get("callbacks") or {}).get("sample_grids")
-    if isinstance(grids, DictConfig) and grids.get("_target_") == "vaelab.callbacks.ImagePanels":
+    grids = (cfg.get("callbacks") or {}).get("image_panels")
+    if isinstance(grids, DictConfig) and grids.get("_target_") == "vaelab.image_panels.ImagePanels":
         panel_intervals(grids.get("every_n_epochs", 1), grids.get("panels"))
     annealing = cfg.get("annealing")
     if isinstance(annealing, DictConfig) and str(annealing.get("_target_")).startswith("vaelab.annealing."):
@@ -342,122 +338,3 @@ def validate(cfg: DictConfig) -> None:
         if importlib.util.find_spec("rich") is None:  # Lightning would stop with its own traceback
             raise ConfigError("callbacks.rich_progress_bar: needs the rich package: pip install 'vaelab[rich]'")
     check_data_files(cfg.data.name, cfg.data.root, bool(cfg.data.download))
-
-
-TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
-
-
-def simple_types(annotation) -> set[type] | None:
-    """{int, NoneType} for ``int | None`` and the like; None when the annotation is anything else."""
-    import types
-    import typing
-
-    parts = (
-        typing.get_args(annotation)
-        if typing.get_origin(annotation) in (typing.Union, types.UnionType)
-        else (annotation,)
-    )
-    return set(parts) if parts and all(part in TYPE_NAMES for part in parts) else None
-
-
-def check_argument_types(target: str, values: dict, key: str) -> None:
-    """Raise ConfigError naming ``key.<argument>`` when a value does not have the simple type
-    (bool, int, float, str, or null) that the target's signature annotates for it."""
-    import typing
-
-    from hydra.utils import get_object
-
-    try:
-        found = get_object(target)
-        hints = typing.get_type_hints(found.__init__ if isinstance(found, type) else found)
-    except Exception:  # noqa: BLE001 - no usable annotations: the target checks its own arguments
-        return
-    for name, value in values.items():
-        allowed = simple_types(hints.get(name)) if name in hints else None
-        if allowed is None:
-            continue
-        if isinstance(value, bool):
-            ok = bool in allowed
-        elif isinstance(value, int):
-            ok = int in allowed or float in allowed
-        else:
-            ok = type(value) in allowed
-        ordered = [TYPE_NAMES[t] for t in TYPE_NAMES if t in allowed]
-        require(ok, f"{key}.{name}", value, " or ".join(ordered))
-
-
-def instantiate_setting(config, key: str, **kwargs):
-    """``hydra.utils.instantiate(config, **kwargs)`` with its arguments' simple types checked
-    first; an error raised while building it becomes a ConfigError naming ``key`` (e.g.
-    ``trainer``, ``callbacks.sample_grids``) and its cause."""
-    from hydra.utils import instantiate
-
-    from vaelab.errors import find_user_error, first_line
-
-    target = config.get("_target_")
-    if isinstance(target, str):
-        values = {}
-        for name in config:
-            if name.startswith("_") or name in kwargs:
-                continue
-            try:
-                values[name] = config[name]  # resolves this value only
-            except Exception:  # noqa: BLE001 - instantiate reports a failing interpolation itself
-                continue
-        check_argument_types(target, values, key)
-    try:
-        return instantiate(config, **kwargs)
-    except Exception as error:  # noqa: BLE001 - whatever the object refused, the user fixes ``key``
-        user_error = find_user_error(error)
-        if user_error is not None:
-            raise user_error from None
-        cause = error.__cause__ or error
-        raise ConfigError(f"{key}: {first_line(cause)}") from error
-
-
-def validate_eval_config(cfg: DictConfig) -> None:
-    """Raise ConfigError (one line naming the key) for a bad vaelab-eval value, before anything loads."""
-    require(is_count(cfg.k), "k", cfg.k, "an integer >= 1")
-    require(cfg.split in ("test", "val"), "split", cfg.split, "test or val")
-    for key in ("batch_images", "limit_images"):
-        require(is_count(cfg.get(key), allow_null=True), key, cfg.get(key), "null or an integer >= 1")
-    progress = cfg.get("progress_seconds", 60)
-    require(
-        isinstance(progress, int | float) and not isinstance(progress, bool) and progress >= 0,
-        "progress_seconds",
-        progress,
-        "a number >= 0",
-    )
-    require(
-        cfg.device in ("auto", "cpu", "cuda") or str(cfg.device).startswith("cuda:"),
-        "device",
-        cfg.device,
-        "auto, cpu, cuda or cuda:N",
-    )
-    require(cfg.get("ood") in (None, *DATA_NAMES), "ood", cfg.get("ood"), f"null or one of {', '.join(DATA_NAMES)}")
-    require(is_count(cfg.samples_per_class), "samples_per_class", cfg.samples_per_class, "an integer >= 1")
-
-
-def validate_sample_config(cfg: DictConfig) -> None:
-    """Raise ConfigError (one line naming the key) for a bad vaelab-sample value, before anything loads."""
-    require(cfg.kind in PICTURE_KINDS, "kind", cfg.kind, f"one of {', '.join(PICTURE_KINDS)}")
-    require(is_count(cfg.n), "n", cfg.n, "an integer >= 1")
-    require(is_count(cfg.steps) and cfg.steps >= 2, "steps", cfg.steps, "an integer >= 2")
-    require(is_number(cfg.span) and cfg.span > 0, "span", cfg.span, "a number > 0")
-    require(is_count(cfg.get("nrow"), allow_null=True), "nrow", cfg.get("nrow"), "null or an integer >= 1")
-    require(is_count(cfg.scatter_images), "scatter_images", cfg.scatter_images, "an integer >= 1")
-    check_seed(cfg.seed)
-    label = cfg.get("label")
-    require(
-        label is None or (isinstance(label, int) and not isinstance(label, bool)),
-        "label",
-        label,
-        "null or a class number",
-    )
-
-
-def validate_classifier_config(cfg: DictConfig) -> None:
-    """Raise ConfigError (one line naming the key) for a bad vaelab-classifier value."""
-    require(is_count(cfg.epochs), "epochs", cfg.epochs, "an integer >= 1")
-    check_seed(cfg.seed)
-    require(isinstance(cfg.retrain, bool), "retrain", cfg.retrain, "true or false")

@@ -14,68 +14,13 @@ Binarization (``binarize``):
 
 from __future__ import annotations
 
-import os
-import socket
-from pathlib import Path
-
 import lightning as L
 import torch
-import torchvision
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vaelab.config import DataSchema, check
+from vaelab.datasets import DATASETS, load_split, to_float_images
 from vaelab.errors import ConfigError
-from vaelab.idx_files import (
-    DataNotFoundError,
-    check_split_files,
-    files_present,
-    missing_message,
-)
-from vaelab.safe_load import CheckpointError
-
-DATASETS = {
-    "mnist": torchvision.datasets.MNIST,
-    "fashion_mnist": torchvision.datasets.FashionMNIST,
-}
-DOWNLOAD_TIMEOUT_S = 20.0
-
-
-def load_split(name: str, root: str | os.PathLike, train: bool, download: bool = True):
-    """Read one split with torchvision. Returns (images uint8 (N, 28, 28), labels int64 (N,), classes).
-
-    Raises DataNotFoundError with instructions when the files are missing and the
-    download is off or fails.
-    """
-    cls = DATASETS[name]
-    root = str(Path(root).expanduser())
-    if files_present(name, root):
-        check_split_files(name, root, train)
-    try:
-        dataset = cls(root, train=train, download=False)
-    except RuntimeError as missing:
-        if not download:
-            raise DataNotFoundError(missing_message(name, root, "download is off (data.download=false)")) from missing
-        dataset = _download(cls, name, root, train)
-    labels, classes = dataset.targets.long(), list(dataset.classes)
-    return dataset.data, labels, classes
-
-
-def _download(cls, name: str, root: str, train: bool):
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # never hang on a network that drops packets
-    try:
-        return cls(root, train=train, download=True)
-    except Exception as failure:  # noqa: BLE001 - any download failure gets the same advice
-        lines = [line.strip() for line in str(failure).splitlines() if line.strip()]
-        reason = lines[-1] if lines else type(failure).__name__  # the last line holds the cause
-        raise DataNotFoundError(missing_message(name, root, f"the download failed: {reason}")) from failure
-    finally:
-        socket.setdefaulttimeout(previous)
-
-
-def to_float_images(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, H, W) -> float32 (N, 1, H, W) in [0, 1]."""
-    return images.unsqueeze(1).float().div_(255.0)
 
 
 def binarize_once(images: torch.Tensor, seed: int) -> torch.Tensor:
@@ -295,38 +240,16 @@ class VAEDataModule(L.LightningDataModule):
         n = min(n, len(dataset))
         return dataset.images[:n], dataset.labels[:n]
 
-
-def datamodule_for(module, data_root: str | None):
-    """The checkpoint's data module (same split, binarization and seeds), reading from data_root.
-
-    Without data_root it reads the checkpoint's own data root, and never downloads there: a
-    checkpoint from elsewhere names a folder that is read, not written."""
-    from hydra.utils import instantiate
-
-    data = dict(module.hparams.get("data") or {})
-    if not data:
-        raise CheckpointError("the checkpoint holds no data config (written by an older vaelab)")
-    if data_root:
-        data["root"] = data_root
-    else:
-        data["download"] = False
-    datamodule = instantiate(data)
-    datamodule.setup("test")
-    return datamodule
-
-
-def datamodule_like(datamodule, name: str):
-    """Another data set prepared exactly as the checkpoint's (root, split, binarization, seeds)."""
-    from vaelab.data import VAEDataModule
-
-    other = VAEDataModule(
-        name=name,
-        root=datamodule.root,
-        val_size=datamodule.val_size,
-        binarize=datamodule.binarize,
-        split_seed=datamodule.split_seed,
-        binarize_seed=datamodule.binarize_seed,
-        download=datamodule.download,
-    )
-    other.setup("test")
-    return other
+    def like(self, name: str) -> VAEDataModule:
+        """Another data set prepared exactly as this one (root, split, binarization, seeds), set up for testing."""
+        other = VAEDataModule(
+            name=name,
+            root=self.root,
+            val_size=self.val_size,
+            binarize=self.binarize,
+            split_seed=self.split_seed,
+            binarize_seed=self.binarize_seed,
+            download=self.download,
+        )
+        other.setup("test")
+        return other

@@ -71,6 +71,12 @@ def one_line_errors():
         exit_with_error(user_error)
 
 
+def require(ok: bool, key: str, value, allowed: str) -> None:
+    """Raise ConfigError ``<key>=<value> is not allowed: <allowed>`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
+
+
 def exit_with_error(message: object) -> NoReturn:
     """The one way a command stops on a bad input: ``error: <message>`` on stderr, exit status 1."""
     print(f"error: {message}", file=sys.stderr)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from vaelab.config import instantiate_setting
+from vaelab.instantiate import instantiate_setting
+from vaelab.metrics import FINAL_METRICS, IWAE_METRICS
 from vaelab.quiet import quiet_wandb_logger
-from vaelab.results.tables import FINAL_METRICS, IWAE_METRICS
 from vaelab.wandb_run import WANDB_TARGET, choose_wandb_mode, define_best_metrics, run_id_in
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ HPARAM_KEYS = (
     "model.importance_samples",
     "data.name",
     "data.binarize",
-    "loss._target_",
+    "likelihood._target_",
     "annealing._target_",
     "seed",
 )

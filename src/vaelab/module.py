@@ -22,9 +22,11 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 
-from vaelab.config import ModelSchema, check, instantiate_setting
+from vaelab.config import ModelSchema, check
 from vaelab.diagnostics import summarize
 from vaelab.errors import CheckpointError, ConfigError, first_line
+from vaelab.instantiate import instantiate_setting
+from vaelab.metrics import TERMS
 from vaelab.networks import VAE
 from vaelab.objectives import Objective
 from vaelab.version import __version__
@@ -90,7 +92,7 @@ class VAELitModule(L.LightningModule):
     """Args:
     model: the ``model`` config: latent_dim, beta, conditional, free_bits, capacity, importance_samples, dreg,
         ``net.encoder``, ``net.decoder`` and ``optimizer`` ``_target_`` configs.
-    loss: the ``loss`` config: the likelihood's ``_target_`` config.
+    likelihood: the ``likelihood`` config: the likelihood's ``_target_`` config (``loss`` before).
     annealing: the ``annealing`` config: the KL schedule's ``_target_`` config.
     image_shape: (C, H, W) of the data.
     num_classes: number of classes in the data (used when ``model.conditional``).
@@ -101,7 +103,7 @@ class VAELitModule(L.LightningModule):
     def __init__(
         self,
         model: dict,
-        loss: dict,
+        likelihood: dict,
         annealing: dict,
         image_shape=(1, 28, 28),
         num_classes: int = 10,
@@ -126,7 +128,7 @@ class VAELitModule(L.LightningModule):
         decoder = instantiate_setting(model["net"]["decoder"], "model.net.decoder", **common)
         self.vae = VAE(encoder, decoder, latent_dim, num_classes=label_classes)
         self.objective = Objective(
-            likelihood=instantiate_setting(loss, "loss"),
+            likelihood=instantiate_setting(likelihood, "likelihood"),
             beta=model.get("beta", 1.0),
             schedule=instantiate_setting(annealing, "annealing"),
             free_bits=model.get("free_bits", 0.0),
@@ -137,7 +139,7 @@ class VAELitModule(L.LightningModule):
 
     @classmethod
     def from_config(cls, cfg, datamodule) -> VAELitModule:
-        """The module for a composed train config (``cfg.model``, ``cfg.loss``, ``cfg.annealing``,
+        """The module for a composed train config (``cfg.model``, ``cfg.likelihood``, ``cfg.annealing``,
         ``cfg.data``) and the data module whose image shape and classes it fits. A network,
         likelihood or schedule that refuses its settings is a ConfigError naming ``model``."""
         from omegaconf import OmegaConf
@@ -145,7 +147,7 @@ class VAELitModule(L.LightningModule):
         from vaelab.errors import find_user_error, first_line
 
         settings = {
-            key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "loss", "annealing", "data")
+            key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "likelihood", "annealing", "data")
         }
         try:
             return cls(**settings, image_shape=datamodule.image_shape, num_classes=datamodule.num_classes)
@@ -180,6 +182,24 @@ class VAELitModule(L.LightningModule):
             ) from None
         return module.to(device).eval()
 
+    def data_module(self, data_root: str | None = None):
+        """The data module this model was trained on (same split, binarization and seeds, from
+        the ``data`` hyperparameters), set up for testing and reading from ``data_root``. Without
+        ``data_root`` it reads the checkpoint's own data root and never downloads there: a
+        checkpoint from elsewhere names a folder that is read, not written."""
+        from hydra.utils import instantiate
+
+        data = dict(self.hparams.get("data") or {})
+        if not data:
+            raise CheckpointError("the checkpoint holds no data config (written by an older vaelab)")
+        if data_root:
+            data["root"] = data_root
+        else:
+            data["download"] = False
+        datamodule = instantiate(data)
+        datamodule.setup("test")
+        return datamodule
+
     @property
     def likelihood(self):
         return self.objective.likelihood
@@ -198,9 +218,7 @@ class VAELitModule(L.LightningModule):
             self._posteriors.append((out.mean.detach(), out.logvar.detach()))
         if on_step and not self._logging_step():
             return terms["loss"]
-        names = (
-            terms if on_step else [n for n in ("recon", "kl", "elbo", "loss", "iwae") if n in terms]
-        )  # the KL weight only in train/
+        names = terms if on_step else [n for n in TERMS if n in terms]  # the KL weight only in train/
         metrics = {f"{stage}/{name}": terms[name] for name in names}
         self.log_dict(
             metrics,

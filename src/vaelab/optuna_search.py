@@ -146,7 +146,7 @@ def build_optuna_object(settings, key: str, module: str):
     (``optuna.samplers`` / ``optuna.pruners``); a bad value is a ConfigError naming ``key``."""
     from omegaconf import DictConfig, OmegaConf
 
-    from vaelab.config import instantiate_setting
+    from vaelab.instantiate import instantiate_setting
 
     if settings is None:
         return None

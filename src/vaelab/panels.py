@@ -23,7 +23,6 @@ from omegaconf import DictConfig
 from torch.distributions import Normal
 from torchvision.utils import make_grid
 
-from vaelab.data import datamodule_for
 from vaelab.diagnostics import kl_per_dimension
 from vaelab.errors import ConfigError
 
@@ -171,7 +170,7 @@ def encode_all(
 
 def pick_test_images(module, cfg: DictConfig, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first n test images (and labels) of the checkpoint's data set; only class `label` if given."""
-    datamodule = datamodule_for(module, cfg.get("data_root"))
+    datamodule = module.data_module(cfg.get("data_root"))
     images, labels = datamodule.test_set.images, datamodule.test_set.labels
     if cfg.get("label") is not None:
         keep = labels == cfg.label

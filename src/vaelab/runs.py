@@ -38,6 +38,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from vaelab.allow_list import check_file_config
+from vaelab.compat import upgrade_config, upgrade_overrides
 from vaelab.errors import FolderInUseError, NotAFileError, UserError, exit_with_error, first_line  # noqa: F401 - raised here
 from vaelab.safe_load import load_yaml, read_file
 
@@ -361,7 +362,8 @@ def check_folder_contents(folder: Path, what: str) -> None:
 def saved_overrides(run_dir: Path) -> list[str] | None:
     path = overrides_file(run_dir)
     try:
-        return [str(o) for o in load_yaml(path, str(path), list)] if path.is_file() else None
+        saved = [str(o) for o in load_yaml(path, str(path), list)] if path.is_file() else None
+        return upgrade_overrides(saved, warn=False) if saved is not None else None
     except Exception:  # noqa: BLE001 - a damaged file is the same as none
         return None
 
@@ -399,6 +401,7 @@ def config_from_folder(
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     config = read_run_config(run_dir, key)
+    upgrade_config(config)  # an older release's key names, read as today's
     source = f"{key}={run_dir}: config.yaml"
     paths = OmegaConf.to_container(cfg.paths, resolve=False) if "paths" in cfg else {}
     paths["output_dir"] = str(run_dir)

@@ -21,6 +21,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from vaelab.allow_list import check_checkpoint_config, inside
+from vaelab.compat import upgrade_hparams
 from vaelab.errors import CheckpointError, UserError, first_line  # noqa: F401 - raised here, imported from here
 
 # a vaelab checkpoint holds about 1,000 values and is 10 deep; a shared-reference bomb expands to billions
@@ -101,20 +102,22 @@ def read_checkpoint(path: str | Path, key: str = "ckpt") -> dict:
 
 
 def read_vaelab_checkpoint(path: str | Path, key: str = "ckpt") -> dict:
-    """``read_checkpoint``, then checked to be vaelab's: weights and model, loss, annealing and
+    """``read_checkpoint``, then checked to be vaelab's: weights and model, likelihood, annealing and
     data configs whose every ``_target_`` is on the allow-list."""
     checkpoint = read_checkpoint(path, key)
     hparams = checkpoint.get("hyper_parameters")
+    if isinstance(hparams, dict):  # an older release's key names, read as today's
+        hparams = checkpoint["hyper_parameters"] = upgrade_hparams(hparams)
     if (
         not isinstance(checkpoint.get("state_dict"), dict)
         or not isinstance(hparams, dict)
-        or not all(isinstance(hparams.get(name), dict) for name in ("model", "loss", "annealing"))
+        or not all(isinstance(hparams.get(name), dict) for name in ("model", "likelihood", "annealing"))
     ):
         raise CheckpointError(
-            f"{key}={path} is not a vaelab checkpoint: it has no state_dict or no model, loss "
+            f"{key}={path} is not a vaelab checkpoint: it has no state_dict or no model, likelihood "
             "and annealing hyperparameters"
         )
-    data_root = (hparams.get("data") or {}).get("root")  # read, never written (data.datamodule_for)
+    data_root = (hparams.get("data") or {}).get("root")  # read, never written (VAELitModule.data_module)
     check_checkpoint_config(hparams, f"{key}={path}: hyper_parameters", data_dir=data_root)
     return checkpoint
 

@@ -24,7 +24,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from vaelab.errors import UserError, exit_with_error
-from vaelab.results.tables import FINAL_METRICS, IWAE_METRICS, iwae_columns, write_table
+from vaelab.metrics import FINAL_METRICS, IWAE_METRICS
+from vaelab.results.tables import iwae_columns, write_table
 from vaelab.runs import LOCK_FILE, OVERRIDES_FILE, STATUS_FILE, FolderLock, read_status, saved_overrides
 
 log = logging.getLogger(__name__)

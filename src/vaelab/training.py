@@ -115,7 +115,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> TrainResult:
 
     from vaelab.callbacks import FinalSummary, TimeLimitRequeue
     from vaelab.checkpointing import RemoveStaleCheckpoints, check_fits, in_folder
-    from vaelab.config import instantiate_setting
+    from vaelab.instantiate import instantiate_setting
     from vaelab.loggers import build_loggers, log_final_hparams
     from vaelab.module import VAELitModule
     from vaelab.optuna_search import is_pruned, objective_names, pruning_callback

@@ -21,10 +21,10 @@ import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
+from vaelab.metrics import BEST_SUMMARIES
+
 log = logging.getLogger(__name__)
 WANDB_TARGET = "lightning.pytorch.loggers.WandbLogger"
-# the run summary keeps the best value of these (W&B define_metric), not the last one
-BEST_SUMMARIES = {"val/elbo": "max"}
 
 
 def has_wandb_credentials() -> bool:

@@ -16,6 +16,7 @@ from pathlib import Path
 import hydra
 from omegaconf import OmegaConf
 
+from vaelab.compat import upgrade_overrides
 from vaelab.config import register_schemas
 from vaelab.errors import ConfigError, exit_with_error, find_user_error, first_line
 from vaelab.runs import file_name, short_number
@@ -108,6 +109,7 @@ def run_hydra_app(app) -> None:
     from vaelab.errors import UserError
 
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing its own report
+    sys.argv[1:] = upgrade_overrides(sys.argv[1:])  # former key names (loss=...) read as today's
     try:
         app()
     except BrokenPipeError:  # `vaelab-train --help | head`: the reader left; no traceback

@@ -12,7 +12,7 @@ import hydra
 from omegaconf import DictConfig
 
 from vaelab.cli import CONFIG_DIR, VERSION_BASE, run_hydra_app
-from vaelab.config import validate_classifier_config
+from vaelab.command_configs import validate_classifier_config
 from vaelab.errors import one_line_errors
 
 

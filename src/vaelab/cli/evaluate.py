@@ -20,7 +20,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from vaelab.cli import CONFIG_DIR, VERSION_BASE, run_hydra_app
-from vaelab.config import pick_device, validate_eval_config
+from vaelab.command_configs import validate_eval_config
+from vaelab.config import pick_device
 from vaelab.errors import ConfigError, one_line_errors
 
 log = logging.getLogger(__name__)

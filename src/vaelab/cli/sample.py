@@ -19,7 +19,7 @@ import hydra
 from omegaconf import DictConfig
 
 from vaelab.cli import CONFIG_DIR, VERSION_BASE, run_hydra_app
-from vaelab.config import validate_sample_config
+from vaelab.command_configs import validate_sample_config
 from vaelab.errors import one_line_errors
 
 

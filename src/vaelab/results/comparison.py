@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from vaelab.errors import UserError, first_line, printable
+from vaelab.metrics import FINAL_METRICS, TABLE_EXTRAS
 from vaelab.results.plots import (
     plot_curves,
     plot_metrics_vs_latent,
@@ -32,9 +33,9 @@ from vaelab.results.plots import (
 )
 from vaelab.results.report import write_report
 from vaelab.results.run_reader import Run, find_run_folders, on_front, pareto_front, read_run  # noqa: F401 - the API
-from vaelab.results.tables import FINAL_METRICS, iwae_columns, write_table
+from vaelab.results.tables import iwae_columns, write_table
 
-TABLE_METRICS = ("test/nll", *FINAL_METRICS, "time/fit_seconds")
+TABLE_METRICS = (TABLE_EXTRAS[0], *FINAL_METRICS, *TABLE_EXTRAS[1:])
 
 
 def table_rows(runs: list[Run]) -> list[dict]:

@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 from vaelab.config import pick_device
-from vaelab.data import datamodule_for, datamodule_like, load_split, to_float_images
+from vaelab.datasets import load_split, to_float_images
 from vaelab.diagnostics import summarize
 from vaelab.errors import ConfigError
 from vaelab.module import VAELitModule
@@ -151,7 +151,7 @@ def evaluate_checkpoint(cfg: DictConfig, checkpoint: dict | None = None) -> dict
     device = pick_device(str(cfg.device))
     checkpoint = checkpoint or read_vaelab_checkpoint(cfg.ckpt)
     module = VAELitModule.from_checkpoint(checkpoint, device, source=f"ckpt={cfg.ckpt}")
-    datamodule = datamodule_for(module, cfg.get("data_root"))
+    datamodule = module.data_module(cfg.get("data_root"))
     dataset = {"val": datamodule.val_set, "test": datamodule.test_set}[cfg.split]
     if len(dataset) == 0:
         raise ConfigError(
@@ -180,7 +180,7 @@ def evaluate_checkpoint(cfg: DictConfig, checkpoint: dict | None = None) -> dict
             datamodule.name,
         )
     if cfg.get("ood"):
-        other = datamodule_like(datamodule, cfg.ood)
+        other = datamodule.like(cfg.ood)
         other_set = {"val": other.val_set, "test": other.test_set}[cfg.split]
         count = len(images)
         scores_in = per_image_negative_elbo(module, images, labels)

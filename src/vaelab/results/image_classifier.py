@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaelab.data import load_split, to_float_images
+from vaelab.datasets import load_split, to_float_images
 from vaelab.errors import UserError, first_line
 from vaelab.safe_load import read_checkpoint
 

@@ -215,7 +215,7 @@ def gallery_html(runs) -> str:
     with_images = [run for run in runs if any(pictures[run.folder].values())]
     if not with_images:
         return (
-            "<p>No run has saved image panels: <code>callbacks.sample_grids</code> makes them every "
+            "<p>No run has saved image panels: <code>callbacks.image_panels</code> makes them every "
             "<code>every_n_epochs</code> validations, or was off.</p>"
         )
     betas = sorted({run.beta for run in with_images})

@@ -6,19 +6,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-# a run's final metrics as tables, summaries and TensorBoard's HPARAMS tab show them (nats per image)
-FINAL_METRICS = (
-    "test/elbo",
-    "test/recon",
-    "test/kl",
-    "val/elbo",
-    "val/recon",
-    "val/kl",
-    "val/active_units",
-    "val/mutual_info",
-)
-# logged only by runs trained on the IWAE bound (model.importance_samples > 1): columns when a run has them
-IWAE_METRICS = ("val/iwae", "test/iwae")
+from vaelab.metrics import IWAE_METRICS
 
 
 def iwae_columns(metrics: list[dict]) -> list[str]:
