@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -69,8 +71,31 @@ FAST = [
 ]
 
 
-def compose(overrides: list[str] | None = None, *, output_dir: Path | None = None, data_root: Path | None = None):
-    """The real train config, composed with Hydra's compose API (no Hydra run folder)."""
+def three_killable_epochs(tmp_path: Path) -> list[str]:
+    """Overrides of a deterministic 3-epoch run on 3000 synthetic images in batches of 16: long
+    enough epochs to kill one in the middle (``kill_at_checkpoint``), no image panels."""
+    root = write_synthetic_dataset(tmp_path / "data", "mnist", n_train=3000, n_test=100)
+    return [
+        *FAST,
+        "trainer.max_epochs=3",
+        "trainer.deterministic=true",
+        "data.batch_size=16",
+        "data.val_size=200",
+        "callbacks.image_panels.every_n_epochs=10",
+        f"data.root={root}",
+    ]
+
+
+def compose(
+    overrides: list[str] | None = None,
+    *,
+    output_dir: Path | None = None,
+    data_root: Path | None = None,
+    config_name: str = "train",
+    return_hydra_config: bool = False,
+):
+    """A real config (``train`` unless ``config_name``: ``eval``, ``sample``, ``classifier``),
+    composed with Hydra's compose API (no Hydra run folder). The one way the tests compose."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
@@ -80,7 +105,7 @@ def compose(overrides: list[str] | None = None, *, output_dir: Path | None = Non
     if data_root is not None:
         extra.append(f"data.root={data_root}")
     with initialize_config_dir(config_dir=str(CONFIG_DIR), **VERSION_BASE):
-        return hydra_compose(config_name="train", overrides=[*(overrides or []), *extra])
+        return hydra_compose(config_name, [*(overrides or []), *extra], return_hydra_config=return_hydra_config)
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -92,12 +117,12 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def train_cli(*args: str, timeout: float = 600, cwd: Path = PROJECT_ROOT, env: dict | None = None, **options):
-    """``python train.py *args`` as a user runs it (in the project folder unless ``cwd``; W&B
-    offline, no stdin; ``env`` in place of ``child_env()``), its output captured as text;
-    ``options`` go to subprocess.run."""
+def python_cli(*args: str, timeout: float = 600, cwd: Path = PROJECT_ROOT, env: dict | None = None, **options):
+    """``python *args`` as a user runs it (in the project folder unless ``cwd``; W&B offline, no
+    stdin; ``env`` in place of ``child_env()``), its output captured as text; ``options`` go to
+    subprocess.run. The one way the tests run a command."""
     return subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / "train.py"), *args],
+        [sys.executable, *args],
         cwd=cwd,
         env=env if env is not None else child_env(),
         capture_output=True,
@@ -106,6 +131,38 @@ def train_cli(*args: str, timeout: float = 600, cwd: Path = PROJECT_ROOT, env: d
         stdin=subprocess.DEVNULL,
         **options,
     )
+
+
+def train_cli(*args: str, **options):
+    """``python train.py *args`` (``python_cli``'s options)."""
+    return python_cli(str(PROJECT_ROOT / "train.py"), *args, **options)
+
+
+def vaelab_cli(command: str, *args: str, **options):
+    """``python -m vaelab.<command> *args``, e.g. ``vaelab_cli("evaluate", "ckpt=...")`` (``python_cli``'s options)."""
+    return python_cli("-m", f"vaelab.{command}", *args, **options)
+
+
+def kill_at_checkpoint(args: list[str], checkpoint_glob: str, root: Path, timeout: float = 400) -> str:
+    """Start ``python train.py *args``, wait for ``root.glob(checkpoint_glob)`` to find a file
+    (a run's first last.ckpt), let it run 0.2 s into its next epoch and SIGKILL it. Returns its stderr."""
+    process = subprocess.Popen(
+        [sys.executable, str(PROJECT_ROOT / "train.py"), *args],
+        cwd=PROJECT_ROOT,
+        env=child_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + timeout
+    while not list(root.glob(checkpoint_glob)) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL, stderr[-2000:]  # killed, not ended by itself
+    return stderr
 
 
 def differing_metrics(got: dict, expected: dict) -> dict:

@@ -1,13 +1,11 @@
 """Every bad input a user can give, as a real command: exit status 1, one clear line, nothing half-made left behind."""
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import FAST, PROJECT_ROOT, child_env, compose, write_synthetic_dataset
+from helpers import FAST, child_env, compose, python_cli, write_synthetic_dataset
 
 from vaelab.training import train
 
@@ -215,15 +213,7 @@ def test_bad_input(row, tmp_path, data_root, ckpt):
             else [f"hydra.run.dir={run_dir}"]
         )
         args += [] if any(a.startswith("data.root=") for a in args) else [f"data.root={data_root}"]
-    result = subprocess.run(
-        [sys.executable, *args],
-        cwd=PROJECT_ROOT,
-        env=child_env(**ENVIRONMENT.get(row, {})),
-        capture_output=True,
-        text=True,
-        timeout=180,
-        stdin=subprocess.DEVNULL,
-    )
+    result = python_cli(*args, timeout=180, env=child_env(**ENVIRONMENT.get(row, {})))
     assert result.returncode == 1, (result.returncode, result.stderr[-2000:])
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]

@@ -3,13 +3,11 @@
 import base64
 import csv
 import re
-import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from helpers import FAST, PROJECT_ROOT, child_env, train_cli
+from helpers import FAST, train_cli, vaelab_cli
 from PIL import Image
 
 from vaelab.results.comparison import compare
@@ -136,45 +134,23 @@ def test_curves_come_from_the_csv_logger(sweep_dir):
 
 
 def test_cli_and_errors(sweep_dir, tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "vaelab.compare", str(sweep_dir), "--out", str(tmp_path / "c")],
-        cwd=PROJECT_ROOT,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = vaelab_cli("compare", str(sweep_dir), "--out", str(tmp_path / "c"), timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("compared 4 runs") and (tmp_path / "c" / "report.html").is_file()
-    empty = subprocess.run(
-        [sys.executable, "-m", "vaelab.compare", str(tmp_path / "c")],
-        cwd=PROJECT_ROOT,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    empty = vaelab_cli("compare", str(tmp_path / "c"), timeout=120)
     assert empty.returncode == 1 and empty.stderr.strip().startswith("error: no run folders")
     assert not (tmp_path / "c" / "compare").exists()  # nothing written on error
 
 
 def test_nll_from_vaelab_eval_joins_the_table(sweep_dir, data_root, tmp_path):
     job = sorted(p for p in sweep_dir.iterdir() if p.name.startswith("0_"))[0]
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vaelab.evaluate",
-            f"ckpt={job}/checkpoints/last.ckpt",
-            "k=16",
-            "generation=false",
-            "wandb=false",
-            f"data_root={data_root}",
-        ],
-        cwd=PROJECT_ROOT,
-        env=child_env(),
-        capture_output=True,
-        text=True,
+    result = vaelab_cli(
+        "evaluate",
+        f"ckpt={job}/checkpoints/last.ckpt",
+        "k=16",
+        "generation=false",
+        "wandb=false",
+        f"data_root={data_root}",
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]

@@ -1,12 +1,17 @@
-"""Bad config values: one line naming the key, before anything heavy starts."""
+"""The train config: every option of every group composes, resolves and instantiates; a bad value
+is one line naming the key, before anything heavy starts."""
 
 import re
 
 import pytest
-from helpers import compose
+from helpers import CONFIG_DIR, compose
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from vaelab.config import validate
 from vaelab.errors import ConfigError
+from vaelab.module import VAELitModule
+from vaelab.training import switched_on
 
 BAD = [
     (["model.beta=-1"], "model.beta=-1.0 is not allowed: a number >= 0"),
@@ -92,70 +97,6 @@ def test_every_precision_lightning_accepts_passes(precision, tmp_path):
     validate(compose([f"trainer.precision={precision}"], output_dir=tmp_path))
 
 
-def app_config(name: str, overrides: list[str]):
-    from helpers import CONFIG_DIR, VERSION_BASE
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), **VERSION_BASE):
-        return hydra_compose(config_name=name, overrides=overrides)
-
-
-COMMAND_BAD = [
-    ("eval", ["k=0"], "k=0 is not allowed: an integer >= 1"),
-    ("eval", ["split=train"], "split='train' is not allowed: test or val"),
-    ("eval", ["ood=cifar10"], "ood='cifar10' is not allowed"),
-    ("eval", ["device=tpu"], "device='tpu' is not allowed"),
-    ("eval", ["limit_images=0"], "limit_images=0 is not allowed"),
-    ("sample", ["kind=sketch"], "kind='sketch' is not allowed"),
-    ("sample", ["n=0"], "n=0 is not allowed: an integer >= 1"),
-    ("sample", ["steps=1"], "steps=1 is not allowed: an integer >= 2"),
-    ("sample", ["span=-1"], "span=-1 is not allowed: a number > 0"),
-    ("sample", ["nrow=0"], "nrow=0 is not allowed"),
-    ("sample", ["label=abc"], "label='abc' is not allowed"),
-]
-
-
-@pytest.mark.parametrize(
-    ("command", "overrides", "message"), COMMAND_BAD, ids=[f"{c} {' '.join(o)}" for c, o, _ in COMMAND_BAD]
-)
-def test_bad_eval_or_sample_value_names_the_key(command, overrides, message):
-    from vaelab.command_configs import validate_eval_config, validate_sample_config
-
-    validator = {"eval": validate_eval_config, "sample": validate_sample_config}[command]
-    with pytest.raises(ConfigError, match=re.escape(message)):
-        validator(app_config(command, ["ckpt=x.ckpt", *overrides]))
-
-
-def test_a_sweep_with_a_value_of_the_wrong_type_stops_before_any_job(tmp_path):
-    import subprocess
-    import sys
-
-    from helpers import child_env
-
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vaelab.train",
-            "-m",
-            "data.batch_size=64,abc",
-            "logger=csv",
-            f"hydra.sweep.dir={tmp_path / 'sweep'}",
-        ],
-        cwd=tmp_path,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [
-        "error: Error merging override data.batch_size=abc: Value 'abc' of type 'str' could not be converted to Integer"
-    ]
-    assert not (tmp_path / "sweep").exists()  # no job started, and no sweep folder left behind
-
-
 def test_the_rich_progress_bar_without_rich_names_the_extra(tmp_path, data_root, monkeypatch):
     import importlib.util
 
@@ -166,3 +107,74 @@ def test_the_rich_progress_bar_without_rich_names_the_extra(tmp_path, data_root,
         validate(cfg)
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     validate(cfg)  # with rich there, the same config passes
+
+
+GROUPS = [
+    "data",
+    "model",
+    "likelihood",
+    "annealing",
+    "trainer",
+    "logger",
+    "callbacks",
+    "experiment",
+    "hparams_search",
+    "debug",
+]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def test_every_group_exists_with_options():
+    for group in GROUPS:
+        assert options(group), f"configs/{group}/ has no options"
+    assert {"vae", "beta_vae", "cvae"} <= set(options("model"))
+    assert set(options("annealing")) == {"none", "linear", "cyclical", "sigmoid"}
+    assert {"default", "cpu", "gpu", "ddp", "ddp_spawn"} <= set(options("trainer"))
+    assert {"wandb", "csv", "none"} <= set(options("logger"))
+
+
+ALL_OPTIONS = [(group, option) for group in GROUPS for option in options(group)]
+
+
+@pytest.mark.parametrize(("group", "option"), ALL_OPTIONS, ids=[f"{g}={o}" for g, o in ALL_OPTIONS])
+def test_option_composes_and_instantiates(group, option, tmp_path, data_root):
+    overrides = [f"{group}={option}", "trainer.accelerator=cpu"]
+    cfg = compose(overrides, output_dir=tmp_path, data_root=data_root)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert resolved["paths"]["output_dir"] == str(tmp_path)
+    datamodule = instantiate(cfg.data)
+    module = VAELitModule.from_config(cfg, datamodule)
+    assert module.vae.conditional == resolved["model"]["conditional"]
+    for logger_cfg in (cfg.logger or {}).values():
+        assert logger_cfg._target_.startswith("lightning.pytorch.loggers.")
+    callbacks = cfg.callbacks or {}
+    every = [(name, settings) for name, settings in callbacks.items() if settings is not None]
+    for _, callback_cfg in switched_on(OmegaConf.create({n: {**s, "enabled": True} for n, s in every})):
+        callback = instantiate(callback_cfg)  # each, switched on, builds the class it names with its settings
+        assert f"{type(callback).__module__}.{type(callback).__name__}".endswith(callback_cfg._target_.split(".")[-1])
+        for key, value in callback_cfg.items():
+            if key != "_target_" and hasattr(callback, key) and isinstance(value, int | float | str | bool):
+                assert getattr(callback, key) == value, (callback_cfg._target_, key)
+    if group == "trainer" and option not in ("gpu",):
+        trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+        assert trainer.max_epochs == cfg.trainer.max_epochs
+
+
+def test_command_line_values_reach_the_model(tmp_path):
+    cfg = compose(["model=beta_vae", "model.beta=8", "model.latent_dim=3", "data=fashion_mnist"], output_dir=tmp_path)
+    assert (cfg.model.name, cfg.model.beta, cfg.model.latent_dim, cfg.data.name) == ("beta_vae", 8, 3, "fashion_mnist")
+    assert compose(["model=beta_vae"], output_dir=tmp_path).model.beta == 4.0
+    assert compose(["model=vae"], output_dir=tmp_path).model.beta == 1.0
+    assert cfg.run_name == "beta_vae-fashion_mnist-z3-b8.0-s0"  # model.beta is a float (ModelSchema)
+
+
+def test_data_root_env_override(tmp_path, monkeypatch):
+    monkeypatch.setenv("VAELAB_DATA_DIR", "/somewhere/else")
+    assert compose(output_dir=tmp_path).data.root == "/somewhere/else"
+    monkeypatch.delenv("VAELAB_DATA_DIR")
+    monkeypatch.chdir(tmp_path)  # data and logs follow the folder the command runs in, not the source tree
+    cfg = compose(output_dir=tmp_path)
+    assert (cfg.data.root, cfg.paths.log_dir) == (str(tmp_path / "data"), str(tmp_path / "logs"))

@@ -1,11 +1,9 @@
 """Two-process data-parallel training on the CPU (gloo): trainer=ddp as a real command, ddp_spawn in-process."""
 
 import json
-import subprocess
-import sys
 
 import pytest
-from helpers import FAST, PROJECT_ROOT, assert_metrics_over_every_image, child_env, compose
+from helpers import FAST, assert_metrics_over_every_image, compose, train_cli
 
 from vaelab.results.wandb_offline import find_offline_runs, read_offline_run
 from vaelab.training import train
@@ -28,22 +26,8 @@ def assert_one_run_from_rank_zero(run_dir, world_size=2):
 
 def test_ddp_command_trains_with_two_processes(tmp_path, data_root):
     run_dir = tmp_path / "run"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "trainer=ddp",
-            *TWO_CPUS,
-            *FAST,
-            f"data.root={data_root}",
-            f"hydra.run.dir={run_dir}",
-        ],
-        cwd=PROJECT_ROOT,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
+    result = train_cli(
+        "trainer=ddp", *TWO_CPUS, *FAST, f"data.root={data_root}", f"hydra.run.dir={run_dir}", timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
     log = (run_dir / "train.log").read_text() + result.stdout + result.stderr

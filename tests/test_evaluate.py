@@ -1,12 +1,10 @@
 """vaelab-eval on a checkpoint trained inside the test: JSON, stdout, W&B summary, bad checkpoints."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
-from helpers import FAST, PROJECT_ROOT, child_env, compose
+from helpers import FAST, PROJECT_ROOT, child_env, compose, vaelab_cli
 from omegaconf import OmegaConf
 
 from vaelab.module import VAELitModule
@@ -27,15 +25,7 @@ def trained_run(tmp_path_factory, data_root):
 
 def run_eval(args, cwd=PROJECT_ROOT):
     env = child_env()
-    return subprocess.run(
-        [sys.executable, "-m", "vaelab.evaluate", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
-    )
+    return vaelab_cli("evaluate", *args, timeout=300, cwd=cwd, env=env)
 
 
 def test_eval_writes_json_stdout_and_wandb_summary(trained_run, data_root):

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import PROJECT_ROOT
+from helpers import PROJECT_ROOT, python_cli
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ print(f"hydra {hydra.__version__} omegaconf {omegaconf.__version__}: {len(option
 
 
 def test_every_option_composes_without_a_deprecation_on_hydra_13():
-    result = subprocess.run([sys.executable, "-c", COMPOSE_ALL], capture_output=True, text=True, timeout=300)
+    result = python_cli("-c", COMPOSE_ALL, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "hydra 1.3" in result.stdout
 

@@ -1,13 +1,11 @@
 """Classifier, CVAE class accuracy, classifier-feature FID and out-of-distribution AUROC."""
 
 import json
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import FAST, PROJECT_ROOT, child_env, compose, synthetic_digits
+from helpers import FAST, child_env, compose, synthetic_digits, vaelab_cli
 
 from vaelab.results.evaluation import generation_quality, ood_auroc
 from vaelab.results.image_classifier import (
@@ -94,25 +92,17 @@ def test_eval_reports_cvae_accuracy_fid_and_ood_auroc(classifier_file, data_root
     )
     train(cfg)
     env = child_env()
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vaelab.evaluate",
-            f"ckpt={tmp_path / 'checkpoints' / 'last.ckpt'}",
-            "k=16",
-            f"data_root={data_root}",
-            f"classifier_dir={classifier_file.parent}",
-            "samples_per_class=20",
-            "ood=fashion_mnist",
-            "wandb=false",
-        ],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
+    result = vaelab_cli(
+        "evaluate",
+        f"ckpt={tmp_path / 'checkpoints' / 'last.ckpt'}",
+        "k=16",
+        f"data_root={data_root}",
+        f"classifier_dir={classifier_file.parent}",
+        "samples_per_class=20",
+        "ood=fashion_mnist",
+        "wandb=false",
         timeout=300,
-        stdin=subprocess.DEVNULL,
+        env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     saved = json.loads((tmp_path / "checkpoints" / "last.eval.json").read_text())

@@ -4,13 +4,9 @@ through `python train.py hparams_search=...` (TPE, rate–distortion, pruned and
 import csv
 import json
 import math
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
-from helpers import FAST, PROJECT_ROOT, child_env, train_cli, write_synthetic_dataset
+from helpers import FAST, kill_at_checkpoint, three_killable_epochs, train_cli
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
@@ -230,26 +226,22 @@ def test_directions_that_do_not_match_the_objectives_are_one_line(tmp_path, data
 
 @pytest.mark.slow
 def test_a_killed_search_continues_its_running_trial_in_its_folder(tmp_path):
-    root = write_synthetic_dataset(tmp_path / "data", "mnist", n_train=3000, n_test=100)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     sweep_dir = tmp_path / "killed"
-    args = [sys.executable, "train.py", "hparams_search=optuna", "hydra.sweeper.n_trials=2"]
-    args += [f"hydra.sweeper.storage={storage}", "hydra.sweeper.pruner=null", *FAST, "trainer.max_epochs=3"]
-    args += ["data.batch_size=16", "data.val_size=200", "callbacks.image_panels.every_n_epochs=10", "logger=csv"]
-    args += [f"data.root={root}", f"hydra.sweep.dir={sweep_dir}"]
-    process = subprocess.Popen(args, cwd=PROJECT_ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 400
-    while not list(sweep_dir.glob("0_*/checkpoints/last.ckpt")) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.2)  # into the trial's second epoch
-    process.send_signal(signal.SIGKILL)
-    process.communicate(timeout=60)
+    args = ["hparams_search=optuna", "hydra.sweeper.n_trials=2", f"hydra.sweeper.storage={storage}"]
+    args += [
+        "hydra.sweeper.pruner=null",
+        *three_killable_epochs(tmp_path),
+        "logger=csv",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+    kill_at_checkpoint(args, "0_*/checkpoints/last.ckpt", sweep_dir)  # in the trial's second epoch
     study = optuna.load_study(study_name="vaelab-mnist-vae", storage=storage)
     assert [t.state.name for t in study.trials] == ["RUNNING"]
     (job,) = sweep_dir.glob("0_*")
     assert not (job / "status.json").exists()
 
-    result = subprocess.run(args, cwd=PROJECT_ROOT, env=child_env(), capture_output=True, text=True, timeout=900)
+    result = train_cli(*args, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 trials to run (1 continued)" in result.stdout
     study = optuna.load_study(study_name="vaelab-mnist-vae", storage=storage)

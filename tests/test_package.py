@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import CONFIG_DIR, FAST, PROJECT_ROOT, VERSION_BASE, child_env, write_synthetic_dataset
+from helpers import CONFIG_DIR, FAST, PROJECT_ROOT, child_env, compose, vaelab_cli, write_synthetic_dataset
 
 import vaelab
 from vaelab.errors import ConfigError
@@ -169,24 +169,17 @@ def test_evaluate_agrees_with_vaelab_eval(api_runs, tmp_path):
     vae, _, data_root, _ = api_runs
     scores = vaelab.evaluate(vae.best_checkpoint, k=20, limit_images=30, data_root=str(data_root), generation=False)
     out = tmp_path / "eval.json"
-    cli = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vaelab.evaluate",
-            f"ckpt={vae.best_checkpoint}",
-            "k=20",
-            "limit_images=30",
-            f"data_root={data_root}",
-            "generation=false",
-            "wandb=false",
-            f"out={out}",
-        ],
-        cwd=tmp_path,
-        env=child_env(),
-        capture_output=True,
-        text=True,
+    cli = vaelab_cli(
+        "evaluate",
+        f"ckpt={vae.best_checkpoint}",
+        "k=20",
+        "limit_images=30",
+        f"data_root={data_root}",
+        "generation=false",
+        "wandb=false",
+        f"out={out}",
         timeout=300,
+        cwd=tmp_path,
     )
     assert cli.returncode == 0, cli.stderr
     written = json.loads(out.read_text())
@@ -256,13 +249,16 @@ def test_a_config_folder_of_ones_own(tmp_path):
     (tmp_path / "experiment" / "mine.yaml").write_text(
         "# @package _global_\ndefaults:\n  - override /model: beta_vae\nmodel:\n  beta: 3\n  latent_dim: 5\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "vaelab.train", "--config-dir", str(tmp_path), "experiment=mine", "--cfg", "job"],
+    result = vaelab_cli(
+        "train",
+        "--config-dir",
+        str(tmp_path),
+        "experiment=mine",
+        "--cfg",
+        "job",
+        timeout=60,
         cwd=tmp_path,
         env={**os.environ},
-        capture_output=True,
-        text=True,
-        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert "name: beta_vae" in result.stdout and "beta: 3" in result.stdout and "latent_dim: 5" in result.stdout
@@ -286,11 +282,8 @@ def test_resume_from_python_continues_the_run(tmp_path):
 
 
 def test_the_train_function_outside_hydra_says_what_to_do(tmp_path):
-    from hydra import compose, initialize_config_dir
-
     from vaelab.training import train
 
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), **VERSION_BASE):
-        cfg = compose("train", overrides=[*SMALL, "logger=none"])
+    cfg = compose([*SMALL, "logger=none"])
     with pytest.raises(Exception, match=r"paths.output_dir is not set and no Hydra app is running"):
         train(cfg)

@@ -2,60 +2,31 @@
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
-from helpers import FAST, PROJECT_ROOT, child_env, compose, differing_metrics, write_synthetic_dataset
+from helpers import FAST, compose, differing_metrics, kill_at_checkpoint, three_killable_epochs, train_cli
 
 from vaelab.errors import NonFiniteError
 from vaelab.results.wandb_offline import find_offline_runs, read_offline_run
 from vaelab.training import train
 
 
-def cli(args, tmp_path):
-    env = child_env()
-    return [sys.executable, "train.py", *args], dict(
-        cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-
-
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_metrics_in_the_same_wandb_run(tmp_path):
-    root = write_synthetic_dataset(tmp_path / "data", "mnist", n_train=3000, n_test=100)
-    args = [
-        *FAST,
-        "trainer.max_epochs=3",
-        "trainer.deterministic=true",
-        "data.batch_size=16",
-        "data.val_size=200",
-        "callbacks.image_panels.every_n_epochs=10",
-        f"data.root={root}",
-    ]
+    args = three_killable_epochs(tmp_path)
     whole, killed = tmp_path / "whole", tmp_path / "killed"
 
-    command, options = cli([*args, f"hydra.run.dir={whole}"], tmp_path)
-    assert subprocess.run(command, timeout=600, **options).returncode == 0
+    whole_run = train_cli(*args, f"hydra.run.dir={whole}")
+    assert whole_run.returncode == 0, whole_run.stderr[-3000:]
     expected = json.loads((whole / "status.json").read_text())["metrics"]
 
-    command, options = cli([*args, f"hydra.run.dir={killed}"], tmp_path)
-    process = subprocess.Popen(command, **options)
-    deadline = time.monotonic() + 300
-    while not (killed / "checkpoints" / "last.ckpt").exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.2)  # into the second epoch
-    process.send_signal(signal.SIGKILL)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == -signal.SIGKILL, stderr[-2000:]
+    kill_at_checkpoint([*args, f"hydra.run.dir={killed}"], "checkpoints/last.ckpt", killed, timeout=300)  # in epoch 2
     assert not (killed / "status.json").exists()
     saved_epoch = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["epoch"]
     assert saved_epoch < 2, f"killed too late: last.ckpt is from epoch {saved_epoch}"
 
-    command, options = cli([*args, f"resume={killed}"], tmp_path)
-    result = subprocess.run(command, timeout=600, **options)
+    result = train_cli(*args, f"resume={killed}")
     assert result.returncode == 0, result.stderr[-3000:]
     resumed = json.loads((killed / "status.json").read_text())["metrics"]
     # equal up to float summation order (a wrong data order or random state moves them by nats)
@@ -67,8 +38,7 @@ def test_killed_run_resumes_to_the_same_metrics_in_the_same_wandb_run(tmp_path):
 
 
 def test_resume_of_a_folder_without_checkpoint_is_one_line(tmp_path):
-    command, options = cli(["logger=none", f"resume={tmp_path / 'nothing'}"], tmp_path)
-    result = subprocess.run(command, timeout=120, **options)
+    result = train_cli("logger=none", f"resume={tmp_path / 'nothing'}", cwd=tmp_path)
     assert result.returncode == 1
     assert f"error: resume={tmp_path / 'nothing'}: there is no checkpoints/last.ckpt" in result.stderr
 

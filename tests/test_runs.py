@@ -6,12 +6,20 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import FAST, PROJECT_ROOT, child_env, differing_metrics, snapshot, train_cli, write_synthetic_dataset
+from helpers import (
+    FAST,
+    PROJECT_ROOT,
+    child_env,
+    differing_metrics,
+    kill_at_checkpoint,
+    snapshot,
+    three_killable_epochs,
+    train_cli,
+)
 from omegaconf import OmegaConf
 
 from vaelab.allow_list import check_file_config
@@ -178,35 +186,17 @@ def test_run_names_cannot_lead_out_of_the_log_folder():
 
 @pytest.mark.slow
 def test_a_sweep_killed_during_its_second_job_continues_where_it_stopped(tmp_path):
-    root = write_synthetic_dataset(tmp_path / "data", "mnist", n_train=3000, n_test=100)
-    common = [
-        *FAST,
-        "trainer.max_epochs=3",
-        "trainer.deterministic=true",
-        "data.batch_size=16",
-        "data.val_size=200",
-        "callbacks.image_panels.every_n_epochs=10",
-        f"data.root={root}",
-        "logger=wandb",
-    ]
+    common = [*three_killable_epochs(tmp_path), "logger=wandb"]
     sweep, reference = tmp_path / "sweep", tmp_path / "reference"
-    args = [sys.executable, "train.py", "-m", *common, "model.latent_dim=2,3,4,5", f"hydra.sweep.dir={sweep}"]
-    process = subprocess.Popen(
-        args, cwd=PROJECT_ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    deadline = time.monotonic() + 400
-    while not list(sweep.glob("1_*/checkpoints/last.ckpt")) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.2)  # into job 2's second epoch
-    process.send_signal(signal.SIGKILL)
-    process.communicate(timeout=60)
+    args = ["-m", *common, "model.latent_dim=2,3,4,5", f"hydra.sweep.dir={sweep}"]
+    kill_at_checkpoint(args, "1_*/checkpoints/last.ckpt", sweep)  # in job 2's second epoch
     first = next(sweep.glob("0_*"))
     second = next(sweep.glob("1_*"))
     assert json.loads((first / "status.json").read_text())["status"] == "ok" and not (second / "status.json").exists()
     assert not list(sweep.glob("2_*"))
     first_files = snapshot(first, bookkeeping=())
 
-    result = subprocess.run(args, cwd=PROJECT_ROOT, env=child_env(), capture_output=True, text=True, timeout=900)
+    result = train_cli(*args, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"sweep: job {first.name} finished before (status.json ok): skipped" in result.stdout
     assert snapshot(first, bookkeeping=()) == first_files  # job 1's folder untouched, its log and lock included
@@ -215,14 +205,7 @@ def test_a_sweep_killed_during_its_second_job_continues_where_it_stopped(tmp_pat
     wandb_runs = [read_offline_run(p) for p in find_offline_runs(second)]
     assert len(wandb_runs) == 2 and len({run.run_id for run in wandb_runs}) == 1  # one W&B run, two segments
 
-    uninterrupted = subprocess.run(
-        [sys.executable, "train.py", "-m", *common, "model.latent_dim=3", f"hydra.sweep.dir={reference}"],
-        cwd=PROJECT_ROOT,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    uninterrupted = train_cli("-m", *common, "model.latent_dim=3", f"hydra.sweep.dir={reference}")
     assert uninterrupted.returncode == 0, uninterrupted.stderr[-2000:]
     expected = json.loads(next(reference.glob("0_*/status.json")).read_text())["metrics"]
     resumed = json.loads((second / "status.json").read_text())["metrics"]

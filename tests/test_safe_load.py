@@ -3,14 +3,12 @@ and what they carry never runs (a marker file stays absent, no file is written).
 
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from helpers import CONFIG_DIR, FAST, PROJECT_ROOT, child_env, compose, snapshot
+from helpers import CONFIG_DIR, FAST, compose, python_cli, snapshot, vaelab_cli
 
 from vaelab.allow_list import check_targets, find_targets, is_allowed
 from vaelab.errors import ConfigError
@@ -107,15 +105,7 @@ def test_every_entry_point_refuses_a_crafted_checkpoint_without_running_it(how, 
     run_dir, marker = crafted(good_run, tmp_path, how)
     before = snapshot(run_dir)
     out = tmp_path / "out"
-    result = subprocess.run(
-        [sys.executable, *ENTRY_POINTS[entry](run_dir, out, data_root)],
-        cwd=PROJECT_ROOT,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
-    )
+    result = python_cli(*ENTRY_POINTS[entry](run_dir, out, data_root), timeout=300)
     assert result.returncode == 1, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and MESSAGES[how] in errors[0] and "last.ckpt" in errors[0], result.stderr[-2000:]
@@ -128,15 +118,7 @@ def test_every_entry_point_refuses_a_crafted_checkpoint_without_running_it(how, 
 def test_a_cached_classifier_with_a_pickled_callable_is_refused(tmp_path, data_root):
     marker, cached = tmp_path / "MARKER", tmp_path / "mnist.pt"
     torch.save({"state_dict": {}, "num_classes": 10, "test_accuracy": RunsCode(marker)}, cached)
-    result = subprocess.run(
-        [sys.executable, "-m", "vaelab.classifier", f"out={cached}", f"data.root={data_root}"],
-        cwd=PROJECT_ROOT,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
-    )
+    result = vaelab_cli("classifier", f"out={cached}", f"data.root={data_root}", timeout=300)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"error: classifier={cached} is refused: it holds a pickled object (posix.system)" in result.stderr
     assert not marker.exists()

@@ -1,9 +1,6 @@
-import subprocess
-import sys
-
 import pytest
 import torch
-from helpers import CONFIG_DIR, FAST, PROJECT_ROOT, child_env, compose
+from helpers import CONFIG_DIR, FAST, child_env, compose, vaelab_cli
 from PIL import Image
 
 from vaelab.errors import ConfigError
@@ -41,24 +38,10 @@ def test_label_picks_the_class_of_every_sample(cvae_ckpt):
 def test_cli_writes_the_grid(cvae_ckpt, tmp_path):
     out = tmp_path / "sevens.png"
     env = child_env()
-    result = subprocess.run(
-        [sys.executable, "-m", "vaelab.sample", f"ckpt={cvae_ckpt}", "n=16", "label=7", f"out={out}"],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = vaelab_cli("sample", f"ckpt={cvae_ckpt}", "n=16", "label=7", f"out={out}", timeout=120, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert Image.open(out).size == (2 + 4 * 30, 2 + 4 * 30)  # 4 x 4 images of 28 pixels, 2-pixel padding
-    bad = subprocess.run(
-        [sys.executable, "-m", "vaelab.sample", f"ckpt={cvae_ckpt}", "label=12", f"out={out}"],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    bad = vaelab_cli("sample", f"ckpt={cvae_ckpt}", "label=12", f"out={out}", timeout=120, env=env)
     assert bad.returncode == 1 and "error: label=12 is not allowed" in bad.stderr
 
 
@@ -72,22 +55,8 @@ def test_cli_writes_the_grid(cvae_ckpt, tmp_path):
 )
 def test_cli_writes_traversals_interpolations_and_scatter(cvae_ckpt, data_root, tmp_path, kind, args, size):
     out = tmp_path / f"{kind}.png"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vaelab.sample",
-            f"ckpt={cvae_ckpt}",
-            f"kind={kind}",
-            *args,
-            f"data_root={data_root}",
-            f"out={out}",
-        ],
-        cwd=PROJECT_ROOT,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
+    result = vaelab_cli(
+        "sample", f"ckpt={cvae_ckpt}", f"kind={kind}", *args, f"data_root={data_root}", f"out={out}", timeout=120
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert Image.open(out).size == size

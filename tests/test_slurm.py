@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import FAST, PROJECT_ROOT, assert_metrics_over_every_image, train_cli
+from helpers import FAST, PROJECT_ROOT, assert_metrics_over_every_image, compose, train_cli
 
 from vaelab.results.wandb_offline import find_offline_runs, read_offline_run
 from vaelab.runs import saved_overrides
@@ -278,14 +278,9 @@ def test_a_request_the_cluster_cannot_meet_is_one_line_and_leaves_nothing(
     ],
 )
 def test_the_launcher_asks_for_a_task_per_device_on_each_node(trainer, expected):
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from vaelab.cli import CONFIG_DIR, VERSION_BASE, register_resolvers
-
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), **VERSION_BASE):
-        cfg = compose("train", overrides=["hydra/launcher=slurm", *trainer], return_hydra_config=True)
+    cfg = compose(["hydra/launcher=slurm", *trainer], return_hydra_config=True)
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     assert {key: launcher[key] for key in expected} == expected
     assert launcher["_target_"] == "hydra_plugins.vaelab_launchers.slurm_launcher.SlurmLauncher"

@@ -4,13 +4,11 @@ import csv
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import FAST, PROJECT_ROOT, child_env, compose
+from helpers import FAST, child_env, compose, train_cli
 from hydra.utils import instantiate
 
 from vaelab.module import VAELitModule, skip_nvml_cuda_probe
@@ -212,15 +210,7 @@ def run_cli(args, tmp_path, env_extra=None, timeout=300):
     del env["WANDB_MODE"]  # as a user without W&B set up has it
     env.update({"HOME": str(tmp_path / "home"), "NETRC": str(tmp_path / "no-netrc"), **(env_extra or {})})
     env.pop("WANDB_API_KEY", None)
-    return subprocess.run(
-        [sys.executable, "train.py", *args],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
+    return train_cli(*args, timeout=timeout, env=env)
 
 
 def test_cli_logs_an_offline_wandb_run_without_credentials(tmp_path, data_root):

@@ -16,14 +16,12 @@ import inspect
 import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from helpers import FAST, PROJECT_ROOT, child_env, compose
+from helpers import FAST, child_env, compose, python_cli
 
 from vaelab import allow_list, safe_load
 from vaelab.errors import ConfigError, UserError
@@ -83,18 +81,9 @@ def edit_config(run_dir: Path, change) -> None:
     path.write_text(yaml.safe_dump(config))
 
 
-def run_command(args: list[str], **options) -> subprocess.CompletedProcess:
-    """``python *args`` in the project folder, the secret in its environment; ``options`` go to subprocess.run."""
-    return subprocess.run(
-        [sys.executable, *args],
-        cwd=PROJECT_ROOT,
-        env=child_env(VAELAB_TEST_SECRET=SECRET),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
-        **options,
-    )
+def run_command(args: list[str], **options):
+    """``python *args`` (``python_cli``) with the secret in its environment."""
+    return python_cli(*args, env=child_env(VAELAB_TEST_SECRET=SECRET), timeout=300, **options)
 
 
 def assert_refused(result, *named: str) -> str:
