@@ -60,7 +60,7 @@ def test_the_private_apis_vaelab_relies_on_are_there(tmp_path):
 def test_the_anonymous_argument_lightning_passes_to_wandb_is_dropped(tmp_path):
     from lightning.pytorch.loggers import WandbLogger
 
-    from vaelab.quiet import quiet_wandb_logger
+    from vaelab.workarounds import quiet_wandb_logger
 
     logger = WandbLogger(project="x", save_dir=str(tmp_path), offline=True)
     assert "anonymous" in logger._wandb_init  # what W&B warns about: if this goes, so can quiet_wandb_logger

@@ -15,8 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from vaelab.instantiate import instantiate_setting
 from vaelab.metrics import FINAL_METRICS, IWAE_METRICS
-from vaelab.quiet import quiet_wandb_logger
 from vaelab.wandb_run import WANDB_TARGET, choose_wandb_mode, define_best_metrics, run_id_in
+from vaelab.workarounds import quiet_wandb_logger
 
 log = logging.getLogger(__name__)
 CSV_TARGET = "lightning.pytorch.loggers.CSVLogger"

@@ -13,7 +13,6 @@ current KL weight, beta * schedule(step)). The learning rate is Lightning's Lear
 from __future__ import annotations
 
 import logging
-import os
 import random
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from vaelab.metrics import TERMS
 from vaelab.networks import VAE
 from vaelab.objectives import Objective
 from vaelab.version import __version__
+from vaelab.workarounds import skip_nvml_cuda_probe
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +62,6 @@ def restore_rng_states(states: dict) -> None:
             torch.cuda.set_rng_state_all(states["cuda"])
     except Exception as error:  # noqa: BLE001 - any malformed state means the same to the user
         raise CheckpointError(f"the checkpoint's rng_states cannot be restored: {first_line(error)}") from None
-
-
-def skip_nvml_cuda_probe() -> None:
-    """On a machine without a GPU, let torch.cuda.is_available() use torch's cheap check.
-
-    Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 so that asking whether CUDA is there never
-    initializes CUDA before a fork. torch's optimizers ask once per step, and where there is no
-    GPU each NVML probe tries to load the NVML library again (its cost: docs/benchmarks.md). With
-    no GPU there is no CUDA to keep uninitialized, so the flag is turned off; with one, it stays."""
-    if os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") == "1" and not torch.cuda.is_available():
-        os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "0"
 
 
 def lightning_logs_this_step(trainer: L.Trainer) -> bool:

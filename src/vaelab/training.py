@@ -119,8 +119,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> TrainResult:
     from vaelab.loggers import build_loggers, log_final_hparams
     from vaelab.module import VAELitModule
     from vaelab.optuna_search import is_pruned, objective_names, pruning_callback
-    from vaelab.quiet import quiet_third_party
     from vaelab.wandb_run import finish_wandb
+    from vaelab.workarounds import quiet_third_party
 
     quiet_third_party()
     if logging.getLogger().hasHandlers():  # Hydra's handlers print Lightning's messages already

@@ -9,12 +9,8 @@ Imports only hydra and omegaconf, so ``--help`` and ``--cfg job`` stay fast.
 from __future__ import annotations
 
 import os
-import re
 import sys
 from pathlib import Path
-
-import hydra
-from omegaconf import OmegaConf
 
 from vaelab.compat import upgrade_overrides
 from vaelab.config import register_schemas
@@ -22,31 +18,10 @@ from vaelab.errors import ConfigError, exit_with_error, find_user_error, first_l
 from vaelab.runs import file_name, short_number
 from vaelab.slurm import gpus_per_node
 from vaelab.sweep import SweepSummary, sweep_group
+from vaelab.workarounds import VERSION_BASE, register_resolver  # noqa: F401 - the commands' Hydra settings
 
 # the YAML configs ship inside the package (``vaelab/configs``), so an installed wheel finds them
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-
-
-def release(version: str) -> tuple[int, int]:
-    """(major, minor) of a version string such as ``1.4.0rc3``."""
-    major, minor = version.split(".")[:2]
-    return int(major), int(re.match(r"\d+", minor).group())
-
-
-# Hydra 1.3 warns when version_base is missing, Hydra 1.4 when it is given: ask for 1.3's
-# behaviour on 1.3 only (1.4's defaults are the same for vaelab's configs)
-VERSION_BASE = {"version_base": "1.3"} if release(hydra.__version__) < (1, 4) else {}
-
-
-def register_resolver(name: str, resolver) -> None:
-    """``OmegaConf.register_new_resolver`` (OmegaConf 2.3), renamed ``register_resolver`` in 2.4,
-    where the old name is deprecated; in 2.3 ``register_resolver`` is the legacy string-only API."""
-    import omegaconf
-
-    if release(omegaconf.__version__) >= (2, 4):
-        OmegaConf.register_resolver(name, resolver, replace=True)
-    else:
-        OmegaConf.register_new_resolver(name, resolver, replace=True)
 
 
 def run_dir_for(resume, default: str) -> str:
