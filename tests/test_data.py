@@ -1,6 +1,7 @@
+"""VAEDataModule: seeded splits, epoch order, binarization, batches that match per-sample indexing."""
+
 import pytest
 import torch
-import torchvision
 from helpers import synthetic_digits, write_synthetic_dataset
 
 from vaelab.data import (
@@ -8,9 +9,7 @@ from vaelab.data import (
     VAEDataModule,
     bits_from_noise,
     draw_bits,
-    load_split,
 )
-from vaelab.idx_files import DataCorruptError, DataNotFoundError
 
 
 def make(data_root, **kwargs):
@@ -18,22 +17,6 @@ def make(data_root, **kwargs):
     dm.prepare_data()
     dm.setup("fit")
     return dm
-
-
-@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
-def test_loads_synthetic_idx_through_torchvision(data_root, name):
-    dm = make(data_root, name=name, binarize="none")
-    images, labels = synthetic_digits(240, seed=1, stripes=name == "fashion_mnist")
-    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (200, 40, 60)
-    assert dm.num_classes == 10 and dm.image_shape == (1, 28, 28)
-    x, y = next(iter(dm.train_dataloader()))
-    assert x.shape == (32, 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.int64
-    assert 0.0 <= x.min() and x.max() <= 1.0
-    # every training image, in [0, 1], is one of the written images scaled by 1/255
-    all_x = torch.cat([dm.train_set.images, dm.val_set.images])
-    written = torch.from_numpy(images).float().div(255).unsqueeze(1)
-    assert torch.equal(all_x.sort(dim=0).values, written.sort(dim=0).values)
-    assert sorted(torch.cat([dm.train_set.labels, dm.val_set.labels]).tolist()) == sorted(labels.tolist())
 
 
 def test_split_is_seeded(data_root):
@@ -115,23 +98,6 @@ def test_dynamic_binarization_fixes_val_and_test(data_root):
     assert a.train_set.images.unique().numel() > 2  # kept grey; bits are drawn per batch
 
 
-def test_missing_data_without_download_says_where_and_how(tmp_path):
-    with pytest.raises(DataNotFoundError) as error:
-        load_split("mnist", tmp_path, train=True, download=False)
-    message = str(error.value)
-    assert str(tmp_path / "MNIST" / "raw") in message
-    assert "train-images-idx3-ubyte" in message and "VAELAB_DATA_DIR" in message
-
-
-def test_failed_download_gives_the_same_advice(tmp_path, monkeypatch):
-    # an address that refuses at once, so the test never waits on a network
-    monkeypatch.setattr(torchvision.datasets.FashionMNIST, "mirrors", ["http://127.0.0.1:9/"])
-    with pytest.raises(DataNotFoundError, match="download failed") as error:
-        load_split("fashion_mnist", tmp_path, train=False, download=True)
-    assert str(tmp_path / "FashionMNIST" / "raw") in str(error.value)
-    assert "\n" not in str(error.value)
-
-
 def test_unknown_name_and_binarize_are_refused(data_root):
     with pytest.raises(ValueError, match="data.name"):
         VAEDataModule(name="cifar10")
@@ -144,50 +110,6 @@ def test_written_root_gets_no_extra_files(tmp_path):
     before = sorted(p.relative_to(root) for p in root.rglob("*"))
     make(root)
     assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
-
-
-@pytest.mark.realdata
-def test_real_mnist(real_data_root):
-    dm = make(real_data_root, name="mnist", val_size=5000, binarize="none")
-    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (55000, 5000, 10000)
-    counts = torch.cat([dm.train_set.labels, dm.val_set.labels]).bincount().tolist()
-    assert counts == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
-    mean = dm.test_set.images.mean().item()
-    assert 0.12 < mean < 0.14  # MNIST's mean intensity is about 0.13
-
-
-@pytest.mark.realdata
-def test_real_fashion_mnist(real_data_root):
-    dm = make(real_data_root, name="fashion_mnist", val_size=5000)
-    assert dm.classes[0] == "T-shirt/top" and len(dm.test_set) == 10000
-    assert dm.test_set.labels.bincount().tolist() == [1000] * 10
-
-
-@pytest.mark.parametrize(
-    ("damage", "message"),
-    [
-        ("truncate", "bytes, but its header promises"),
-        ("magic", "not an uncompressed IDX images file (magic number 2049, expected 2051)"),
-        ("count", "holds 240 images but"),
-        ("empty", "not an uncompressed IDX images file (magic number None"),
-    ],
-)
-def test_damaged_idx_files_are_named_in_one_line(tmp_path, damage, message):
-    root = write_synthetic_dataset(tmp_path, "mnist")
-    raw = root / "MNIST" / "raw"
-    images, labels = raw / "train-images-idx3-ubyte", raw / "train-labels-idx1-ubyte"
-    if damage == "truncate":
-        images.write_bytes(images.read_bytes()[:-100])
-    elif damage == "magic":
-        images.write_bytes(labels.read_bytes()[:4] + images.read_bytes()[4:])
-    elif damage == "count":
-        labels.write_bytes(labels.read_bytes()[:-10][:4] + (230).to_bytes(4, "big") + labels.read_bytes()[8:-10])
-    else:
-        images.write_bytes(b"")
-    with pytest.raises(DataCorruptError) as error:
-        load_split("mnist", root, train=True, download=False)
-    assert message in str(error.value) and "\n" not in str(error.value)
-    assert str(images) in str(error.value)
 
 
 def test_fast_path_equals_torchvisions_per_sample_to_tensor(data_root):
@@ -207,3 +129,36 @@ def test_fast_path_equals_torchvisions_per_sample_to_tensor(data_root):
     assert set(draws.unique().tolist()) <= {0.0, 1.0}
     assert (draws.mean(0) - grey).abs().max() < 0.1  # 400 draws: standard error <= 0.025 per pixel
     assert draws.mean().item() == pytest.approx(grey.mean().item(), rel=0.02)
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
+def test_loads_synthetic_idx_through_torchvision(data_root, name):
+    dm = make(data_root, name=name, binarize="none")
+    images, labels = synthetic_digits(240, seed=1, stripes=name == "fashion_mnist")
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (200, 40, 60)
+    assert dm.num_classes == 10 and dm.image_shape == (1, 28, 28)
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (32, 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert 0.0 <= x.min() and x.max() <= 1.0
+    # every training image, in [0, 1], is one of the written images scaled by 1/255
+    all_x = torch.cat([dm.train_set.images, dm.val_set.images])
+    written = torch.from_numpy(images).float().div(255).unsqueeze(1)
+    assert torch.equal(all_x.sort(dim=0).values, written.sort(dim=0).values)
+    assert sorted(torch.cat([dm.train_set.labels, dm.val_set.labels]).tolist()) == sorted(labels.tolist())
+
+
+@pytest.mark.realdata
+def test_real_mnist(real_data_root):
+    dm = make(real_data_root, name="mnist", val_size=5000, binarize="none")
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (55000, 5000, 10000)
+    counts = torch.cat([dm.train_set.labels, dm.val_set.labels]).bincount().tolist()
+    assert counts == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    mean = dm.test_set.images.mean().item()
+    assert 0.12 < mean < 0.14  # MNIST's mean intensity is about 0.13
+
+
+@pytest.mark.realdata
+def test_real_fashion_mnist(real_data_root):
+    dm = make(real_data_root, name="fashion_mnist", val_size=5000)
+    assert dm.classes[0] == "T-shirt/top" and len(dm.test_set) == 10000
+    assert dm.test_set.labels.bincount().tolist() == [1000] * 10

@@ -1,18 +1,20 @@
-import itertools
+"""The closed-form KL, the one Objective (β, annealing, free bits, capacity, IWAE, DReG) and the
+importance-sampled log-likelihood against an exact one."""
+
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributions import Normal, kl_divergence
+from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
 
 from vaelab.annealing import Linear
-from vaelab.networks import MaskedConv2d
+from vaelab.likelihoods import BernoulliLikelihood
 from vaelab.objectives import (
-    BernoulliLikelihood,
-    GaussianLikelihood,
-    LocalAutoregressiveBernoulli,
     Objective,
+    importance_weighted_terms,
+    iwae_bound,
     kl_standard_normal,
 )
 
@@ -28,45 +30,6 @@ def test_kl_is_zero_only_at_the_prior():
     zeros = torch.zeros(3, 4)
     assert torch.equal(kl_standard_normal(zeros, zeros), zeros)
     assert (kl_standard_normal(zeros + 0.1, zeros) > 0).all()
-
-
-def test_bernoulli_log_prob_is_minus_bce_summed_per_image():
-    torch.manual_seed(0)
-    x, logits = torch.rand(4, 1, 28, 28).round(), torch.randn(4, 1, 28, 28)
-    expected = -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(dim=(1, 2, 3))
-    log_prob = BernoulliLikelihood().log_prob(x, logits)
-    assert log_prob.shape == (4,)
-    torch.testing.assert_close(log_prob, expected)
-
-
-def test_bernoulli_log_prob_equals_the_torch_distribution_and_broadcasts_over_samples():
-    torch.manual_seed(0)
-    likelihood = BernoulliLikelihood()
-    x, logits = torch.rand(5, 1, 28, 28).round(), torch.randn(3, 5, 1, 28, 28, requires_grad=True)
-    log_prob = likelihood.log_prob(x, logits)
-    expected = likelihood.distribution(logits, event_dims=3).log_prob(x)
-    assert log_prob.shape == (3, 5)
-    torch.testing.assert_close(log_prob, expected)
-    (grad,) = torch.autograd.grad(log_prob.sum(), logits)
-    torch.testing.assert_close(grad, x - torch.sigmoid(logits.detach()))  # d/dlogit log Bernoulli = x - p
-
-
-def test_gaussian_log_prob_is_scaled_mse_plus_constant():
-    torch.manual_seed(0)
-    sigma, x, decoder_output = 0.3, torch.rand(3, 1, 28, 28), torch.randn(3, 1, 28, 28)
-    squared_error = (x - torch.sigmoid(decoder_output)).square().sum(dim=(1, 2, 3))
-    constant = 784 * (math.log(sigma) + 0.5 * math.log(2 * math.pi))
-    torch.testing.assert_close(
-        GaussianLikelihood(sigma).log_prob(x, decoder_output), -squared_error / (2 * sigma**2) - constant
-    )
-
-
-def test_gaussian_learned_sigma_is_a_parameter_and_gets_gradients():
-    likelihood = GaussianLikelihood(0.5, learn_sigma=True)
-    assert [name for name, _ in likelihood.named_parameters()] == ["log_sigma"]
-    likelihood.log_prob(torch.rand(2, 1, 4, 4), torch.zeros(2, 1, 4, 4)).sum().backward()
-    assert likelihood.log_sigma.grad is not None and likelihood.log_sigma.grad != 0
-    assert list(GaussianLikelihood(0.5).parameters()) == []
 
 
 def batch(seed=0):
@@ -116,63 +79,6 @@ def test_capacity_control_penalises_distance_to_the_ramped_target():
     assert terms["capacity"] == 5.0
     torch.testing.assert_close(terms["loss"], terms["recon"] + 10.0 * (terms["kl"] - 5.0).abs())
     assert objective(x, decoder_output, mean, logvar, step=10_000)["capacity"] == 20.0
-
-
-def test_masked_convolution_sees_only_earlier_pixels():
-    torch.manual_seed(0)
-    for mask in ("A", "B"):
-        conv = MaskedConv2d(1, 4, 5, mask)
-        x = torch.randn(1, 1, 6, 6, requires_grad=True)
-        conv(x)[0, :, 3, 2].sum().backward()  # output pixel (3, 2)
-        seen = x.grad[0, 0] != 0
-        rows, cols = torch.meshgrid(torch.arange(6), torch.arange(6), indexing="ij")
-        earlier = (rows < 3) | ((rows == 3) & (cols < 2))
-        allowed = earlier | ((rows == 3) & (cols == 2)) if mask == "B" else earlier
-        assert not (seen & ~allowed).any()  # nothing at or after the pixel (A), after it (B)
-        assert seen[3, 1] and seen[1, 2] and seen[3, 2] == (mask == "B")
-
-
-def test_autoregressive_bernoulli_sums_to_one_over_every_binary_image():
-    torch.manual_seed(0)
-    likelihood = LocalAutoregressiveBernoulli(channels=3, kernel_size=3)
-    every = torch.tensor(list(itertools.product([0.0, 1.0], repeat=9))).view(512, 1, 3, 3)
-    decoder_output = torch.randn(1, 1, 3, 3).expand(512, 1, 3, 3)  # one z
-    with torch.no_grad():
-        total = likelihood.log_prob(every, decoder_output).double().exp().sum()
-    torch.testing.assert_close(total, torch.tensor(1.0, dtype=torch.float64), atol=1e-5, rtol=0)
-
-
-def test_autoregressive_bernoulli_shares_the_context_across_samples():
-    torch.manual_seed(0)
-    likelihood = LocalAutoregressiveBernoulli(channels=4)
-    x, decoder_output = torch.rand(3, 1, 28, 28).round(), torch.randn(5, 3, 1, 28, 28)  # 5 samples of z per image
-    with torch.no_grad():
-        broadcast = likelihood.log_prob(x, decoder_output)
-        one_by_one = torch.stack([likelihood.log_prob(x, p) for p in decoder_output])
-    assert broadcast.shape == (5, 3)
-    torch.testing.assert_close(broadcast, one_by_one)
-    context = likelihood.context(x)  # blocks of 6 samples (two copies of the batch) give the same logits
-    with torch.no_grad():
-        torch.testing.assert_close(
-            likelihood.logits(context, decoder_output, block=6), likelihood.logits(context, decoder_output, block=10**6)
-        )
-
-
-def test_autoregressive_pictures_are_the_probabilities_of_a_sequential_sample():
-    torch.manual_seed(0)
-    likelihood = LocalAutoregressiveBernoulli(channels=4)
-    decoder_output = torch.randn(2, 1, 12, 10)
-    torch.manual_seed(1)
-    probs = likelihood.image(decoder_output)
-    torch.manual_seed(1)  # the same draws again, to recover the sampled image
-    sample = torch.zeros_like(decoder_output)
-    for row in range(12):
-        for col in range(10):
-            sample[..., row, col] = torch.bernoulli(probs[..., row, col])
-    with torch.no_grad():  # the strip-by-strip probabilities equal the whole-image ones for that image
-        whole = torch.sigmoid(likelihood.logits(likelihood.context(sample), decoder_output))
-    torch.testing.assert_close(probs, whole)
-    assert probs.min() >= 0 and probs.max() <= 1
 
 
 def iwae_inputs(k=5, seed=0):
@@ -276,3 +182,114 @@ def test_dreg_is_unbiased_with_less_variance_than_the_iwae_encoder_gradient():
     standard_error = (iwae.var(0) / len(iwae) + dreg.var(0) / len(dreg)).sqrt()
     assert ((iwae.mean(0) - dreg.mean(0)).abs() < 4 * standard_error).all()  # the same expected gradient
     assert (dreg.var(0) < 0.5 * iwae.var(0)).all()  # and a much less noisy one
+
+
+# The importance-sampled log-likelihood (importance_weighted_terms, iwae_bound) on a linear-Gaussian
+# model, where log p(x) is exact:
+# p(z) = N(0, I), p(x | z) = N(W z + b, s^2 I)  =>  p(x) = N(b, W W^T + s^2 I). With orthogonal
+# columns in W, the exact posterior is diagonal, so the model fits vaelab's Gaussian encoder.
+P, D, SIGMA = 6, 2, 0.5
+
+
+class IdentityGaussian(nn.Module):
+    """p(x | z) = N(decoder_output, s^2 I) summed over the P coordinates."""
+
+    def log_prob(self, x, decoder_output):
+        return Independent(Normal(decoder_output, SIGMA), 1).log_prob(x)
+
+
+class LinearGaussianVAE(nn.Module):
+    conditional = False
+
+    def __init__(self, mean_shift=0.0, var_scale=1.0):
+        super().__init__()
+        q, _ = torch.linalg.qr(torch.randn(P, D, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+        self.W, self.b = (
+            q * torch.tensor([2.0, 0.7], dtype=torch.float64),
+            torch.linspace(-1, 1, P, dtype=torch.float64),
+        )
+        precision = 1 + (self.W * self.W).sum(0) / SIGMA**2  # diagonal of I + W^T W / s^2
+        self.post_var = 1 / precision
+        self.mean_shift, self.var_scale = mean_shift, var_scale
+
+    def encode(self, x, y=None):
+        mean = (x - self.b) @ self.W / SIGMA**2 * self.post_var + self.mean_shift
+        return mean, (self.post_var * self.var_scale).log().expand_as(mean)
+
+    def decode(self, z, y=None):
+        return z @ self.W.T + self.b
+
+    def log_px(self, x):
+        return MultivariateNormal(self.b, self.W @ self.W.T + SIGMA**2 * torch.eye(P, dtype=torch.float64)).log_prob(x)
+
+    def elbo(self, x):
+        """The exact ELBO of the (possibly perturbed) diagonal posterior."""
+        mean, logvar = self.encode(x)
+        residual = x - self.decode(mean)
+        expected_sq = residual.square().sum(-1) + (self.W.square() * logvar.exp()[:, None, :]).sum((-1, -2))
+        recon = -0.5 * P * math.log(2 * math.pi * SIGMA**2) - expected_sq / (2 * SIGMA**2)
+        return recon - kl_standard_normal(mean, logvar).sum(-1)
+
+
+def data(vae, n=5):
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(n, D, generator=g, dtype=torch.float64)
+    return vae.decode(z) + SIGMA * torch.randn(n, P, generator=g, dtype=torch.float64)
+
+
+def test_exact_posterior_gives_exact_log_likelihood_for_every_sample():
+    torch.manual_seed(0)
+    vae = LinearGaussianVAE()
+    x = data(vae)
+    log_w = importance_weighted_terms(vae, IdentityGaussian(), x, None, k=7)[0]
+    assert log_w.shape == (5, 7)
+    torch.testing.assert_close(log_w, vae.log_px(x)[:, None].expand(5, 7))
+    torch.testing.assert_close(iwae_bound(log_w), vae.log_px(x))
+
+
+def test_estimate_converges_to_log_px_as_k_grows():
+    torch.manual_seed(0)
+    vae = LinearGaussianVAE(mean_shift=0.4, var_scale=2.5)
+    x = data(vae)
+    exact = vae.log_px(x)
+    errors = {}
+    for k in (1, 10, 100, 5000):
+        estimates = torch.stack(
+            [iwae_bound(importance_weighted_terms(vae, IdentityGaussian(), x, None, k)[0]) for _ in range(20)]
+        )
+        errors[k] = (estimates.mean(0) - exact).abs().max().item()
+    assert errors[5000] < 0.01
+    assert errors[1] > errors[10] > errors[100] > errors[5000]
+
+
+def test_bound_does_not_get_worse_as_k_grows():
+    torch.manual_seed(0)
+    vae = LinearGaussianVAE(mean_shift=0.4, var_scale=2.5)
+    x = data(vae)
+    means = [
+        torch.stack(
+            [iwae_bound(importance_weighted_terms(vae, IdentityGaussian(), x, None, k)[0]) for _ in range(200)]
+        ).mean()
+        for k in (1, 4, 16, 64, 256)
+    ]
+    assert means == sorted(means)
+    assert means[-1] <= vae.log_px(x).mean() + 1e-3  # still a lower bound in expectation
+
+
+def test_k_equal_one_is_an_unbiased_elbo_estimate():
+    torch.manual_seed(0)
+    vae = LinearGaussianVAE(mean_shift=0.4, var_scale=2.5)
+    x = data(vae, n=3)
+    draws = iwae_bound(importance_weighted_terms(vae, IdentityGaussian(), x.repeat(20_000, 1), None, k=1)[0]).view(
+        20_000, 3
+    )
+    standard_error = draws.std(0) / math.sqrt(20_000)
+    assert ((draws.mean(0) - vae.elbo(x)).abs() < 4 * standard_error).all()
+    assert (vae.elbo(x) < vae.log_px(x)).all()
+
+
+def test_iwae_bound_is_float64_logsumexp():
+    log_w = torch.tensor([[-1000.0, -1000.0, -1001.0]])
+    bound = iwae_bound(log_w)
+    assert bound.dtype == torch.float64
+    assert bound.item() == pytest.approx(-1000 + math.log((2 + math.exp(-1)) / 3))

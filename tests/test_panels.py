@@ -6,8 +6,6 @@ from helpers import FAST, compose
 from PIL import Image
 
 from vaelab import panels
-from vaelab.callbacks import ImagePanels
-from vaelab.errors import ConfigError
 from vaelab.module import VAELitModule
 from vaelab.training import train
 
@@ -93,32 +91,3 @@ def test_interpolation_ends_are_the_reconstructions(runs):
     tile = lambda row, col: grid[0, 2 + row * TILE : 30 + row * TILE, 2 + col * TILE : 30 + col * TILE]  # noqa: E731
     torch.testing.assert_close(tile(1, 0), module.reconstruct(a)[1, 0])
     torch.testing.assert_close(tile(1, 3), module.reconstruct(b)[1, 0])
-
-
-def test_panel_switches_and_intervals():
-    grids = ImagePanels(every_n_epochs=2, panels={"latent_scatter": False, "traversals": 3})
-    assert grids.due(0) == set()
-    assert grids.due(1) == {"reconstructions", "samples", "class_samples", "interpolations", "manifold"}
-    assert grids.due(2) == {"traversals"}
-    with pytest.raises(ConfigError, match=r"callbacks.image_panels.panels.histogram: unknown panel"):
-        ImagePanels(panels={"histogram": True})
-    with pytest.raises(ConfigError, match=r"callbacks.image_panels.panels.samples must be true, false or an interval"):
-        ImagePanels(panels={"samples": -1})
-
-
-def test_switched_off_panels_are_not_made(tmp_path, data_root):
-    train(
-        compose(
-            [
-                *FAST,
-                "logger=none",
-                "test=false",
-                "callbacks.image_panels.panels.latent_scatter=false",
-                "callbacks.image_panels.panels.traversals=false",
-            ],
-            output_dir=tmp_path,
-            data_root=data_root,
-        )
-    )
-    made = {p.name for p in (tmp_path / "images").iterdir()}
-    assert made == {"reconstructions", "samples", "interpolations"}

@@ -3,7 +3,6 @@
 import csv
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ import torch
 from helpers import FAST, child_env, compose, train_cli
 from hydra.utils import instantiate
 
-from vaelab.module import VAELitModule, skip_nvml_cuda_probe
+from vaelab.module import VAELitModule
 from vaelab.results.wandb_offline import find_offline_runs, read_offline_run
 from vaelab.training import train
 
@@ -66,16 +65,6 @@ def test_one_training_step_updates_every_parameter(overrides, tmp_path, data_roo
         assert {"train/iwae", "val/iwae"} <= set(metrics)
     unchanged = [name for name, p in module.named_parameters() if torch.equal(p, before[name])]
     assert unchanged == []
-
-
-def test_nvml_cuda_probe_is_off_only_without_a_gpu(monkeypatch):
-    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    skip_nvml_cuda_probe()
-    assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "1"  # a GPU: CUDA must stay fork-safe
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    skip_nvml_cuda_probe()
-    assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "0"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the NVML probe stays on")

@@ -1,10 +1,14 @@
-"""A tiny default run prints only vaelab's lines, Lightning's model summary and progress bar, and
-W&B's offline notice: a new third-party line or warning fails here."""
+"""The workarounds: a tiny default run prints only vaelab's lines, Lightning's model summary and
+progress bar, and W&B's offline notice (a new third-party line or warning fails here); the NVML
+probe is off only without a GPU."""
 
 import os
 import re
 
+import torch
 from helpers import child_env, train_cli
+
+from vaelab.workarounds import skip_nvml_cuda_probe
 
 # the third-party warnings a tiny run may print (message start); add one only with a reason
 KNOWN_WARNINGS = {
@@ -50,3 +54,13 @@ def test_a_tiny_default_run_prints_nothing_else(tmp_path, data_root):
     assert sum(line.startswith("wandb: ") for line in lines) == 3  # the offline notice, once
     assert any("final metrics (nats per image)" in line for line in lines)
     assert any(line.startswith("┏") for line in lines)  # the model summary is still there
+
+
+def test_nvml_cuda_probe_is_off_only_without_a_gpu(monkeypatch):
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    skip_nvml_cuda_probe()
+    assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "1"  # a GPU: CUDA must stay fork-safe
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    skip_nvml_cuda_probe()
+    assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "0"
