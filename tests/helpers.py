@@ -18,7 +18,7 @@ from vaelab.cli import CONFIG_DIR, VERSION_BASE  # noqa: F401 - the packaged con
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("VAELAB_DATA_DIR", PROJECT_ROOT.parent / "shared" / "data"))
-FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "kmnist": "KMNIST"}
 
 
 def write_idx_images(path: Path, images: np.ndarray) -> None:
@@ -69,6 +69,28 @@ FAST = [
     "data.eval_batch_size=64",
     "data.val_size=40",
 ]
+
+
+def write_image_folder(
+    root: Path, per_class: int = 12, classes: int = 2, size: tuple[int, int] = (40, 36), rgb: bool = True
+) -> Path:
+    """Generated images in ``root/<class>/`` (or ``root/`` with ``classes=0``), PNG and JPEG in
+    turn, each class a bright block in its own corner over noise, grey or RGB, of ``size`` (H, W)."""
+    import torch
+    from torchvision.io import encode_jpeg, write_png
+
+    generator = torch.Generator().manual_seed(0)
+    for label in range(max(classes, 1)):
+        folder = root / f"class_{label}" if classes else root
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            image = (torch.rand(3 if rgb else 1, *size, generator=generator) * 60).to(torch.uint8)
+            image[:, 4 * label : 4 * label + 12, 4 * label : 4 * label + 12] = 250
+            if i % 2:
+                (folder / f"{i:03d}.jpg").write_bytes(encode_jpeg(image, quality=95).numpy().tobytes())
+            else:
+                write_png(image, str(folder / f"{i:03d}.png"))
+    return root
 
 
 def three_killable_epochs(tmp_path: Path) -> list[str]:

@@ -104,3 +104,25 @@ def test_the_path_check_refuses_what_leads_out_and_keeps_what_stays_in(tmp_path)
         with pytest.raises(ConfigError, match=r"c\.dirpath="):
             allow_list.check_paths({"c": {**checkpoint, "dirpath": dirpath}}, "f", run_dir, None)
     allow_list.check_paths({"c": {**checkpoint, "dirpath": "relative"}}, "f", run_dir, None, trusted=["c.dirpath"])
+
+
+def test_a_data_set_from_a_file_is_read_as_data_and_its_folder_never_written(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from vaelab.allow_list import check_file_config
+
+    def data_config(**data):
+        target = {"_target_": "vaelab.data.VAEDataModule"}
+        return OmegaConf.create({"data": {**target, "root": str(tmp_path / "theirs"), **data}})
+
+    pickled = data_config(source="torchvision", name="CIFAR10")
+    with pytest.raises(ConfigError, match=r"data.name='CIFAR10' is refused in a config read from a file: .* pickle"):
+        check_file_config(pickled, "resume=R", tmp_path / "run")
+    monkeypatch.setenv("VAELAB_TRUSTED_TARGETS", "torchvision.datasets.CIFAR10")
+    check_file_config(pickled, "resume=R", tmp_path / "run")  # the user's own choice
+    folder = data_config(source="folder", name="folder", cache=True, download=True)
+    check_file_config(folder, "resume=R", tmp_path / "run", data_dir=tmp_path / "mine")
+    assert (folder.data.cache, folder.data.download) == (False, False)  # read, never cached or downloaded into
+    mine = data_config(source="folder", name="folder", cache=True)
+    check_file_config(mine, "resume=R", tmp_path / "run", data_dir=tmp_path / "theirs")
+    assert mine.data.cache is True  # the data folder this command names is the user's

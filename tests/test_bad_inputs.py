@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import FAST, child_env, compose, python_cli, write_synthetic_dataset
+from helpers import FAST, child_env, compose, python_cli, write_image_folder, write_synthetic_dataset
 
 from vaelab.training import train
 
@@ -36,6 +36,14 @@ def damaged_data(root: Path, how: str) -> Path:
     return root
 
 
+def broken_image_folder(root):
+    """A folder of images whose first file is cut short."""
+    write_image_folder(root, per_class=4, classes=2)
+    first = root / "class_0" / "000.png"
+    first.write_bytes(first.read_bytes()[:60])
+    return root
+
+
 def train_cmd(*overrides):
     return ["train.py", *FAST, *overrides]
 
@@ -54,6 +62,19 @@ ROWS = {
     "missing data": (
         lambda t, d, c: train_cmd(f"data.root={t / 'nowhere'}", "data.download=false"),
         "mnist data not found in",
+    ),
+    "not a folder of images": (
+        lambda t, d, c: train_cmd("data=folder", f"data.root={t / 'no_images'}", "data.val_size=null"),
+        "no_images is not a folder of images",
+    ),
+    "an unreadable image with bad_files=error": (
+        lambda t, d, c: train_cmd(
+            "data=folder",
+            f"data.root={broken_image_folder(t / 'images')}",
+            "data.val_size=null",
+            "data.bad_files=error",
+        ),
+        "class_0/000.png is not a readable PNG or JPEG image",
     ),
     "truncated IDX file": (
         lambda t, d, c: train_cmd(f"data.root={damaged_data(t / 'cut', 'truncated')}"),

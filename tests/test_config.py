@@ -4,7 +4,7 @@ is one line naming the key, before anything heavy starts."""
 import re
 
 import pytest
-from helpers import CONFIG_DIR, compose
+from helpers import CONFIG_DIR, compose, write_image_folder, write_synthetic_dataset
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -142,10 +142,17 @@ ALL_OPTIONS = [(group, option) for group in GROUPS for option in options(group)]
 @pytest.mark.parametrize(("group", "option"), ALL_OPTIONS, ids=[f"{g}={o}" for g, o in ALL_OPTIONS])
 def test_option_composes_and_instantiates(group, option, tmp_path, data_root):
     overrides = [f"{group}={option}", "trainer.accelerator=cpu"]
+    if (group, option) == ("data", "folder"):
+        data_root = write_image_folder(tmp_path / "images")
+    else:
+        overrides.append("data.val_size=40")  # of the 240 synthetic training images
+        if (group, option) == ("data", "torchvision"):
+            data_root = write_synthetic_dataset(tmp_path / "data", "kmnist")
     cfg = compose(overrides, output_dir=tmp_path, data_root=data_root)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert resolved["paths"]["output_dir"] == str(tmp_path)
     datamodule = instantiate(cfg.data)
+    datamodule.setup()  # reads the images: their shape builds the networks
     module = VAELitModule.from_config(cfg, datamodule)
     assert module.vae.conditional == resolved["model"]["conditional"]
     for logger_cfg in (cfg.logger or {}).values():

@@ -1,8 +1,10 @@
 """VAEDataModule: seeded splits, epoch order, binarization, batches that match per-sample indexing."""
 
+import math
+
 import pytest
 import torch
-from helpers import synthetic_digits, write_synthetic_dataset
+from helpers import FAST, synthetic_digits, write_image_folder, write_synthetic_dataset
 
 from vaelab.data import (
     InMemoryImages,
@@ -10,6 +12,7 @@ from vaelab.data import (
     bits_from_noise,
     draw_bits,
 )
+from vaelab.errors import ConfigError, DataNotFoundError
 
 
 def make(data_root, **kwargs):
@@ -162,3 +165,40 @@ def test_real_fashion_mnist(real_data_root):
     dm = make(real_data_root, name="fashion_mnist", val_size=5000)
     assert dm.classes[0] == "T-shirt/top" and len(dm.test_set) == 10000
     assert dm.test_set.labels.bincount().tolist() == [1000] * 10
+
+
+def test_a_folder_of_rgb_images_trains_evaluates_and_resumes(tmp_path):
+    import vaelab
+
+    root = write_image_folder(tmp_path / "images", per_class=20, classes=2, size=(40, 36))
+    run = tmp_path / "run"
+    settings = [*FAST, "data=folder", f"data.root={root}", "model/net=conv", "logger=csv", "data.val_size=null"]
+    result = vaelab.train([*settings, f"hydra.run.dir={run}"])
+    checkpoint = torch.load(result.last_checkpoint, weights_only=True)
+    assert checkpoint["hyper_parameters"]["image_shape"] == (3, 32, 32)
+    assert {p.name for p in (run / "images").iterdir()} >= {"samples", "reconstructions", "latent_scatter"}
+    evaluated = vaelab.evaluate(result.last_checkpoint, k=4, generation=False)
+    assert evaluated["test/n_images"] == 4  # 0.1 of the 40 images, the same four every time
+    assert evaluated["test/bits_per_dim"] == pytest.approx(evaluated["test/nll"] / (3 * 32 * 32 * math.log(2)))
+    resumed = vaelab.train([f"resume={run}", "trainer.max_epochs=2"])
+    assert torch.load(resumed.last_checkpoint, weights_only=True)["epoch"] == 1
+
+
+def test_a_torchvision_data_set_on_disk_is_read_without_a_download(tmp_path):
+    root = write_synthetic_dataset(tmp_path / "data", "kmnist", n_train=50, n_test=20)
+    dm = VAEDataModule(source="torchvision", name="KMNIST", root=str(root), val_size=None, download=False)
+    dm.setup()
+    assert dm.image_shape == (1, 28, 28) and len(dm.classes) == 10
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (45, 5, 20)
+    small = VAEDataModule(
+        source="torchvision", name="torchvision.datasets.KMNIST", root=str(root), val_size=5, image_size=16
+    )
+    small.setup()
+    assert small.train_set.images.shape[1:] == (1, 16, 16)
+    missing = r"data.name=QMNIST: its training files are not under .*data.download=true"
+    with pytest.raises(DataNotFoundError, match=missing):
+        VAEDataModule(source="torchvision", name="QMNIST", root=str(root), download=False).setup()
+    with pytest.raises(ConfigError, match=r"data.name='os.system' is not allowed: a class of torchvision.datasets"):
+        VAEDataModule(source="torchvision", name="os.system", root=str(root))
+    with pytest.raises(ConfigError, match=r"data.name='utils' is not a data set class of torchvision.datasets"):
+        VAEDataModule(source="torchvision", name="utils", root=str(root)).setup()

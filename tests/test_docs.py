@@ -5,7 +5,7 @@ import shlex
 from pathlib import Path
 
 import pytest
-from helpers import CONFIG_DIR, PROJECT_ROOT
+from helpers import CONFIG_DIR, PROJECT_ROOT, write_image_folder
 
 from vaelab.api import compose, without_hydra
 from vaelab.config import validate
@@ -63,7 +63,9 @@ def test_the_docs_name_training_commands():
 def test_every_documented_training_command_composes(doc, command, tmp_path):
     if any(flag in command for flag in NEEDS_MORE):
         pytest.skip("needs a config folder of the user's (tests/test_package.py runs one)")
-    validate(without_hydra(compose("train", overrides_of(command)), tmp_path))
+    images = write_image_folder(tmp_path / "images")  # the docs' stand-in for the reader's own folder
+    overrides = [o.replace("/path/to/images", str(images)) for o in overrides_of(command)]
+    validate(without_hydra(compose("train", overrides), tmp_path))
 
 
 def test_every_config_group_and_option_is_in_configuration_md():

@@ -157,7 +157,11 @@ NOT_PATHS = {
     },
     "vaelab.image_panels.ImagePanels": {"traversal_dims": "a count", "scatter_images": "a count"},
     "vaelab.callbacks.Throughput": {"log_every_n_steps": "a count"},
-    "vaelab.data.VAEDataModule": {"name": "a data set name, checked against DATA_NAMES"},
+    "vaelab.data.VAEDataModule": {
+        "name": "a data set name: DATA_NAMES, a torchvision class (check_data_source) or a label",
+        "source": "builtin, torchvision or folder (DataSchema)",
+        "bad_files": "skip or error (DataSchema)",
+    },
     "vaelab.callbacks.CollapseMonitor": {},
 }
 for _former, _current in FORMER_TARGETS.items():  # a former path is checked as the class it names now
@@ -323,10 +327,11 @@ def check_paths(data, source: str, run_dir: str | Path, data_dir: str | Path | N
             if kind == "part":
                 ok = "/" not in text and "\\" not in text and ".." not in text and "\0" not in text
                 rule = "one file-name part (no / or ..)"
-            elif kind == "data":  # read anywhere, written (downloaded into) only where the user said
+            elif kind == "data":  # read anywhere, written (downloaded into, cached in) only where the user said
                 ok, rule = "\0" not in text, "a folder name"
-                if node.get("download") and not same_folder(text, data_dir) and not inside(text, run_dir):
-                    node["download"] = False
+                for writes in ("download", "cache"):
+                    if node.get(writes) and not same_folder(text, data_dir) and not inside(text, run_dir):
+                        node[writes] = False
             else:
                 ok = "\0" not in text and inside(text, run_dir)
                 rule = f"inside the run folder {run_dir}"
@@ -377,8 +382,9 @@ def check_file_config(config: DictConfig, source: str, run_dir: str | Path, data
     check_interpolations(OmegaConf.to_container(config, resolve=False), source)
     data = resolved(config, source)
     check_checkpoint_config(data, source, run_dir, data_dir, trusted)
-    if (data.get("data") or {}).get("download") is False and (config.get("data") or {}).get("download"):
-        config.data.download = False  # check_paths: a data root from the file is read, never downloaded into
+    for writes in ("download", "cache"):  # check_paths: a data root from the file is read, never written into
+        if (data.get("data") or {}).get(writes) is False and (config.get("data") or {}).get(writes):
+            config.data[writes] = False
 
 
 def check_checkpoint_config(data: dict, source: str, run_dir=None, data_dir=None, trusted=()) -> None:
@@ -394,3 +400,22 @@ def check_checkpoint_config(data: dict, source: str, run_dir=None, data_dir=None
     if isinstance(trainer, dict) and trainer.get("model_registry") is not None:
         raise ConfigError(f"{source}: trainer.model_registry must be null in a config read from a file")
     check_paths(data, source, run_dir if run_dir is not None else os.devnull + "/none", data_dir, trusted)
+    check_data_source(data.get("data") if isinstance(data, dict) else None, source)
+
+
+# torchvision data sets whose files are read without pickle (IDX, MAT, raw binary); CIFAR and
+# others unpickle their files, which would run code from a folder someone else prepared
+FILE_SAFE_TORCHVISION = frozenset({"MNIST", "FashionMNIST", "KMNIST", "EMNIST", "QMNIST", "SVHN", "STL10"})
+
+
+def check_data_source(data: dict | None, source: str) -> None:
+    """A torchvision data set named by a config read from a file must be one whose files are read
+    as data (FILE_SAFE_TORCHVISION), or trusted by the user (VAELAB_TRUSTED_TARGETS)."""
+    if not isinstance(data, dict) or data.get("source") != "torchvision":
+        return
+    name = str(data.get("name", "")).removeprefix("torchvision.datasets.")
+    if name not in FILE_SAFE_TORCHVISION and not trusted_by_the_user(f"torchvision.datasets.{name}"):
+        raise ConfigError(
+            f"{source}: data.name={name!r} is refused in a config read from a file: torchvision reads its files "
+            f"with pickle, which can run code; trust it with {TRUSTED_TARGETS_VARIABLE}=torchvision.datasets.{name}"
+        )

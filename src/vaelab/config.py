@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from vaelab.errors import ConfigError, require
+from vaelab.errors import ConfigError, DataNotFoundError, require
 from vaelab.instantiate import instantiate_setting
 
-DATA_NAMES = ("mnist", "fashion_mnist")
+DATA_NAMES = ("mnist", "fashion_mnist")  # data.source=builtin
+DATA_SOURCES = ("builtin", "torchvision", "folder")
+MAX_IMAGE_SIZE = 1024  # a typo must not allocate gigabytes per image
 BINARIZE = ("none", "static", "dynamic")
 # vaelab-sample kind=...
 PICTURE_KINDS = ("samples", "traversals", "interpolations", "manifold", "scatter")
@@ -45,7 +48,7 @@ class DataSchema:
     root: str = "data"
     batch_size: int = 128
     eval_batch_size: int = 1000
-    val_size: int = 5000
+    val_size: int | None = 5000
     binarize: str = "dynamic"
     split_seed: int = 0
     binarize_seed: int = 0
@@ -53,14 +56,47 @@ class DataSchema:
     num_workers: int = 0
     shuffle_seed: int = 0
     data_on_device: bool = True
+    source: str = "builtin"
+    image_size: int | None = None
+    channels: int | None = None
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    bad_files: str = "skip"
+    cache: bool = True
 
     def __post_init__(self):
-        require(self.name in DATA_NAMES, "data.name", self.name, f"one of {', '.join(DATA_NAMES)}")
+        require(self.source in DATA_SOURCES, "data.source", self.source, f"one of {', '.join(DATA_SOURCES)}")
+        if self.source == "builtin":
+            require(self.name in DATA_NAMES, "data.name", self.name, f"one of {', '.join(DATA_NAMES)}")
+            require(
+                self.val_size is not None and 0 <= self.val_size < 60_000,
+                "data.val_size",
+                self.val_size,
+                "an integer in [0, 60000)",
+            )
+        elif self.source == "torchvision":
+            name = self.name.removeprefix("torchvision.datasets.")
+            require(name.isidentifier(), "data.name", self.name, "a class of torchvision.datasets, e.g. KMNIST")
+        require(self.val_size is None or self.val_size >= 0, "data.val_size", self.val_size, "null or an integer >= 0")
         require(self.binarize in BINARIZE, "data.binarize", self.binarize, f"one of {', '.join(BINARIZE)}")
         require(self.batch_size >= 1, "data.batch_size", self.batch_size, "an integer >= 1")
         require(self.eval_batch_size >= 1, "data.eval_batch_size", self.eval_batch_size, "an integer >= 1")
-        require(0 <= self.val_size < 60_000, "data.val_size", self.val_size, "an integer in [0, 60000)")
         require(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0")
+        require(
+            self.image_size is None or 4 <= self.image_size <= MAX_IMAGE_SIZE,
+            "data.image_size",
+            self.image_size,
+            f"null or an integer in [4, {MAX_IMAGE_SIZE}]",
+        )
+        require(self.channels in (None, 1, 3), "data.channels", self.channels, "null, 1 (grey) or 3 (RGB)")
+        fractions = (self.val_fraction, self.test_fraction)
+        require(
+            all(0 <= f < 1 for f in fractions) and sum(fractions) < 1,
+            "data.val_fraction and data.test_fraction",
+            fractions,
+            "each in [0, 1), their sum below 1",
+        )
+        require(self.bad_files in ("skip", "error"), "data.bad_files", self.bad_files, "skip or error")
 
 
 @dataclass
@@ -337,4 +373,7 @@ def validate(cfg: DictConfig) -> None:
 
         if importlib.util.find_spec("rich") is None:  # Lightning would stop with its own traceback
             raise ConfigError("callbacks.rich_progress_bar: needs the rich package: pip install 'vaelab[rich]'")
-    check_data_files(cfg.data.name, cfg.data.root, bool(cfg.data.download))
+    if cfg.data.get("source", "builtin") == "builtin":
+        check_data_files(cfg.data.name, cfg.data.root, bool(cfg.data.download))
+    elif cfg.data.source == "folder" and not Path(str(cfg.data.root)).expanduser().is_dir():
+        raise DataNotFoundError(f"data.root={cfg.data.root} is not a folder of images")

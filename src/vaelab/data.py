@@ -1,8 +1,14 @@
-"""MNIST and Fashion-MNIST as one LightningDataModule, served from in-memory tensors.
+"""Every data set as one LightningDataModule, served from in-memory tensors.
 
-torchvision's dataset classes decode the IDX files once into uint8 tensors. They are
-converted once to float32 images of shape (N, 1, 28, 28) with values in [0, 1], and every
-batch is a slice of those tensors: there is no per-sample PIL transform and no collate loop.
+Where the images come from (``source``):
+- ``builtin``: MNIST or Fashion-MNIST (``name``), their IDX files read by torchvision;
+- ``torchvision``: a class of ``torchvision.datasets`` (``name``, e.g. KMNIST or CIFAR10);
+- ``folder``: a folder of PNG and JPEG files (``root``; class subfolders give the labels), decoded
+  once and cached (``vaelab.image_folder``), split into train/val/test by ``split_seed``.
+
+The images are decoded once into uint8 tensors, resized and centre-cropped to ``image_size``
+when it is set, converted once to float32 (N, C, H, W) in [0, 1], and every batch is a slice of
+those tensors: there is no per-sample PIL transform and no collate loop.
 
 Binarization (``binarize``):
 - ``none``: grey levels in [0, 1].
@@ -19,8 +25,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vaelab.config import DataSchema, check
-from vaelab.datasets import DATASETS, load_split, to_float_images
+from vaelab.datasets import DATASETS, load_split, load_torchvision, resize_images, to_float_images
 from vaelab.errors import ConfigError
+from vaelab.image_folder import load_folder
 
 
 def binarize_once(images: torch.Tensor, seed: int) -> torch.Tensor:
@@ -113,10 +120,12 @@ class EpochShuffle(Sampler):
 
 
 class VAEDataModule(L.LightningDataModule):
-    """MNIST or Fashion-MNIST: a seeded train/val split of the 60k training images, and the 10k test set.
+    """A seeded train/val split of the training images and a test set (a data set's own, or a
+    seeded share of a folder's images).
 
-    Batches are ``(x, y)``: x float32 (B, 1, 28, 28) in [0, 1] (or {0, 1} when binarized),
-    y int64 (B,) class labels.
+    Batches are ``(x, y)``: x float32 (B, C, H, W) in [0, 1] (or {0, 1} when binarized), y int64
+    (B,) class labels. ``image_shape`` is (C, H, W): (1, 28, 28) for MNIST, the images' own (or
+    ``image_size``) otherwise, known once the images are read (``setup``).
     """
 
     def __init__(
@@ -125,7 +134,7 @@ class VAEDataModule(L.LightningDataModule):
         root: str = "data",
         batch_size: int = 128,
         eval_batch_size: int = 1000,
-        val_size: int = 5000,
+        val_size: int | None = 5000,
         binarize: str = "dynamic",
         split_seed: int = 0,
         binarize_seed: int = 0,
@@ -133,6 +142,13 @@ class VAEDataModule(L.LightningDataModule):
         num_workers: int = 0,
         shuffle_seed: int = 0,
         data_on_device: bool = True,
+        source: str = "builtin",
+        image_size: int | None = None,
+        channels: int | None = None,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        bad_files: str = "skip",
+        cache: bool = True,
     ):
         super().__init__()
         check(
@@ -146,6 +162,13 @@ class VAEDataModule(L.LightningDataModule):
                 "val_size": val_size,
                 "binarize": binarize,
                 "num_workers": num_workers,
+                "source": source,
+                "image_size": image_size,
+                "channels": channels,
+                "val_fraction": val_fraction,
+                "test_fraction": test_fraction,
+                "bad_files": bad_files,
+                "cache": cache,
             },
         )
         self.name = name
@@ -160,8 +183,11 @@ class VAEDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.shuffle_seed = shuffle_seed
         self.data_on_device = data_on_device
-        self.image_shape = (1, 28, 28)
-        self.classes: list[str] = list(DATASETS[name].classes)
+        self.source, self.image_size, self.channels, self.bad_files = source, image_size, channels, bad_files
+        self.val_fraction, self.test_fraction, self.cache = val_fraction, test_fraction, cache
+        builtin = source == "builtin"
+        self.image_shape = (1, image_size or 28, image_size or 28) if builtin else None  # else known once read
+        self.classes: list[str] = list(DATASETS[name].classes) if builtin else []
         self.train_set = self.val_set = self.test_set = None
 
     @property
@@ -171,8 +197,9 @@ class VAEDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         if self.train_set is not None:  # already read (train.py reads the data before starting loggers)
             return
-        for train in (True, False):
-            load_split(self.name, self.root, train, self.download)
+        if self.source == "builtin":
+            for train in (True, False):
+                load_split(self.name, self.root, train, self.download)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
@@ -182,22 +209,49 @@ class VAEDataModule(L.LightningDataModule):
             for dataset in (self.train_set, self.val_set, self.test_set):
                 dataset.to(device)
 
+    def read_images(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(train images, train labels, test images, test labels): uint8 (N, C, H, W) and int64
+        (N,), from the source, at ``image_size`` when it is set; ``classes`` is set on the way."""
+        if self.source == "folder":
+            folder = load_folder(self.root, self.image_size, self.channels, self.bad_files, self.cache)
+            self.classes = folder.classes
+            n = len(folder.labels)
+            test_count = round(self.test_fraction * n)
+            if n - test_count < 2:
+                raise ConfigError(f"data.root={self.root} has {n} usable images: too few to split (at least 3)")
+            # its own seed, so that a different split_seed for validation leaves the test set as it is
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed + 1_000_003))
+            test, train = order[:test_count], order[test_count:]
+            return folder.images[train], folder.labels[train], folder.images[test], folder.labels[test]
+        read = load_split if self.source == "builtin" else load_torchvision
+        train_images, train_labels, self.classes = read(self.name, self.root, True, self.download)
+        test_images, test_labels, _ = read(self.name, self.root, False, self.download)
+        train_images, test_images = (x.unsqueeze(1) if x.dim() == 3 else x for x in (train_images, test_images))
+        channels = self.channels or train_images.shape[1]
+        if channels != train_images.shape[1]:
+            raise ConfigError(f"data.channels={self.channels}: {self.name} has {train_images.shape[1]}-channel images")
+        if self.image_size is not None:
+            train_images, test_images = (resize_images(x, self.image_size) for x in (train_images, test_images))
+        return train_images, train_labels, test_images, test_labels
+
     def load(self) -> None:
-        """Read the IDX files, split, binarize: the three in-memory data sets (on the CPU)."""
-        train_images, train_labels, self.classes = load_split(self.name, self.root, True, self.download)
-        test_images, test_labels, _ = load_split(self.name, self.root, False, self.download)
-        if not 0 <= self.val_size < len(train_labels):
-            raise ConfigError(f"data.val_size must be in [0, {len(train_labels)}), got {self.val_size}")
-        order = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(self.split_seed))
-        val_index, train_index = order[: self.val_size], order[self.val_size :]
-        train_x, val_x, test_x = (to_float_images(train_images[i]) for i in (train_index, val_index, slice(None)))
+        """Read the images, split, binarize: the three in-memory data sets (on the CPU)."""
+        train_images, train_labels, test_images, test_labels = self.read_images()
+        n_train = len(train_labels)
+        val_size = self.val_size if self.val_size is not None else round(self.val_fraction * n_train)
+        if not 0 <= val_size < n_train:
+            raise ConfigError(f"data.val_size must be in [0, {n_train}), got {val_size}")
+        self.image_shape = tuple(train_images.shape[1:])
+        order = torch.randperm(n_train, generator=torch.Generator().manual_seed(self.split_seed))
+        val_index, train_index = order[:val_size], order[val_size:]
+        train_x, val_x, test_x = (
+            to_float_images(x) for x in (train_images[train_index], train_images[val_index], test_images)
+        )
         if self.binarize == "static":
             train_x = binarize_once(train_x, self.binarize_seed)
         if self.binarize in ("static", "dynamic"):
             val_x = binarize_once(val_x, self.binarize_seed + 1)
-            test_x = binarize_once(to_float_images(test_images), self.binarize_seed + 2)
-        else:
-            test_x = to_float_images(test_images)
+            test_x = binarize_once(test_x, self.binarize_seed + 2)
         self.train_set = InMemoryImages(train_x, train_labels[train_index], self.binarize == "dynamic")
         self.val_set = InMemoryImages(val_x, train_labels[val_index])
         self.test_set = InMemoryImages(test_x, test_labels)
@@ -250,6 +304,7 @@ class VAEDataModule(L.LightningDataModule):
             split_seed=self.split_seed,
             binarize_seed=self.binarize_seed,
             download=self.download,
+            image_size=self.image_size,
         )
         other.setup("test")
         return other

@@ -13,6 +13,7 @@ current KL weight, beta * schedule(step)). The learning rate is Lightning's Lear
 from __future__ import annotations
 
 import logging
+import os
 import random
 from pathlib import Path
 
@@ -138,6 +139,8 @@ class VAELitModule(L.LightningModule):
         settings = {
             key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "likelihood", "annealing", "data")
         }
+        if datamodule.image_shape is None:  # a folder or torchvision data set: known once its images are read
+            datamodule.setup()
         try:
             return cls(**settings, image_shape=datamodule.image_shape, num_classes=datamodule.num_classes)
         except Exception as error:  # noqa: BLE001 - a network, likelihood or schedule refused its settings
@@ -181,6 +184,8 @@ class VAELitModule(L.LightningModule):
         data = dict(self.hparams.get("data") or {})
         if not data:
             raise CheckpointError("the checkpoint holds no data config (written by an older vaelab)")
+        if not data_root and data.get("source", "builtin") == "builtin":  # where this machine keeps MNIST
+            data_root = os.environ.get("VAELAB_DATA_DIR")
         if data_root:
             data["root"] = data_root
         else:

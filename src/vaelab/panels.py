@@ -133,7 +133,9 @@ def latent_scatter(
     fig = Figure(figsize=(size_inches, size_inches), dpi=dpi)
     canvas = FigureCanvasAgg(fig)
     ax = fig.subplots()
-    points = ax.scatter(xs, ys, c=labels, cmap="tab10", vmin=-0.5, vmax=9.5, s=4, alpha=0.7, linewidths=0)
+    classes = len(class_names) if class_names else int(labels.max()) + 1 if len(labels) else 1
+    cmap = "tab10" if classes <= 10 else "tab20" if classes <= 20 else "viridis"
+    points = ax.scatter(xs, ys, c=labels, cmap=cmap, vmin=-0.5, vmax=classes - 0.5, s=4, alpha=0.7, linewidths=0)
 
     def kl_text(dim: int) -> str:
         known = kl_per_dim is not None and len(kl_per_dim) == mean.shape[1]
@@ -142,10 +144,11 @@ def latent_scatter(
     ax.set_xlabel(f"z[{dims[0]}] posterior mean{kl_text(dims[0])}")
     ax.set_ylabel(f"z[{dims[1]}] posterior mean{kl_text(dims[1])}" if len(dims) > 1 else "(one latent dimension)")
     ax.set_title(f"{title} ({len(mean)} images)")
-    bar = fig.colorbar(points, ax=ax, ticks=range(10))
+    ticks = range(classes) if classes <= 20 else None  # more classes: a colour scale without names
+    bar = fig.colorbar(points, ax=ax, ticks=ticks)
     bar.set_label("class")
-    if class_names:
-        bar.set_ticklabels(list(class_names)[:10])
+    if class_names and ticks is not None:
+        bar.set_ticklabels(list(class_names))
     fig.tight_layout()
     canvas.draw()
     rgba = torch.frombuffer(bytearray(canvas.buffer_rgba()), dtype=torch.uint8)

@@ -135,6 +135,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> TrainResult:
     L.seed_everything(cfg.seed, workers=True)
     try:
         datamodule = instantiate_setting(cfg.data, "data")
+        datamodule.setup()  # missing or damaged data fails here, before any logger writes a file; the image shape
         module = VAELitModule.from_config(cfg, datamodule)
         module.run_record = {
             "commit": source_commit(),
@@ -153,7 +154,6 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> TrainResult:
         pruning = pruning_callback(objective_names(cfg.get("optimized_metric")))  # a trial of an Optuna study
         if pruning is not None:
             callbacks.append(pruning)
-        datamodule.setup()  # missing or damaged data fails here, before any logger writes a file
         ckpt_path, resume_step, metrics_before = None, None, {}
         if resume_from:  # checked against this model before Lightning loads it
             key, ckpt_path = resume_from
