@@ -1,5 +1,6 @@
 """VAEDataModule: seeded splits, epoch order, binarization, batches that match per-sample indexing."""
 
+import json
 import math
 
 import pytest
@@ -177,6 +178,11 @@ def test_a_folder_of_rgb_images_trains_evaluates_and_resumes(tmp_path):
     checkpoint = torch.load(result.last_checkpoint, weights_only=True)
     assert checkpoint["hyper_parameters"]["image_shape"] == (3, 32, 32)
     assert {p.name for p in (run / "images").iterdir()} >= {"samples", "reconstructions", "latent_scatter"}
+    split = json.loads((run / "data_split.json").read_text())  # the files of each split, saved with the run
+    assert [len(split[name]) for name in ("train", "val", "test")] == [32, 4, 4]
+    assert sorted(sum(split.values(), [])) == sorted(
+        p.relative_to(root).as_posix() for p in root.rglob("*") if p.suffix in (".png", ".jpg")
+    )
     evaluated = vaelab.evaluate(result.last_checkpoint, k=4, generation=False)
     assert evaluated["test/n_images"] == 4  # 0.1 of the 40 images, the same four every time
     assert evaluated["test/bits_per_dim"] == pytest.approx(evaluated["test/nll"] / (3 * 32 * 32 * math.log(2)))

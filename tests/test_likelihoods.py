@@ -3,6 +3,7 @@
 import itertools
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -108,3 +109,65 @@ def test_autoregressive_pictures_are_the_probabilities_of_a_sequential_sample():
         whole = torch.sigmoid(likelihood.logits(likelihood.context(sample), decoder_output))
     torch.testing.assert_close(probs, whole)
     assert probs.min() >= 0 and probs.max() <= 1
+
+
+def test_the_discretized_logistic_puts_mass_one_on_the_256_values_of_a_pixel():
+    from vaelab.likelihoods import DiscretizedLogistic
+
+    likelihood = DiscretizedLogistic(image_shape=(1, 1, 1))
+    values = torch.arange(256, dtype=torch.float32).div(255).view(256, 1, 1, 1)
+    for log_scale in (-9.0, -5.0, -3.0, 0.0, 2.0):  # from a spike on one value to nearly flat
+        likelihood.log_scale.data.fill_(log_scale)
+        for logit in (-8.0, -1.3, 0.0, 0.7, 6.0):  # means near 0, in between and near 1
+            log_p = likelihood.log_prob(values, torch.full((256, 1, 1, 1), logit))
+            assert torch.logsumexp(log_p, 0).item() == pytest.approx(0.0, abs=1e-4), (log_scale, logit)
+    # a peaked logistic gives its mean's value almost all the mass
+    likelihood.log_scale.data.fill_(-9.0)
+    log_p = likelihood.log_prob(values, torch.full((256, 1, 1, 1), math.log(100 / 155)))  # mean 100/255
+    assert log_p.argmax().item() == 100 and log_p[100].exp().item() > 0.99
+
+
+def test_the_discretized_logistic_learns_a_scale_per_channel_and_sums_over_the_image():
+    from vaelab.likelihoods import DiscretizedLogistic
+
+    likelihood = DiscretizedLogistic(image_shape=(3, 4, 4))
+    assert likelihood.log_scale.shape == (3, 1, 1)
+    x = torch.randint(0, 256, (2, 3, 4, 4)).float().div(255)
+    out = torch.randn(5, 2, 3, 4, 4, requires_grad=True)
+    log_p = likelihood.log_prob(x, out)
+    assert log_p.shape == (5, 2) and torch.isfinite(log_p).all() and (log_p < 0).all()
+    log_p.sum().backward()
+    assert likelihood.log_scale.grad is not None and torch.isfinite(out.grad).all()
+
+
+def test_a_uniform_8_bit_model_is_8_bits_per_dimension():
+    """With q(z | x) = p(z) every importance weight is p(x | z): a likelihood of 1/256 for every
+    value of every pixel must come out of vaelab-eval's arithmetic as exactly 8 bits per dimension."""
+    from vaelab.module import VAELitModule
+    from vaelab.results.evaluation import evaluate_split
+
+    class Uniform8Bit(torch.nn.Module):
+        def log_prob(self, x, decoder_output):
+            return torch.full(decoder_output.shape[:-3], -math.prod(x.shape[-3:]) * math.log(256))
+
+    model = {
+        "latent_dim": 4,
+        "net": {
+            "encoder": {"_target_": "vaelab.networks.MLPEncoder", "hidden_dims": [8]},
+            "decoder": {"_target_": "vaelab.networks.MLPDecoder", "hidden_dims": [8]},
+        },
+    }
+    module = VAELitModule(
+        model,
+        {"_target_": "vaelab.likelihoods.BernoulliLikelihood"},
+        {"_target_": "vaelab.annealing.Constant"},
+        image_shape=(3, 8, 8),
+        diagnostics=False,
+    )
+    for head in (module.vae.encoder.heads.mean, module.vae.encoder.heads.logvar):
+        torch.nn.init.zeros_(head.weight), torch.nn.init.zeros_(head.bias)  # q(z | x) = N(0, I) = p(z)
+    module.objective.likelihood = Uniform8Bit()
+    images = torch.randint(0, 256, (6, 3, 8, 8)).float().div(255)
+    results = evaluate_split(module, images, torch.zeros(6, dtype=torch.long), k=16, mi_images=6)
+    assert results["nll"] == pytest.approx(3 * 8 * 8 * math.log(256))
+    assert results["bits_per_dim"] == pytest.approx(8.0)

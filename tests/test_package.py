@@ -281,9 +281,9 @@ def test_resume_from_python_continues_the_run(tmp_path):
     assert checkpoint["vaelab"]["config"]["paths"]["output_dir"] == str(first.run_dir)
 
 
-def test_the_train_function_outside_hydra_says_what_to_do(tmp_path):
+def test_the_train_function_outside_hydra_says_what_to_do(tmp_path, data_root):
     from vaelab.training import train
 
-    cfg = compose([*SMALL, "logger=none"])
+    cfg = compose([*SMALL, "logger=none"], data_root=data_root)
     with pytest.raises(Exception, match=r"paths.output_dir is not set and no Hydra app is running"):
         train(cfg)

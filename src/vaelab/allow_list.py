@@ -64,6 +64,7 @@ VAELAB_CLASSES = frozenset(
         "likelihoods.BernoulliLikelihood",
         "likelihoods.GaussianLikelihood",
         "likelihoods.LocalAutoregressiveBernoulli",
+        "likelihoods.DiscretizedLogistic",
     )
 ) | frozenset(FORMER_TARGETS)
 # Lightning's callbacks and loggers that write only where their arguments say (checked below) and
@@ -157,6 +158,7 @@ NOT_PATHS = {
     },
     "vaelab.image_panels.ImagePanels": {"traversal_dims": "a count", "scatter_images": "a count"},
     "vaelab.callbacks.Throughput": {"log_every_n_steps": "a count"},
+    "vaelab.likelihoods.DiscretizedLogistic": {"log_scale": "a number: the logistic's initial log scale"},
     "vaelab.data.VAEDataModule": {
         "name": "a data set name: DATA_NAMES, a torchvision class (check_data_source) or a label",
         "source": "builtin, torchvision or folder (DataSchema)",

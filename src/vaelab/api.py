@@ -52,16 +52,39 @@ def without_hydra(cfg: DictConfig, output_dir: Path) -> DictConfig:
     return cfg
 
 
-def train(overrides: list[str] | tuple[str, ...] = ()):
+def tensor_overrides(data, labels) -> list[str]:
+    """The data overrides for images handed over from Python (``vaelab.tensor_data``), which
+    the user's own overrides, given after them, may change (e.g. ``data.binarize=dynamic``)."""
+    from vaelab.tensor_data import register
+
+    key, summary = register(data, labels)
+    return [
+        "data.source=tensors",
+        "data.name=tensors",
+        f"data.tensor_key={key}",
+        f"data.tensor_summary='{summary}'",
+        "data.val_size=null",
+        "data.binarize=none",
+    ]
+
+
+def train(overrides: list[str] | tuple[str, ...] = (), data=None, labels=None):
     """Train one run with the command line's overrides, e.g. ``["model=beta_vae", "model.beta=4"]``.
 
     The run goes to ``./logs/runs/<time>_<run_name>/`` (``paths.log_dir=...``, ``hydra.run.dir=...``
     move it; ``resume=RUN_DIR`` continues a run). Returns a ``vaelab.training.TrainResult``: ``metrics``
-    (floats, nats per image), ``run_dir``, ``best_checkpoint``, ``last_checkpoint``."""
+    (floats, nats per image), ``run_dir``, ``best_checkpoint``, ``last_checkpoint``.
+
+    ``data``: your own images instead of the ``data`` config's: a tensor or NumPy array (N, C, H, W)
+    or (N, H, W), uint8 or float in [0, 1], or a ``torch.utils.data.Dataset`` of images or (image,
+    label) pairs; ``labels``: (N,) class numbers (else those of the Dataset, else one class). A
+    seeded tenth of them is the test set and a tenth of the rest the validation set."""
     from vaelab.runs import check_can_create, check_folder_contents
     from vaelab.training import run_in_folder
 
     overrides = upgrade_overrides(list(overrides))
+    if data is not None:
+        overrides = [*tensor_overrides(data, labels), *overrides]
     if any(o.startswith(("hparams_search=", "hydra/sweeper", "hydra/launcher")) for o in overrides):
         raise ConfigError("vaelab.train runs one job: sweep with the command line (vaelab-train -m ...)")
     cfg = compose("train", overrides)
@@ -80,12 +103,17 @@ def load(checkpoint: str | Path, device: str = "cpu"):
     return VAELitModule.from_checkpoint(checkpoint, device, key="checkpoint")
 
 
-def evaluate(checkpoint: str | Path, k: int = 5000, split: str = "test", **settings) -> dict:
+def evaluate(checkpoint: str | Path, k: int = 5000, split: str = "test", data=None, labels=None, **settings) -> dict:
     """The ``vaelab-eval`` results of a checkpoint as a dict (``<split>/nll``, ``<split>/elbo``, ...,
     nats per image), computed without writing a file or a W&B summary. ``settings`` are vaelab-eval's
-    other keys, e.g. ``limit_images=1000``, ``data_root=...``, ``generation=False``, ``device="cpu"``."""
+    other keys, e.g. ``limit_images=1000``, ``data_root=...``, ``generation=False``, ``device="cpu"``.
+    ``data``/``labels``: the images a run trained with ``vaelab.train(data=...)`` was given, again."""
     from vaelab.command_configs import validate_eval_config
     from vaelab.results.evaluation import evaluate_checkpoint
+    from vaelab.tensor_data import register
+
+    if data is not None:
+        register(data, labels)  # found by its key, the one the checkpoint recorded
 
     cfg = without_hydra(compose("eval"), Path.cwd())
     for key, value in {"ckpt": str(checkpoint), "k": k, "split": split, **settings}.items():

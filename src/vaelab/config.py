@@ -21,7 +21,7 @@ from vaelab.errors import ConfigError, DataNotFoundError, require
 from vaelab.instantiate import instantiate_setting
 
 DATA_NAMES = ("mnist", "fashion_mnist")  # data.source=builtin
-DATA_SOURCES = ("builtin", "torchvision", "folder")
+DATA_SOURCES = ("builtin", "torchvision", "folder", "tensors")  # tensors: from Python (vaelab.train(data=...))
 MAX_IMAGE_SIZE = 1024  # a typo must not allocate gigabytes per image
 BINARIZE = ("none", "static", "dynamic")
 # vaelab-sample kind=...
@@ -63,6 +63,8 @@ class DataSchema:
     test_fraction: float = 0.1
     bad_files: str = "skip"
     cache: bool = True
+    tensor_key: str | None = None
+    tensor_summary: str | None = None
 
     def __post_init__(self):
         require(self.source in DATA_SOURCES, "data.source", self.source, f"one of {', '.join(DATA_SOURCES)}")

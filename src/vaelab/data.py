@@ -28,6 +28,7 @@ from vaelab.config import DataSchema, check
 from vaelab.datasets import DATASETS, load_split, load_torchvision, resize_images, to_float_images
 from vaelab.errors import ConfigError
 from vaelab.image_folder import load_folder
+from vaelab.tensor_data import registered
 
 
 def binarize_once(images: torch.Tensor, seed: int) -> torch.Tensor:
@@ -149,6 +150,8 @@ class VAEDataModule(L.LightningDataModule):
         test_fraction: float = 0.1,
         bad_files: str = "skip",
         cache: bool = True,
+        tensor_key: str | None = None,
+        tensor_summary: str | None = None,
     ):
         super().__init__()
         check(
@@ -169,6 +172,8 @@ class VAEDataModule(L.LightningDataModule):
                 "test_fraction": test_fraction,
                 "bad_files": bad_files,
                 "cache": cache,
+                "tensor_key": tensor_key,
+                "tensor_summary": tensor_summary,
             },
         )
         self.name = name
@@ -185,6 +190,9 @@ class VAEDataModule(L.LightningDataModule):
         self.data_on_device = data_on_device
         self.source, self.image_size, self.channels, self.bad_files = source, image_size, channels, bad_files
         self.val_fraction, self.test_fraction, self.cache = val_fraction, test_fraction, cache
+        self.tensor_key, self.tensor_summary = tensor_key, tensor_summary
+        self.pool: tuple[list[str], list[str]] | None = None  # a folder's (train, test) files
+        self.split_record: dict[str, list[str]] | None = None  # a folder's files per split, saved with the run
         builtin = source == "builtin"
         self.image_shape = (1, image_size or 28, image_size or 28) if builtin else None  # else known once read
         self.classes: list[str] = list(DATASETS[name].classes) if builtin else []
@@ -212,17 +220,25 @@ class VAEDataModule(L.LightningDataModule):
     def read_images(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(train images, train labels, test images, test labels): uint8 (N, C, H, W) and int64
         (N,), from the source, at ``image_size`` when it is set; ``classes`` is set on the way."""
-        if self.source == "folder":
-            folder = load_folder(self.root, self.image_size, self.channels, self.bad_files, self.cache)
-            self.classes = folder.classes
-            n = len(folder.labels)
+        if self.source in ("folder", "tensors"):  # one pool of images: a seeded share is the test set
+            if self.source == "folder":
+                folder = load_folder(self.root, self.image_size, self.channels, self.bad_files, self.cache)
+                images, labels, self.classes = folder.images, folder.labels, folder.classes
+            else:
+                images, labels = registered(self.tensor_key, self.tensor_summary)
+                self.classes = [str(c) for c in range(int(labels.max()) + 1)]
+                if self.image_size is not None and images.dtype == torch.uint8:
+                    images = resize_images(images, self.image_size)
+            n = len(labels)
             test_count = round(self.test_fraction * n)
             if n - test_count < 2:
-                raise ConfigError(f"data.root={self.root} has {n} usable images: too few to split (at least 3)")
+                raise ConfigError(f"data: {n} usable images are too few to split into train, val and test")
             # its own seed, so that a different split_seed for validation leaves the test set as it is
             order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed + 1_000_003))
             test, train = order[:test_count], order[test_count:]
-            return folder.images[train], folder.labels[train], folder.images[test], folder.labels[test]
+            if self.source == "folder":  # the files of each split, for split_record
+                self.pool = ([folder.files[i] for i in train.tolist()], [folder.files[i] for i in test.tolist()])
+            return images[train], labels[train], images[test], labels[test]
         read = load_split if self.source == "builtin" else load_torchvision
         train_images, train_labels, self.classes = read(self.name, self.root, True, self.download)
         test_images, test_labels, _ = read(self.name, self.root, False, self.download)
@@ -252,6 +268,13 @@ class VAEDataModule(L.LightningDataModule):
         if self.binarize in ("static", "dynamic"):
             val_x = binarize_once(val_x, self.binarize_seed + 1)
             test_x = binarize_once(test_x, self.binarize_seed + 2)
+        if self.pool is not None:
+            train_files, test_files = self.pool
+            self.split_record = {
+                "train": [train_files[i] for i in train_index.tolist()],
+                "val": [train_files[i] for i in val_index.tolist()],
+                "test": test_files,
+            }
         self.train_set = InMemoryImages(train_x, train_labels[train_index], self.binarize == "dynamic")
         self.val_set = InMemoryImages(val_x, train_labels[val_index])
         self.test_set = InMemoryImages(test_x, test_labels)

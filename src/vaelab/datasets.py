@@ -64,8 +64,10 @@ def _download(cls, name: str, root: str, train: bool):
 
 
 def to_float_images(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, C, H, W), or (N, H, W) for one channel -> float32 (N, C, H, W) in [0, 1]."""
-    return (images.unsqueeze(1) if images.dim() == 3 else images).float().div_(255.0)
+    """uint8 (N, C, H, W), or (N, H, W) for one channel -> float32 (N, C, H, W) in [0, 1]; float
+    images (already in [0, 1]) are kept as they are."""
+    images = images.unsqueeze(1) if images.dim() == 3 else images
+    return images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
 
 
 def torchvision_class(name: str):

@@ -78,6 +78,17 @@ def lightning_logs_this_step(trainer: L.Trainer) -> bool:
     return bool(connector.should_update_logs or trainer.fast_dev_run)
 
 
+def likelihood_shape(config: dict, image_shape) -> dict:
+    """``{"image_shape": ...}`` for a likelihood class that takes the data's shape (``takes_image_shape``)."""
+    from hydra.utils import get_object
+
+    try:
+        found = get_object(str(config.get("_target_")))
+    except Exception:  # noqa: BLE001 - instantiate_setting reports a bad target in one line
+        return {}
+    return {"image_shape": tuple(image_shape)} if getattr(found, "takes_image_shape", False) else {}
+
+
 class VAELitModule(L.LightningModule):
     """Args:
     model: the ``model`` config: latent_dim, beta, conditional, free_bits, capacity, importance_samples, dreg,
@@ -118,7 +129,7 @@ class VAELitModule(L.LightningModule):
         decoder = instantiate_setting(model["net"]["decoder"], "model.net.decoder", **common)
         self.vae = VAE(encoder, decoder, latent_dim, num_classes=label_classes)
         self.objective = Objective(
-            likelihood=instantiate_setting(likelihood, "likelihood"),
+            likelihood=instantiate_setting(likelihood, "likelihood", **likelihood_shape(likelihood, image_shape)),
             beta=model.get("beta", 1.0),
             schedule=instantiate_setting(annealing, "annealing"),
             free_bits=model.get("free_bits", 0.0),

@@ -49,6 +49,7 @@ CONFIG_FILE = Path(".hydra") / "config.yaml"  # the config a run trains with (Hy
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"  # in CHECKPOINT_DIR, written at every epoch's end
+DATA_SPLIT_FILE = "data_split.json"  # a folder's files per split (train, val, test)
 _MISSING = object()
 
 

@@ -9,6 +9,7 @@ Python API (``vaelab.api``) both call ``run_in_folder``. torch and Lightning are
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vaelab.errors import TrialPruned, UserError, find_user_error
 from vaelab.runs import (
+    DATA_SPLIT_FILE,
     FolderInUseError,
     FolderLock,
     checkpoint_dir,
@@ -29,6 +31,7 @@ from vaelab.runs import (
     remove_if_empty,
     save_run_config,
     source_commit,
+    write_file,
     write_status,
 )
 from vaelab.slurm import SchedulerStopped, stop_on_sigterm
@@ -136,6 +139,9 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> TrainResult:
     try:
         datamodule = instantiate_setting(cfg.data, "data")
         datamodule.setup()  # missing or damaged data fails here, before any logger writes a file; the image shape
+        if datamodule.split_record is not None and is_global_zero():  # which files a folder's run trained on
+            split = json.dumps(datamodule.split_record, indent=1) + "\n"
+            write_file(Path(cfg.paths.output_dir) / DATA_SPLIT_FILE, split, root=cfg.paths.output_dir)
         module = VAELitModule.from_config(cfg, datamodule)
         module.run_record = {
             "commit": source_commit(),
