@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from vaelab.errors import ConfigError
 from vaelab.networks import VAE, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, activation_layer
 
 SHAPE = (1, 28, 28)
@@ -64,3 +65,23 @@ def test_unknown_activation_is_named():
     assert isinstance(activation_layer("Tanh"), torch.nn.Tanh)
     with pytest.raises(ValueError, match="Relu"):
         activation_layer("Relu")
+
+
+@pytest.mark.parametrize(
+    ("image_shape", "channels"),
+    [((1, 28, 28), (32, 64)), ((3, 32, 32), (32, 64)), ((3, 64, 64), (32, 64, 128)), ((1, 64, 64), (8, 16, 32, 64))],
+)
+def test_the_conv_net_takes_one_stride_2_layer_per_channel_entry(image_shape, channels):
+    encoder = ConvEncoder(image_shape, latent_dim=5, channels=channels, hidden_dim=32)
+    decoder = ConvDecoder(image_shape, latent_dim=5, channels=channels, hidden_dim=32)
+    mean, logvar = encoder(torch.rand(2, *image_shape))
+    assert mean.shape == logvar.shape == (2, 5) and decoder(mean).shape == (2, *image_shape)
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in encoder.modules()) == len(channels)
+    if len(channels) == 2:  # the parameter names of checkpoints written with two layers stay the same
+        assert {"features.0.weight", "features.2.weight"} <= set(encoder.state_dict())
+        assert {"deconv.0.weight", "deconv.2.weight"} <= set(decoder.state_dict())
+
+
+def test_a_size_the_conv_layers_cannot_halve_is_one_line():
+    with pytest.raises(ConfigError, match=r"3 stride-2 layers needs image sides divisible by 8, got \(1, 28, 28\)"):
+        ConvEncoder((1, 28, 28), latent_dim=4, channels=(8, 16, 32))

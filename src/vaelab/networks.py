@@ -81,46 +81,57 @@ class MLPDecoder(nn.Module):
 
 
 class ConvEncoder(nn.Module):
-    """x (B, C, 28, 28) -> two stride-2 convolutions (32, 64 channels) -> 7x7 -> [+ c] -> MLP -> mean, logvar."""
+    """x (B, C, H, W) -> one stride-2 convolution per entry of ``channels`` (32, 64: 28x28 -> 7x7)
+    -> [+ c] -> MLP -> mean, logvar (B, D). H and W must divide by 2 ** len(channels); larger
+    images take more entries (64x64 with 32, 64, 128 -> 8x8)."""
 
     def __init__(
         self, image_shape, latent_dim: int, cond_dim: int = 0, channels=(32, 64), hidden_dim=256, activation="ReLU"
     ):
         super().__init__()
         in_channels, height, width = image_shape
-        if height % 4 or width % 4:
-            raise ConfigError(f"ConvEncoder needs image sides divisible by 4, got {tuple(image_shape)}")
-        c1, c2 = channels
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, c1, 4, stride=2, padding=1),
-            activation_layer(activation),
-            nn.Conv2d(c1, c2, 4, stride=2, padding=1),
-            activation_layer(activation),
-            nn.Flatten(),
-        )
-        self.body = mlp([c2 * (height // 4) * (width // 4) + cond_dim, hidden_dim], activation)
+        factor = conv_factor(image_shape, channels, "ConvEncoder")
+        layers = []
+        for n_in, n_out in zip([in_channels, *channels[:-1]], channels, strict=True):
+            layers += [nn.Conv2d(n_in, n_out, 4, stride=2, padding=1), activation_layer(activation)]
+        self.features = nn.Sequential(*layers, nn.Flatten())
+        self.body = mlp([channels[-1] * (height // factor) * (width // factor) + cond_dim, hidden_dim], activation)
         self.heads = GaussianHeads(hidden_dim, latent_dim)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None):
         return self.heads(self.body(with_condition(self.features(x), c)))
 
 
+def conv_factor(image_shape, channels, name: str) -> int:
+    """2 ** len(channels), the factor the stride-2 layers shrink the image by; a ConfigError
+    naming the sizes when the image's sides do not divide by it."""
+    if len(channels) < 1:
+        raise ConfigError(f"{name} needs at least one entry in channels, got {list(channels)}")
+    factor = 2 ** len(channels)
+    if image_shape[1] % factor or image_shape[2] % factor:
+        raise ConfigError(
+            f"{name} with {len(channels)} stride-2 layers needs image sides divisible by {factor}, "
+            f"got {tuple(image_shape)}: set data.image_size, or give channels fewer entries"
+        )
+    return factor
+
+
 class ConvDecoder(nn.Module):
-    """z (B, D) [+ c] -> MLP -> 64x7x7 -> two stride-2 transposed convolutions -> (B, C, 28, 28)."""
+    """z (B, D) [+ c] -> MLP -> (channels[-1], H / 2**L, W / 2**L) -> one stride-2 transposed
+    convolution per entry of ``channels``, in reverse -> (B, C, H, W)."""
 
     def __init__(
         self, image_shape, latent_dim: int, cond_dim: int = 0, channels=(32, 64), hidden_dim=256, activation="ReLU"
     ):
         super().__init__()
         out_channels, height, width = image_shape
-        c1, c2 = channels
-        self.grid = (c2, height // 4, width // 4)
+        factor = conv_factor(image_shape, channels, "ConvDecoder")
+        self.grid = (channels[-1], height // factor, width // factor)
         self.body = mlp([latent_dim + cond_dim, hidden_dim, math.prod(self.grid)], activation)
-        self.deconv = nn.Sequential(
-            nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1),
-            activation_layer(activation),
-            nn.ConvTranspose2d(c1, out_channels, 4, stride=2, padding=1),
-        )
+        layers = []
+        for n_in, n_out in zip(channels[::-1], [*channels[::-1][1:]], strict=False):
+            layers += [nn.ConvTranspose2d(n_in, n_out, 4, stride=2, padding=1), activation_layer(activation)]
+        self.deconv = nn.Sequential(*layers, nn.ConvTranspose2d(channels[0], out_channels, 4, stride=2, padding=1))
 
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         return self.deconv(self.body(with_condition(z, c)).view(-1, *self.grid))
