@@ -235,8 +235,10 @@ def test_the_sbatch_script_requeues_itself_after_a_checkpoint_and_finishes(tmp_p
     while not (run_dir / "checkpoints" / "last.ckpt").is_file() and time.monotonic() < deadline:
         time.sleep(0.5)
     subprocess.run(["scancel", "--signal=USR1", job], env=env, check=True, timeout=30)
-    assert wait_for_state(job, env, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}) == "COMPLETED"
+    state = wait_for_state(job, env, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"})
     output = next(tmp_path.glob("slurm-*.out")).read_text()
+    train_log = (run_dir / "train.log").read_text() if (run_dir / "train.log").is_file() else ""
+    assert state == "COMPLETED", f"{output[-3000:]}\n--- train.log ---\n{train_log[-2000:]}"  # why it failed
     assert "attempt 1," in output and "attempt 2," in output, output[-3000:]
     assert "requeues itself when this epoch ends" in (run_dir / "train.log").read_text()
     assert json.loads((run_dir / "status.json").read_text())["status"] == "ok"
