@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import FAST, PROJECT_ROOT, assert_metrics_over_every_image, compose, train_cli
+from helpers import FAST, PROJECT_ROOT, assert_metrics_over_every_image, child_env, compose, train_cli
 
 from vaelab.results.wandb_offline import find_offline_runs, read_offline_run
 from vaelab.runs import saved_overrides
@@ -221,7 +221,9 @@ def wait_for_state(job: str, env: dict, wanted: set[str], timeout: float = 600) 
 def test_the_sbatch_script_requeues_itself_after_a_checkpoint_and_finishes(tmp_path, data_root, slurm):
     """scripts/slurm/train.sbatch warned of its time limit (USR1, as ``--signal=USR1@90`` sends it)
     requeues itself when the next epoch starts; the second attempt finishes in the same folder."""
-    env = {**os.environ, **slurm, "VAELAB_TRAIN": f"{sys.executable} train.py"}
+    # child_env: not attached to a W&B service of this process (both attempts would share it, and its
+    # stream of the first one would make the run id "in use" for the second)
+    env = {**child_env(), **slurm, "VAELAB_TRAIN": f"{sys.executable} train.py"}
     run_dir = tmp_path / "run"
     overrides = [*LONG_ENOUGH, "logger=wandb", f"data.root={data_root}"]
     submitted = subprocess.run(
