@@ -112,9 +112,15 @@ def to_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
     return image.expand(3, -1, -1).clone() if channels == 3 else rgb_to_grayscale(image)
 
 
-def read_folder(root: Path, image_size: int | None, channels: int | None, bad_files: str) -> FolderImages:
-    """Decode every image of the folder (see the module's docstring)."""
-    files, labels, classes = list_images(root)
+def read_folder(
+    root: Path,
+    listed: tuple[list[Path], list[int], list[str]],
+    image_size: int | None,
+    channels: int | None,
+    bad_files: str,
+) -> FolderImages:
+    """Decode every image ``list_images`` found (see the module's docstring)."""
+    files, labels, classes = listed
     decoded, kept, skipped = [], [], []
     for path, label in zip(files, labels, strict=True):
         try:
@@ -158,8 +164,8 @@ def load_folder(
     from vaelab.safe_load import read_checkpoint
 
     root = Path(root).expanduser()
-    files, _, _ = list_images(root)
-    key = cache_key(root, files, image_size, channels)
+    listed = list_images(root)
+    key = cache_key(root, listed[0], image_size, channels)
     cache = root / CACHE_DIR / f"{key}-{bad_files}.pt"
     if cache.is_file():
         try:
@@ -170,7 +176,7 @@ def load_folder(
             return folder
         except (UserError, KeyError, TypeError) as error:
             log.warning("data: the cache %s is not usable (%s); decoding the images again", cache, first_line(error))
-    folder = read_folder(root, image_size, channels, bad_files)
+    folder = read_folder(root, listed, image_size, channels, bad_files)
     if folder.skipped:
         log.warning(
             "data: skipped %d file(s) that are not readable images, e.g. %s", len(folder.skipped), folder.skipped[0]

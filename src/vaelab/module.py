@@ -195,7 +195,7 @@ class VAELitModule(L.LightningModule):
         data = dict(self.hparams.get("data") or {})
         if not data:
             raise CheckpointError("the checkpoint holds no data config (written by an older vaelab)")
-        if not data_root and data.get("source", "builtin") == "builtin":  # where this machine keeps MNIST
+        if not data_root and data.get("source", "builtin") == "builtin":  # the MNIST folder the user exported
             data_root = os.environ.get("VAELAB_DATA_DIR")
         if data_root:
             data["root"] = data_root

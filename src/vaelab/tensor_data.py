@@ -25,7 +25,7 @@ def as_images(data) -> tuple[torch.Tensor, torch.Tensor | None]:
     if isinstance(data, np.ndarray):
         data = torch.from_numpy(np.ascontiguousarray(data))
     labels = None
-    if isinstance(data, torch.utils.data.Dataset) and not isinstance(data, torch.Tensor):
+    if isinstance(data, torch.utils.data.Dataset):
         items = [data[i] for i in range(len(data))]
         pairs = [item if isinstance(item, tuple | list) else (item, None) for item in items]
         data = torch.stack([torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x for x, _ in pairs])
