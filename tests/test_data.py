@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 from helpers import FAST, synthetic_digits, write_image_folder, write_synthetic_dataset
+from torchvision.io import write_png
 
 from vaelab.data import (
     InMemoryImages,
@@ -168,7 +169,7 @@ def test_real_fashion_mnist(real_data_root):
     assert dm.test_set.labels.bincount().tolist() == [1000] * 10
 
 
-def test_a_folder_of_rgb_images_trains_evaluates_and_resumes(tmp_path):
+def test_a_folder_of_rgb_images_trains_evaluates_and_resumes(tmp_path, data_root, monkeypatch):
     import vaelab
 
     root = write_image_folder(tmp_path / "images", per_class=20, classes=2, size=(40, 36))
@@ -186,6 +187,17 @@ def test_a_folder_of_rgb_images_trains_evaluates_and_resumes(tmp_path):
     evaluated = vaelab.evaluate(result.last_checkpoint, k=4, generation=False)
     assert evaluated["test/n_images"] == 4  # 0.1 of the 40 images, the same four every time
     assert evaluated["test/bits_per_dim"] == pytest.approx(evaluated["test/nll"] / (3 * 32 * 32 * math.log(2)))
+    # out of distribution: a folder of grey 48x48 white images, read as RGB 32x32 like the run's
+    other = tmp_path / "white images"
+    other.mkdir()
+    for i in range(6):
+        write_png(torch.full((1, 48, 48), 255 - i, dtype=torch.uint8), str(other / f"{i}.png"))
+    against = vaelab.evaluate(result.last_checkpoint, k=4, generation=False, ood=str(other), limit_images=3)
+    assert against["test/ood_auroc_vs_white_images"] == 1.0 and against["test/ood_images"] == 3
+    assert against["ood"] == str(other.resolve())
+    monkeypatch.setenv("VAELAB_DATA_DIR", str(data_root))  # MNIST's grey 28x28 digits, read as RGB 32x32
+    digits = vaelab.evaluate(result.last_checkpoint, k=4, generation=False, ood="mnist", limit_images=3)
+    assert 0.0 <= digits["test/ood_auroc_vs_mnist"] <= 1.0 and digits["test/ood_images"] == 3
     resumed = vaelab.train([f"resume={run}", "trainer.max_epochs=2"])
     assert torch.load(resumed.last_checkpoint, weights_only=True)["epoch"] == 1
 

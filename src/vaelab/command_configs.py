@@ -4,6 +4,8 @@ loads: each bad value is one ConfigError naming the key. (The train config's rul
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import DictConfig
 
 from vaelab.config import DATA_NAMES, PICTURE_KINDS, check_seed, is_count, is_number
@@ -29,7 +31,13 @@ def validate_eval_config(cfg: DictConfig) -> None:
         cfg.device,
         "auto, cpu, cuda or cuda:N",
     )
-    require(cfg.get("ood") in (None, *DATA_NAMES), "ood", cfg.get("ood"), f"null or one of {', '.join(DATA_NAMES)}")
+    ood = cfg.get("ood")
+    require(
+        ood in (None, *DATA_NAMES) or (isinstance(ood, str) and Path(ood).expanduser().is_dir()),
+        "ood",
+        ood,
+        f"null, {' or '.join(DATA_NAMES)}, or a folder of images",
+    )
     require(is_count(cfg.samples_per_class), "samples_per_class", cfg.samples_per_class, "an integer >= 1")
 
 

@@ -20,6 +20,9 @@ Binarization (``binarize``):
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -317,17 +320,31 @@ class VAEDataModule(L.LightningDataModule):
         n = min(n, len(dataset))
         return dataset.images[:n], dataset.labels[:n]
 
-    def like(self, name: str) -> VAEDataModule:
-        """Another data set prepared exactly as this one (root, split, binarization, seeds), set up for testing."""
-        other = VAEDataModule(
-            name=name,
-            root=self.root,
-            val_size=self.val_size,
-            binarize=self.binarize,
-            split_seed=self.split_seed,
-            binarize_seed=self.binarize_seed,
-            download=self.download,
-            image_size=self.image_size,
-        )
-        other.setup("test")
-        return other
+    def ood_images(self, other: str, split: str) -> InMemoryImages:
+        """Images of another data set prepared as this one's test images are, for out-of-distribution
+        scores, at this data's image shape (C, H, W) and binarization: the ``split`` of MNIST or
+        Fashion-MNIST (``other`` a name; from this data's root when it is one of the two, else from
+        $VAELAB_DATA_DIR or ``data``, never downloaded), or every image of a folder (a path)."""
+        channels, height, width = self.image_shape
+        if height != width and not (other in DATASETS and self.source == "builtin"):
+            raise ConfigError(f"ood={other}: other images are read as squares, and this data's are {height}x{width}")
+        if other in DATASETS:
+            own_root = self.source == "builtin"
+            like = VAEDataModule(
+                name=other,
+                root=self.root if own_root else os.environ.get("VAELAB_DATA_DIR", "data"),
+                val_size=self.val_size if own_root else 0,
+                binarize=self.binarize,
+                split_seed=self.split_seed,
+                binarize_seed=self.binarize_seed,
+                download=self.download and own_root,
+                image_size=self.image_size if own_root else height,
+            )
+            like.setup("test")
+            dataset = like.val_set if split == "val" and len(like.val_set) else like.test_set
+            return InMemoryImages(dataset.images.expand(-1, channels, -1, -1), dataset.labels)
+        folder = load_folder(Path(other), height, channels, bad_files="skip")
+        images = to_float_images(folder.images)
+        if self.binarize in ("static", "dynamic"):
+            images = binarize_once(images, self.binarize_seed + 2)
+        return InMemoryImages(images, folder.labels)

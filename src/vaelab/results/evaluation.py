@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 
-from vaelab.config import pick_device
+from vaelab.config import DATA_NAMES, pick_device
 from vaelab.datasets import load_split, to_float_images
 from vaelab.diagnostics import summarize
 from vaelab.errors import ConfigError
@@ -104,6 +105,12 @@ def per_image_negative_elbo(module, images, labels, samples: int = 1, batch_imag
     return torch.cat(scores)
 
 
+def ood_name(ood: str) -> str:
+    """The name of the out-of-distribution data in result keys: a data set's name, or a folder's
+    last part with anything but letters, digits, ``-`` and ``_`` made ``_``."""
+    return ood if ood in DATA_NAMES else re.sub(r"[^A-Za-z0-9_-]", "_", Path(ood).expanduser().resolve().name)
+
+
 def ood_auroc(scores_in: torch.Tensor, scores_out: torch.Tensor) -> float:
     """AUROC of telling out-of-distribution images (positives) by a higher score."""
     from torchmetrics.functional.classification import binary_auroc
@@ -180,12 +187,16 @@ def evaluate_checkpoint(cfg: DictConfig, checkpoint: dict | None = None) -> dict
             datamodule.name,
         )
     if cfg.get("ood"):
-        other = datamodule.like(cfg.ood)
-        other_set = {"val": other.val_set, "test": other.test_set}[cfg.split]
-        count = len(images)
-        scores_in = per_image_negative_elbo(module, images, labels)
-        scores_out = per_image_negative_elbo(module, other_set.images[:count], other_set.labels[:count])
-        results[f"ood_auroc_vs_{cfg.ood}"] = ood_auroc(scores_in, scores_out)
+        other = datamodule.ood_images(cfg.ood, cfg.split)
+        count = min(len(images), len(other))
+        # a seeded draw of as many images as are scored here: a folder's files come sorted by class
+        chosen = torch.randperm(len(other), generator=torch.Generator().manual_seed(cfg.seed))[:count].sort().values
+        scores_in = per_image_negative_elbo(module, images[:count], labels[:count])
+        scores_out = per_image_negative_elbo(module, other.images[chosen], other.labels[chosen])
+        results[f"ood_auroc_vs_{ood_name(cfg.ood)}"] = ood_auroc(scores_in, scores_out)
+        results["ood_images"] = count
     prefixed = {f"{cfg.split}/{name}": value for name, value in results.items()}
     prefixed.update(ckpt=str(Path(cfg.ckpt).resolve()), data=datamodule.name, binarize=datamodule.binarize)
+    if cfg.get("ood") and cfg.ood not in DATA_NAMES:
+        prefixed["ood"] = str(Path(cfg.ood).expanduser().resolve())
     return prefixed
