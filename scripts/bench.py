@@ -11,6 +11,9 @@ On the real MNIST training images, the 784-400-20 MLP VAE, batch 128, Adam, dyna
       (a)/(b') is the cost of Lightning and vaelab's callbacks alone;
   (c) the same loop fed by torchvision's MNIST dataset with a per-sample ToTensor transform and a
       DataLoader, as in pytorch/examples.
+  folder: a generated folder of 10,000 32x32 RGB PNG files, the conv net and the discretized
+      logistic: (a) against a plain loop over a copy of the same network and likelihood and the
+      same cached tensors (b_same), in lockstep;
   floor: only the work every one of them must do per step in float32, the five 128x784x400
       matrix products (two forward, three backward) and one fused Adam update, so that the
       table says how fast any implementation of this step could be on the machine.
@@ -36,6 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks package beside this file
 import torch  # noqa: E402
 from benchmarks import BATCH  # noqa: E402
+from benchmarks.folder import bench_folder_lockstep  # noqa: E402
 from benchmarks.nll import bench_nll  # noqa: E402
 from benchmarks.plain import bench_compute_floor, bench_plain, bench_torchvision  # noqa: E402
 from benchmarks.report import TABLE_END, TABLE_START, markdown_table  # noqa: E402
@@ -98,6 +102,8 @@ def measure(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as work:
         lockstep = bench_lockstep(images, args.data_root, args.epochs, args.warmup, Path(work), args.override)
     with tempfile.TemporaryDirectory() as work:
+        folder = bench_folder_lockstep(Path(work), args.epochs, args.warmup)
+    with tempfile.TemporaryDirectory() as work:
         throughput_cost = bench_callback_cost(args.data_root, 1, Path(work), "throughput", "Throughput")
     # the best of the repeats: the least disturbed by the other tenants of the machine
     a, b, bf, c = max(a_runs), max(b_runs), max(bf_runs), max(c_runs)
@@ -133,6 +139,7 @@ def measure(args: argparse.Namespace) -> None:
             "overhead_ms_per_step": 1000 * BATCH * (1 / lockstep["a"] - 1 / lockstep["b_fused"]),
             "epochs": args.epochs,
         },
+        "folder_lockstep": {**folder, "a_over_b_same": folder["a"] / folder["b_same"], "epochs": args.epochs},
         "throughput_callback": {
             **throughput_cost,
             "fraction_of_lockstep_step": throughput_cost["microseconds_per_step"] / (1e6 * BATCH / lockstep["a"]),

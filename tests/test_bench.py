@@ -45,6 +45,7 @@ def results(floor: float, overrides=()) -> dict:
         "training": training,
         "lockstep": lockstep,
         "nll": nll,
+        "folder_lockstep": {"a": 2_700, "b_same": 2_900, "a_over_b_same": 27 / 29, "epochs": 2},
         "throughput_callback": {"microseconds_per_step": 30.0, "fraction_of_lockstep_step": 0.0045},
         "startup_seconds": 0.3,
     }
@@ -58,6 +59,8 @@ def test_table_gives_the_ratios_and_where_it_was_measured():
     assert "the hand-written loop (b') runs at 43% of the floor" in table
     assert table.splitlines()[-2].startswith("Measured by `make bench` on 2 CPU cores, vaelab 0123abc; lockstep")
     assert "`callbacks.throughput`: 30 µs per step in its hooks" in table and "= **0.45%** of (a)'s step" in table
+    assert "| (a) on a folder of 32×32 RGB PNGs, `model/net=conv likelihood=discretized_logistic` | 2,700 | |" in table
+    assert "- Folder of RGB images: (a)/(b_same) = **0.93** in lockstep." in table
     assert "target" not in table and "2026" not in table
 
 

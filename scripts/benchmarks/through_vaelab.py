@@ -30,29 +30,43 @@ class StepTimer(L.Callback):
 
 
 class Lockstep(L.Callback):
-    """After each of vaelab's training steps, one step of (b) and one of (b'), each timed.
+    """After each of vaelab's training steps, one step of each plain loop ((b) and (b')), each timed.
 
-    The three paths then run under the same machine conditions, step by step, which a shared
+    The paths then run under the same machine conditions, step by step, which a shared
     machine's slow spells (seconds to minutes long) cannot tilt. (a)'s time is the interval
     between its batch starts minus the plain steps inside it, so it keeps the data fetch, the
     logging steps, the progress bar and the epoch-end checkpoint. Set Lockstep.images first;
-    the last one made is Lockstep.last."""
+    the last one made is Lockstep.last. Subclasses give other plain loops (``plain_steps``)."""
 
     images: torch.Tensor | None = None
     last: Lockstep | None = None
 
     def __init__(self, warmup: int = 20):
         self.warmup, self.steps, self.started, self.inside = warmup, 0, None, 0.0
-        self.loops = {"b": plain_model(fused=None), "b_fused": plain_model(fused=True)}
-        self.batches = {name: self.endless(in_memory_batches(Lockstep.images)) for name in self.loops}
-        self.seconds = dict.fromkeys(("a", "b", "b_fused"), 0.0)
-        self.timed_steps = dict.fromkeys(("a", "b", "b_fused"), 0)
-        Lockstep.last = self
+        self.plain: dict = {}  # name -> a function doing one step of that loop
+        self.seconds, self.timed_steps = {"a": 0.0}, {"a": 0}
+        type(self).last = self
 
     @staticmethod
     def endless(batches):
         while True:
             yield from batches()
+
+    def plain_steps(self, trainer, pl_module) -> dict:
+        """(b) and (b'): the pytorch/examples VAE with the default and the fused Adam."""
+        steps = {}
+        for name, fused in (("b", None), ("b_fused", True)):
+            model, optimizer = plain_model(fused)
+            batches = self.endless(in_memory_batches(Lockstep.images))
+            steps[name] = lambda model=model, optimizer=optimizer, batches=batches: plain_step(
+                model, optimizer, next(batches)
+            )
+        return steps
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.plain = self.plain_steps(trainer, pl_module)
+        self.seconds.update(dict.fromkeys(self.plain, 0.0))
+        self.timed_steps.update(dict.fromkeys(self.plain, 0))
 
     def count(self, name: str, seconds: float) -> None:
         if self.steps > self.warmup:
@@ -67,9 +81,9 @@ class Lockstep(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.steps += 1
-        for name, (model, optimizer) in self.loops.items():
+        for name, step in self.plain.items():
             started = time.perf_counter()
-            plain_step(model, optimizer, next(self.batches[name]))
+            step()
             seconds = time.perf_counter() - started
             self.inside += seconds
             self.count(name, seconds)
