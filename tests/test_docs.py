@@ -64,7 +64,7 @@ def test_every_documented_training_command_composes(doc, command, tmp_path):
     if any(flag in command for flag in NEEDS_MORE):
         pytest.skip("needs a config folder of the user's (tests/test_package.py runs one)")
     images = write_image_folder(tmp_path / "images")  # the docs' stand-in for the reader's own folder
-    overrides = [o.replace("/path/to/images", str(images)) for o in overrides_of(command)]
+    overrides = [re.sub(r"/path/to/images|\$HOME/[\w-]+", str(images), o) for o in overrides_of(command)]
     validate(without_hydra(compose("train", overrides), tmp_path))
 
 
