@@ -10,7 +10,8 @@ from vaelab.errors import ConfigError
 COMMAND_BAD = [
     ("eval", ["k=0"], "k=0 is not allowed: an integer >= 1"),
     ("eval", ["split=train"], "split='train' is not allowed: test or val"),
-    ("eval", ["ood=cifar10"], "ood='cifar10' is not allowed"),
+    ("eval", ["ood=cifar10"], "ood='cifar10' is not allowed: null, mnist or fashion_mnist, or a folder of images"),
+    ("eval", ["ood=/no/such/folder"], "ood='/no/such/folder' is not allowed"),
     ("eval", ["device=tpu"], "device='tpu' is not allowed"),
     ("eval", ["limit_images=0"], "limit_images=0 is not allowed"),
     ("sample", ["kind=sketch"], "kind='sketch' is not allowed"),
