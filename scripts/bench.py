@@ -19,7 +19,9 @@ On the real MNIST training images, the 784-400-20 MLP VAE, batch 128, Adam, dyna
       table says how fast any implementation of this step could be on the machine.
 Images per second are counted after `--warmup` steps. It also times the importance-sampled NLL
 (k = 5000) of the IWAE-paper MLP through `vaelab.results.evaluation.evaluate_split` against the same
-batched computation written out by hand, the start-up time of `python train.py --cfg job`, and
+batched computation written out by hand, the start-up time of `python train.py --cfg job`, a tiny
+run (one batch each of training, validation and test) against importing its libraries, the
+seconds per job beyond its fit of an 8-job sweep of 1-epoch runs, and
 what the throughput callback costs per step (Lightning's SimpleProfiler, over all of its hooks).
 Results go to a JSON file and, with --doc, into that Markdown file between the bench markers.
 `--override KEY=VALUE` (repeatable) passes Hydra overrides to (a), e.g. `--override compile=true`;
@@ -50,6 +52,7 @@ from benchmarks.through_vaelab import (  # noqa: E402
     bench_startup,
     compose_train_config,
 )
+from benchmarks.whole_runs import bench_sweep, bench_tiny_run  # noqa: E402
 
 from vaelab.errors import one_line_errors  # noqa: E402
 from vaelab.runs import source_commit  # noqa: E402
@@ -147,6 +150,8 @@ def measure(args: argparse.Namespace) -> None:
         "nll": bench_nll(args.data_root, args.nll_images, args.k),
         "startup_seconds": bench_startup(),
     }
+    results["tiny_run"] = bench_tiny_run(args.data_root)
+    results["sweep"] = bench_sweep(args.data_root, results["tiny_run"]["imports_seconds"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     table = markdown_table(results)

@@ -6,9 +6,9 @@ import os
 import re
 
 import torch
-from helpers import child_env, train_cli
+from helpers import child_env, python_cli, train_cli
 
-from vaelab.workarounds import skip_nvml_cuda_probe
+from vaelab.workarounds import skip_nvml_cuda_probe, skip_unstaged_launch_inputs
 
 # the third-party warnings a tiny run may print (message start); add one only with a reason
 KNOWN_WARNINGS = {
@@ -64,3 +64,36 @@ def test_nvml_cuda_probe_is_off_only_without_a_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     skip_nvml_cuda_probe()
     assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "0"
+
+
+def test_wandb_init_imports_its_launch_package_only_when_inputs_can_be_staged(tmp_path):
+    code = (
+        "import sys, wandb\n"
+        "from vaelab.workarounds import skip_unstaged_launch_inputs\n"
+        "if sys.argv[2] == 'skip': skip_unstaged_launch_inputs()\n"
+        "wandb.init(mode='offline', dir=sys.argv[1]).finish()\n"
+        "print('launch imported:', 'wandb.sdk.launch' in sys.modules)\n"
+    )
+    for how, imported in (("skip", False), ("as-is", True)):
+        result = python_cli("-c", code, str(tmp_path), how, env=child_env(), timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert f"launch imported: {imported}" in result.stdout, how
+
+
+def test_staged_launch_inputs_are_still_applied(monkeypatch):
+    import sys
+    import types
+
+    from wandb.sdk.wandb_run import Run
+
+    applied = []
+    monkeypatch.setattr(Run, "_detect_and_apply_job_inputs", lambda run: applied.append(run))
+    skip_unstaged_launch_inputs()
+    skip_unstaged_launch_inputs()  # twice: wrapped once
+    monkeypatch.delitem(sys.modules, "wandb.sdk.launch.inputs.internal", raising=False)
+    Run._detect_and_apply_job_inputs("run 1")
+    assert applied == []
+    name = "wandb.sdk.launch.inputs.internal"
+    monkeypatch.setitem(sys.modules, name, types.ModuleType(name))  # what staging an input imports
+    Run._detect_and_apply_job_inputs("run 2")
+    assert applied == ["run 2"]

@@ -2,6 +2,8 @@
 
 - plain.py: the hand-written loops (b), (b') and (c), and the compute floor;
 - through_vaelab.py: (a), vaelab through Lightning, alone and in lockstep; the start-up time;
+- folder.py: a folder of RGB images with the conv net, against the same network in a plain loop;
+- whole_runs.py: a tiny run against its imports, and the per-job cost of a sweep;
 - nll.py: the importance-sampled NLL through vaelab and by hand;
 - report.py: the README table.
 """

@@ -8,7 +8,7 @@ TABLE_START, TABLE_END = "<!-- bench:start -->", "<!-- bench:end -->"
 def markdown_table(results: dict) -> str:
     """The table of images per second, the ratios under it, and one line saying where it was measured."""
     t, step, nll, cost = results["training"], results["lockstep"], results["nll"], results["throughput_callback"]
-    folder = results["folder_lockstep"]
+    folder, tiny, sweep = results["folder_lockstep"], results["tiny_run"], results["sweep"]
     a_label = "(a) vaelab through Lightning, `train.py`'s config" + "".join(f" `{o}`" for o in results["overrides"])
     lines = [
         TABLE_START,
@@ -41,6 +41,12 @@ def markdown_table(results: dict) -> str:
         f"its self.log on the logging steps included) = **{cost['fraction_of_lockstep_step']:.2%}** of (a)'s step "
         "in lockstep.",
         f"- `python train.py --cfg job`: **{results['startup_seconds']:.2f} s** (median of 5).",
+        f"- A tiny run (one batch each of training, validation and test, W&B offline): "
+        f'{tiny["tiny_run_seconds"]:.1f} s against {tiny["imports_seconds"]:.1f} s for `python -c "import lightning, '
+        f'torchvision, wandb, hydra"`: **{tiny["extra"]:.1f} s** more (medians of 3, in turn).',
+        f"- An {sweep['jobs']}-job in-process sweep of 1-epoch runs: {sweep['wall_seconds']:.0f} s, of which "
+        f"{sweep['fit_seconds']:.0f} s fitting; **{sweep['per_job_beyond_fit']:.2f} s** per job beyond its fit "
+        "once the libraries are imported.",
         "",
         f"Measured by `{results['command']}` on {results['machine']}, vaelab {results['commit']}; lockstep: one step "
         f"of (a), (b) and (b') in turn for {step['epochs']} epochs; alone: the best of {len(t['runs']['a'])} "

@@ -108,7 +108,10 @@ def update_summary(run_dir: Path, results: dict) -> str | None:
     project = project if isinstance(project, str) and "${" not in project else None
     import wandb
 
+    from vaelab.workarounds import skip_unstaged_launch_inputs
+
     choose_wandb_mode()
+    skip_unstaged_launch_inputs()
     run = wandb.init(id=run_id, resume="allow", project=project, dir=str(run_dir), job_type="eval")
     run.summary.update(results)
     wandb.finish()

@@ -5,6 +5,7 @@
   names one message, never a category.
 - Hydra 1.3 and 1.4, OmegaConf 2.3 and 2.4: ``VERSION_BASE`` and ``register_resolver``.
 - Lightning's NVML-based CUDA check on machines without a GPU: ``skip_nvml_cuda_probe``.
+- W&B's import of its Launch package at every ``wandb.init``: ``skip_unstaged_launch_inputs``.
 
 Imports only hydra and omegaconf (torch inside a function), so the commands' ``--help`` stays fast.
 """
@@ -37,6 +38,29 @@ def quiet_third_party() -> None:
     for name in LIGHTNING_INFO_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("WANDB_QUIET", "true")  # W&B's offline notice stays; its end-of-run history table goes
+
+
+def skip_unstaged_launch_inputs() -> None:
+    """Let ``wandb.init`` skip applying W&B Launch inputs when none can have been staged.
+
+    Every ``wandb.init`` imports ``wandb.sdk.launch`` (about 0.5 s, W&B's public API and its
+    pydantic models) to apply the config inputs a Launch job staged beforehand. Staging them
+    imports ``wandb.sdk.launch.inputs.internal`` first, so while that module is not loaded there is
+    nothing to apply, and the import is skipped; once it is loaded, W&B's own method runs."""
+    import sys
+
+    from wandb.sdk.wandb_run import Run
+
+    apply = getattr(Run, "_detect_and_apply_job_inputs", None)
+    if apply is None or getattr(apply, "vaelab_skips_unstaged", False):
+        return
+
+    def apply_when_staged(run) -> None:
+        if "wandb.sdk.launch.inputs.internal" in sys.modules:
+            apply(run)
+
+    apply_when_staged.vaelab_skips_unstaged = True
+    Run._detect_and_apply_job_inputs = apply_when_staged
 
 
 def quiet_wandb_logger(logger) -> None:
