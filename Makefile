@@ -12,7 +12,7 @@ ifneq ($(wildcard $(SHARED_DATA)/MNIST/raw),)
 export VAELAB_DATA_DIR ?= $(SHARED_DATA)
 endif
 
-.PHONY: install train test test-slow test-all lint format clean results bench cluster-up cluster-down
+.PHONY: install train test test-slow test-all lint format clean results bench gpu-check cluster-up cluster-down
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,10 @@ results: install
 # speed: vaelab through Lightning vs a plain loop vs a torchvision DataLoader; NLL and start-up times
 bench: install
 	$(PY) scripts/bench.py --doc docs/benchmarks.md $(ARGS)
+
+# on a machine with CUDA: a GPU training, vaelab-eval and the bench's GPU rows (without CUDA: one line)
+gpu-check: install
+	PY=$(PY) scripts/gpu_check.sh
 
 # a real SLURM cluster on this machine (root; Debian's packages): then export SLURM_CONF as it says
 cluster-up:

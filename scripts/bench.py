@@ -25,7 +25,9 @@ seconds per job beyond its fit of an 8-job sweep of 1-epoch runs, and
 what the throughput callback costs per step (Lightning's SimpleProfiler, over all of its hooks).
 Results go to a JSON file and, with --doc, into that Markdown file between the bench markers.
 `--override KEY=VALUE` (repeatable) passes Hydra overrides to (a), e.g. `--override compile=true`;
-the document is then left alone.
+the document is then left alone. `--device cuda` (on a machine with CUDA; `scripts/gpu_check.sh`)
+times (a) on the GPU with the data there, in lockstep with (b) and (b') on the same GPU, into
+logs/bench/bench-cuda.json and the document's GPU block; the CPU table stays as it is.
 """
 
 from __future__ import annotations
@@ -44,7 +46,14 @@ from benchmarks import BATCH  # noqa: E402
 from benchmarks.folder import bench_folder_lockstep  # noqa: E402
 from benchmarks.nll import bench_nll  # noqa: E402
 from benchmarks.plain import bench_compute_floor, bench_plain, bench_torchvision  # noqa: E402
-from benchmarks.report import TABLE_END, TABLE_START, markdown_table  # noqa: E402
+from benchmarks.report import (  # noqa: E402
+    GPU_TABLE_END,
+    GPU_TABLE_START,
+    TABLE_END,
+    TABLE_START,
+    device_table,
+    markdown_table,
+)
 from benchmarks.through_vaelab import (  # noqa: E402
     bench_callback_cost,
     bench_lightning,
@@ -80,7 +89,13 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="a Hydra override for (a), e.g. compile=true (repeatable; --doc is then left alone)",
     )
+    parser.add_argument("--device", default="cpu", help="cpu (every row), or cuda / cuda:N (the lockstep rows)")
     args = parser.parse_args()
+    if args.device != "cpu":
+        args.out = args.out or Path("logs") / "bench" / f"bench-{args.device.replace(':', '')}.json"
+        with one_line_errors():
+            measure_on_device(args)
+        return
     if args.out is None:
         suffix = "".join(f"-{o}" for o in args.override).replace("/", "_")
         args.out = Path("logs") / "bench" / f"bench{suffix}.json"  # of the folder it runs in
@@ -160,12 +175,53 @@ def measure(args: argparse.Namespace) -> None:
     if args.doc and args.override:
         print(f"{args.doc} left alone: its table is of train.py's own config, without overrides")
     elif args.doc:
-        text = args.doc.read_text()
-        if TABLE_START not in text or TABLE_END not in text:
-            raise SystemExit(f"error: {args.doc} has no {TABLE_START} ... {TABLE_END} block")
-        head, rest = text.split(TABLE_START, 1)
-        args.doc.write_text(head + table + rest.split(TABLE_END, 1)[1])
-        print(f"updated {args.doc}")
+        replace_block(args.doc, table, TABLE_START, TABLE_END)
+
+
+def measure_on_device(args: argparse.Namespace) -> None:
+    """(a) on the GPU (data on the device) in lockstep with (b) and (b') on the same GPU."""
+    from vaelab.datasets import load_split
+    from vaelab.errors import UserError
+
+    if not torch.cuda.is_available():
+        raise UserError(f"--device {args.device}: torch finds no CUDA device here (torch.cuda.is_available() is False)")
+    overrides = ["trainer.accelerator=gpu", "trainer.devices=1", "data.data_on_device=true", *args.override]
+    compose_train_config(overrides)
+    images, _, _ = load_split("mnist", args.data_root, train=True, download=False)
+    with tempfile.TemporaryDirectory() as work:
+        step = bench_lockstep(images, args.data_root, args.epochs, args.warmup, Path(work), overrides, args.device)
+    results = {
+        "command": "python scripts/bench.py --device "
+        + args.device
+        + "".join(f" --override {o}" for o in args.override),
+        "commit": source_commit() or "not a git checkout",
+        "machine": f"{torch.cuda.get_device_name(args.device)}, torch {torch.__version__}, CUDA {torch.version.cuda}",
+        "lockstep": {
+            **step,
+            "a_over_b": step["a"] / step["b"],
+            "a_over_b_fused": step["a"] / step["b_fused"],
+            "plain_ms_per_step": 1000 * BATCH / step["b_fused"],
+            "overhead_ms_per_step": 1000 * BATCH * (1 / step["a"] - 1 / step["b_fused"]),
+            "epochs": args.epochs,
+        },
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    table = device_table(results)
+    print(table)
+    print(f"wrote {args.out}")
+    if args.doc:
+        replace_block(args.doc, table, GPU_TABLE_START, GPU_TABLE_END)
+
+
+def replace_block(doc: Path, table: str, start: str, end: str) -> None:
+    """Put ``table`` (which begins with ``start`` and ends with ``end``) in place of that block of ``doc``."""
+    text = doc.read_text()
+    if start not in text or end not in text:
+        raise SystemExit(f"error: {doc} has no {start} ... {end} block")
+    head, rest = text.split(start, 1)
+    doc.write_text(head + table + rest.split(end, 1)[1])
+    print(f"updated {doc}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,12 @@
 """scripts/bench.py's table logic (its timings are not tested: they belong to `make bench`)."""
 
 import importlib.util
+import subprocess
+import sys
 
-from helpers import PROJECT_ROOT
+import pytest
+import torch
+from helpers import PROJECT_ROOT, child_env, python_cli
 
 spec = importlib.util.spec_from_file_location("bench", PROJECT_ROOT / "scripts" / "bench.py")
 bench = importlib.util.module_from_spec(spec)
@@ -71,3 +75,38 @@ def test_table_gives_the_ratios_and_where_it_was_measured():
 def test_table_names_the_overrides_of_a():
     table = bench.markdown_table(results(floor=65_000, overrides=["compile=true"]))
     assert "(a) vaelab through Lightning, `train.py`'s config `compile=true` | 19,000 | 20,000 |" in table
+
+
+def test_the_gpu_block_gives_the_overhead_and_where_it_was_measured():
+    step = {"a": 90_000, "b": 70_000, "b_fused": 100_000, "a_over_b_fused": 0.9, "epochs": 2}
+    step.update(plain_ms_per_step=1.28, overhead_ms_per_step=0.14)
+    machine = "NVIDIA A100, torch 2.14.1, CUDA 13.0"
+    table = bench.device_table(
+        {"lockstep": step, "command": "python scripts/bench.py --device cuda", "machine": machine, "commit": "0123abc"}
+    )
+    assert table.startswith(bench.GPU_TABLE_START) and table.endswith(bench.GPU_TABLE_END)
+    assert "| (a) vaelab through Lightning, data on the GPU | 90,000 |" in table
+    assert "(a)/(b') = **0.90**: vaelab adds 0.14 ms to the plain loop's 1.28 ms step." in table
+    assert "on NVIDIA A100, torch 2.14.1, CUDA 13.0, vaelab 0123abc" in table
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a CUDA machine the check runs in full (make gpu-check)")
+def test_without_cuda_the_gpu_check_is_one_line_and_the_bench_one_error(tmp_path):
+    check = subprocess.run(
+        ["bash", str(PROJECT_ROOT / "scripts" / "gpu_check.sh")],
+        env=child_env(PY=sys.executable),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert check.returncode == 0, check.stderr[-2000:]
+    assert check.stdout.splitlines() == [
+        "gpu_check: no CUDA device (torch.cuda.is_available() is False): nothing to check here"
+    ]
+    out = tmp_path / "bench-cuda.json"
+    bench_run = python_cli(
+        str(PROJECT_ROOT / "scripts" / "bench.py"), "--device", "cuda", "--out", str(out), env=child_env(), timeout=120
+    )
+    assert bench_run.returncode == 1
+    assert bench_run.stderr.strip().splitlines()[-1].startswith("error: --device cuda: torch finds no CUDA device here")
+    assert not out.exists()

@@ -57,11 +57,19 @@ class Meter:
         return self.images / (self.ended - self.started)
 
 
-def plain_model(fused: bool | None) -> tuple[PlainVAE, torch.optim.Optimizer]:
-    """A fresh PlainVAE and its Adam. fused=None is torch's default Adam, as pytorch/examples writes
-    it (the per-tensor loop on a CPU); fused=True is the fused kernel that vaelab's configs use."""
+def synchronize(device: str) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously), so that a clock read after it
+    counts that work; nothing to wait for on a CPU."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def plain_model(fused: bool | None, device: str = "cpu") -> tuple[PlainVAE, torch.optim.Optimizer]:
+    """A fresh PlainVAE on ``device`` and its Adam. fused=None is torch's default Adam, as
+    pytorch/examples writes it (the per-tensor loop on a CPU); fused=True is the fused kernel that
+    vaelab's configs use."""
     torch.manual_seed(0)
-    model = PlainVAE()
+    model = PlainVAE().to(device)
     return model, torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused)
 
 
@@ -88,13 +96,13 @@ def train_loop(batches, epochs: int, warmup: int, max_steps: int | None = None, 
     return meter.images_per_second
 
 
-def in_memory_batches(images: torch.Tensor):
-    """A callable returning the batches of one epoch: (B, 784) slices of one in-memory float
-    tensor, in a new random order every epoch."""
-    x_all = images.float().div(255).view(len(images), -1)
+def in_memory_batches(images: torch.Tensor, device: str = "cpu"):
+    """A callable returning the batches of one epoch: (B, 784) slices of one float tensor held on
+    ``device``, in a new random order every epoch."""
+    x_all = images.to(device).float().div(255).view(len(images), -1)
 
     def batches():
-        order = torch.randperm(len(x_all))
+        order = torch.randperm(len(x_all), device=x_all.device)
         for start in range(0, len(order), BATCH):
             yield x_all[order[start : start + BATCH]]
 

@@ -14,7 +14,7 @@ import lightning as L
 import torch
 
 from benchmarks import BATCH, ROOT
-from benchmarks.plain import Meter, in_memory_batches, plain_model, plain_step
+from benchmarks.plain import Meter, in_memory_batches, plain_model, plain_step, synchronize
 
 
 class StepTimer(L.Callback):
@@ -35,10 +35,13 @@ class Lockstep(L.Callback):
     The paths then run under the same machine conditions, step by step, which a shared
     machine's slow spells (seconds to minutes long) cannot tilt. (a)'s time is the interval
     between its batch starts minus the plain steps inside it, so it keeps the data fetch, the
-    logging steps, the progress bar and the epoch-end checkpoint. Set Lockstep.images first;
-    the last one made is Lockstep.last. Subclasses give other plain loops (``plain_steps``)."""
+    logging steps, the progress bar and the epoch-end checkpoint. Set Lockstep.images first (and
+    Lockstep.device, where the plain loops run: on CUDA every path's time is read after waiting
+    for its queued work); the last one made is Lockstep.last. Subclasses give other plain loops
+    (``plain_steps``)."""
 
     images: torch.Tensor | None = None
+    device: str = "cpu"
     last: Lockstep | None = None
 
     def __init__(self, warmup: int = 20):
@@ -56,8 +59,8 @@ class Lockstep(L.Callback):
         """(b) and (b'): the pytorch/examples VAE with the default and the fused Adam."""
         steps = {}
         for name, fused in (("b", None), ("b_fused", True)):
-            model, optimizer = plain_model(fused)
-            batches = self.endless(in_memory_batches(Lockstep.images))
+            model, optimizer = plain_model(fused, Lockstep.device)
+            batches = self.endless(in_memory_batches(Lockstep.images, Lockstep.device))
             steps[name] = lambda model=model, optimizer=optimizer, batches=batches: plain_step(
                 model, optimizer, next(batches)
             )
@@ -74,6 +77,7 @@ class Lockstep(L.Callback):
             self.timed_steps[name] += 1
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        synchronize(Lockstep.device)
         now = time.perf_counter()
         if self.started is not None:
             self.count("a", now - self.started - self.inside)
@@ -81,9 +85,11 @@ class Lockstep(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.steps += 1
+        synchronize(Lockstep.device)  # (a)'s queued work belongs to (a)
         for name, step in self.plain.items():
             started = time.perf_counter()
             step()
+            synchronize(Lockstep.device)
             seconds = time.perf_counter() - started
             self.inside += seconds
             self.count(name, seconds)
@@ -131,10 +137,11 @@ def run_train(overrides: list[str]) -> None:
 
 
 def bench_lockstep(
-    images: torch.Tensor, root: str, epochs: int, warmup: int, work: Path, extra: list[str] = ()
+    images: torch.Tensor, root: str, epochs: int, warmup: int, work: Path, extra: list[str] = (), device: str = "cpu"
 ) -> dict[str, float]:
-    """(a), (b) and (b') in turn, one step each, for `epochs` epochs of (a): images/s of each."""
-    Lockstep.images = images
+    """(a), (b) and (b') in turn, one step each, for `epochs` epochs of (a): images/s of each.
+    With ``device="cuda"`` the plain loops run on the GPU, and ``extra`` should put (a) there too."""
+    Lockstep.images, Lockstep.device = images, device
     run_train(
         [
             *lightning_overrides(root, epochs, work, extra),
