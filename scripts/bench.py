@@ -11,6 +11,9 @@ On the real MNIST training images, the 784-400-20 MLP VAE, batch 128, Adam, dyna
       (a)/(b') is the cost of Lightning and vaelab's callbacks alone;
   (c) the same loop fed by torchvision's MNIST dataset with a per-sample ToTensor transform and a
       DataLoader, as in pytorch/examples.
+  IWAE-paper MLP: `experiment=iwae_paper_vae_mnist` (784-200-200-50, batch 100), where the maths
+      is cheap and the overhead shows, in lockstep with (b_same), a plain loop over a copy of the
+      same network and objective;
   folder: a generated folder of 10,000 32x32 RGB PNG files, the conv net and the discretized
       logistic: (a) against a plain loop over a copy of the same network and likelihood and the
       same cached tensors (b_same), in lockstep;
@@ -58,12 +61,15 @@ from benchmarks.through_vaelab import (  # noqa: E402
     bench_callback_cost,
     bench_lightning,
     bench_lockstep,
+    bench_same_net,
     bench_startup,
     compose_train_config,
 )
 from benchmarks.whole_runs import bench_sweep, bench_tiny_run  # noqa: E402
 
 from vaelab.errors import one_line_errors  # noqa: E402
+
+IWAE_MLP = "experiment=iwae_paper_vae_mnist"  # 784-200-200-50, tanh, batch 100: cheap maths, overhead shows
 from vaelab.runs import source_commit  # noqa: E402
 
 
@@ -122,6 +128,8 @@ def measure(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as work:
         folder = bench_folder_lockstep(Path(work), args.epochs, args.warmup)
     with tempfile.TemporaryDirectory() as work:
+        iwae_mlp = bench_same_net(args.data_root, args.epochs, args.warmup, Path(work), [IWAE_MLP])
+    with tempfile.TemporaryDirectory() as work:
         throughput_cost = bench_callback_cost(args.data_root, 1, Path(work), "throughput", "Throughput")
     # the best of the repeats: the least disturbed by the other tenants of the machine
     a, b, bf, c = max(a_runs), max(b_runs), max(bf_runs), max(c_runs)
@@ -157,7 +165,8 @@ def measure(args: argparse.Namespace) -> None:
             "overhead_ms_per_step": 1000 * BATCH * (1 / lockstep["a"] - 1 / lockstep["b_fused"]),
             "epochs": args.epochs,
         },
-        "folder_lockstep": {**folder, "a_over_b_same": folder["a"] / folder["b_same"], "epochs": args.epochs},
+        "folder_lockstep": {**folder, "epochs": args.epochs},
+        "iwae_mlp_lockstep": {**iwae_mlp, "epochs": args.epochs},
         "throughput_callback": {
             **throughput_cost,
             "fraction_of_lockstep_step": throughput_cost["microseconds_per_step"] / (1e6 * BATCH / lockstep["a"]),

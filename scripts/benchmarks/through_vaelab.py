@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import statistics
 import subprocess
@@ -48,6 +49,7 @@ class Lockstep(L.Callback):
         self.warmup, self.steps, self.started, self.inside = warmup, 0, None, 0.0
         self.plain: dict = {}  # name -> a function doing one step of that loop
         self.seconds, self.timed_steps = {"a": 0.0}, {"a": 0}
+        self.batch = BATCH  # images per step of every path
         type(self).last = self
 
     @staticmethod
@@ -95,7 +97,41 @@ class Lockstep(L.Callback):
             self.count(name, seconds)
 
     def images_per_second(self) -> dict[str, float]:
-        return {name: BATCH * self.timed_steps[name] / self.seconds[name] for name in self.seconds}
+        return {name: self.batch * self.timed_steps[name] / self.seconds[name] for name in self.seconds}
+
+
+class SameNetLockstep(Lockstep):
+    """(b_same): a hand-written loop over a copy of vaelab's own network and objective (at beta = 1),
+    fed by slices of the data module's training tensor (re-binarized per batch when the data is
+    dynamically binarized), with the fused Adam: the same maths as (a) with nothing of Lightning or
+    vaelab's training code around it."""
+
+    def plain_steps(self, trainer, pl_module) -> dict:
+        from vaelab.data import draw_bits
+
+        vae, objective = copy.deepcopy(pl_module.vae), copy.deepcopy(pl_module.objective)
+        optimizer = torch.optim.Adam([*vae.parameters(), *objective.parameters()], lr=1e-3, fused=True)
+        datamodule = trainer.datamodule
+        images, self.batch = datamodule.train_set.images, datamodule.batch_size  # (N, C, H, W) in [0, 1]
+        dynamic = datamodule.binarize == "dynamic"
+
+        def epoch():
+            order = torch.randperm(len(images), device=images.device)
+            for start in range(0, len(order), self.batch):
+                yield images[order[start : start + self.batch]]
+
+        batches = self.endless(epoch)
+
+        def step() -> None:
+            x = next(batches)
+            x = draw_bits(x) if dynamic else x
+            out = vae(x, None)
+            loss = objective(x, out.decoder_output, out.mean, out.logvar, 0)["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        return {"b_same": step}
 
 
 def lightning_overrides(root: str, epochs: int, work: Path, extra: list[str] = ()) -> list[str]:
@@ -202,3 +238,18 @@ def bench_callback_cost(root: str, epochs: int, work: Path, callback: str, class
     hooks = sum(sum(times) for action, times in durations.items() if action.startswith(f"[Callback]{class_name}."))
     step_seconds = sum(durations["run_training_batch"]) / steps
     return {"microseconds_per_step": 1e6 * hooks / steps, "fraction_of_step": hooks / steps / step_seconds}
+
+
+def bench_same_net(root: str, epochs: int, warmup: int, work: Path, settings: list[str]) -> dict[str, float]:
+    """(a) with train.py's config and ``settings`` in lockstep with (b_same), a plain loop over a
+    copy of the same network and objective: images/s of each and their ratio."""
+    run_train(
+        [
+            *lightning_overrides(root, epochs, work),
+            *settings,
+            "+callbacks.lockstep._target_=benchmarks.through_vaelab.SameNetLockstep",
+            f"+callbacks.lockstep.warmup={warmup}",
+        ]
+    )
+    speeds = SameNetLockstep.last.images_per_second()
+    return {**speeds, "a_over_b_same": speeds["a"] / speeds["b_same"], "batch_size": SameNetLockstep.last.batch}
