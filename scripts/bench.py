@@ -25,7 +25,7 @@ Images per second are counted after `--warmup` steps. It also times the importan
 batched computation written out by hand, the start-up time of `python train.py --cfg job`, a tiny
 run (one batch each of training, validation and test) against importing its libraries, the
 seconds per job beyond its fit of an 8-job sweep of 1-epoch runs, and
-what the throughput callback costs per step (Lightning's SimpleProfiler, over all of its hooks).
+where (a)'s step goes, part by part and callback by callback (Lightning's SimpleProfiler).
 Results go to a JSON file and, with --doc, into that Markdown file between the bench markers.
 `--override KEY=VALUE` (repeatable) passes Hydra overrides to (a), e.g. `--override compile=true`;
 the document is then left alone. `--device cuda` (on a machine with CUDA; `scripts/gpu_check.sh`)
@@ -58,11 +58,11 @@ from benchmarks.report import (  # noqa: E402
     markdown_table,
 )
 from benchmarks.through_vaelab import (  # noqa: E402
-    bench_callback_cost,
     bench_lightning,
     bench_lockstep,
     bench_same_net,
     bench_startup,
+    bench_step_profile,
     compose_train_config,
 )
 from benchmarks.whole_runs import bench_sweep, bench_tiny_run  # noqa: E402
@@ -130,7 +130,7 @@ def measure(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as work:
         iwae_mlp = bench_same_net(args.data_root, args.epochs, args.warmup, Path(work), [IWAE_MLP])
     with tempfile.TemporaryDirectory() as work:
-        throughput_cost = bench_callback_cost(args.data_root, 1, Path(work), "throughput", "Throughput")
+        profile = bench_step_profile(args.data_root, 1, Path(work))
     # the best of the repeats: the least disturbed by the other tenants of the machine
     a, b, bf, c = max(a_runs), max(b_runs), max(bf_runs), max(c_runs)
     results = {
@@ -167,9 +167,10 @@ def measure(args: argparse.Namespace) -> None:
         },
         "folder_lockstep": {**folder, "epochs": args.epochs},
         "iwae_mlp_lockstep": {**iwae_mlp, "epochs": args.epochs},
+        "step_profile": profile,
         "throughput_callback": {
-            **throughput_cost,
-            "fraction_of_lockstep_step": throughput_cost["microseconds_per_step"] / (1e6 * BATCH / lockstep["a"]),
+            "microseconds_per_step": profile["callback Throughput"],
+            "fraction_of_lockstep_step": profile["callback Throughput"] / (1e6 * BATCH / lockstep["a"]),
         },
         "nll": bench_nll(args.data_root, args.nll_images, args.k),
         "startup_seconds": bench_startup(),

@@ -52,6 +52,12 @@ def results(floor: float, overrides=()) -> dict:
         "folder_lockstep": {"a": 2_700, "b_same": 2_900, "a_over_b_same": 27 / 29, "epochs": 2, "batch_size": 128},
         "iwae_mlp_lockstep": {"a": 20_000, "b_same": 25_000, "a_over_b_same": 0.8, "epochs": 2, "batch_size": 100},
         "throughput_callback": {"microseconds_per_step": 30.0, "fraction_of_lockstep_step": 0.0045},
+        "step_profile": {
+            "data fetch": 400.0,
+            "callback NaNGuard": 120.0,
+            "Lightning's loop (the rest)": 700.0,
+            "step": 6400.0,
+        },
         "startup_seconds": 0.3,
         "tiny_run": {"imports_seconds": 5.0, "tiny_run_seconds": 6.5, "extra": 1.5},
         "sweep": {"jobs": 8, "wall_seconds": 45.0, "fit_seconds": 30.0, "per_job_beyond_fit": 1.25},
@@ -74,6 +80,7 @@ def test_table_gives_the_ratios_and_where_it_was_measured():
     assert "- Folder of RGB images: (a)/(b_same) = **0.93** in lockstep." in table
     assert '6.5 s against 5.0 s for `python -c "import lightning, torchvision, wandb, hydra"`: **1.5 s** more' in table
     assert "An 8-job in-process sweep of 1-epoch runs: 45 s, of which 30 s fitting; **1.25 s** per job" in table
+    assert "| callback NaNGuard | 120 |" in table and "| the whole step | 6,400 |" in table
     assert "target" not in table and "2026" not in table
 
 

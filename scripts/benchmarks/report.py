@@ -56,6 +56,13 @@ def markdown_table(results: dict) -> str:
         f"{sweep['fit_seconds']:.0f} s fitting; **{sweep['per_job_beyond_fit']:.2f} s** per job beyond its fit "
         "once the libraries are imported.",
         "",
+        "Where (a)'s step goes (Lightning's SimpleProfiler over one epoch, which adds about 1 µs per hook call):",
+        "",
+        "| part of the step | µs per step |",
+        "|---|---|",
+        *[f"| {part} | {micros:,.0f} |" for part, micros in results["step_profile"].items() if part != "step"],
+        f"| the whole step | {results['step_profile']['step']:,.0f} |",
+        "",
         f"Measured by `{results['command']}` on {results['machine']}, vaelab {results['commit']}; lockstep: one step "
         f"of (a), (b) and (b') in turn for {step['epochs']} epochs; alone: the best of {len(t['runs']['a'])} "
         "interleaved runs of each.",

@@ -221,23 +221,62 @@ class ProfileKeeper(L.Callback):
         ProfileKeeper.last = {action: list(times) for action, times in trainer.profiler.recorded_durations.items()}
 
 
-def bench_callback_cost(root: str, epochs: int, work: Path, callback: str, class_name: str) -> dict[str, float]:
-    """What `callbacks.<callback>` (class `class_name`) costs per training step: the seconds spent in
-    all of its hooks as Lightning's SimpleProfiler records them (the hook calls Lightning makes on
-    it, its own code and its self.log on the logging steps), per step, against the whole step."""
+def bench_step_profile(root: str, epochs: int, work: Path) -> dict[str, float]:
+    """Where (a)'s training step goes, from Lightning's SimpleProfiler over ``epochs`` epochs of
+    train.py's config (validation off): microseconds per step of the data fetch, the forward pass
+    and loss (training_step), the backward pass, the optimizer step itself (Adam, with the hooks
+    Lightning runs inside it), each callback (all of its hooks), the LightningModule's hooks,
+    and Lightning's loop (the rest of the epoch's time), plus ``step`` (their total).
+    The profiler's own clock reads add about 1 µs per hook call."""
     run_train(
         [
             *lightning_overrides(root, epochs, work),
-            f"callbacks.{callback}.enabled=true",
             "+trainer.profiler._target_=lightning.pytorch.profilers.SimpleProfiler",
             "+callbacks.profile_keeper._target_=benchmarks.through_vaelab.ProfileKeeper",
         ]
     )
-    durations = ProfileKeeper.last
-    steps = len(durations["run_training_batch"])
-    hooks = sum(sum(times) for action, times in durations.items() if action.startswith(f"[Callback]{class_name}."))
-    step_seconds = sum(durations["run_training_batch"]) / steps
-    return {"microseconds_per_step": 1e6 * hooks / steps, "fraction_of_step": hooks / steps / step_seconds}
+    recorded = ProfileKeeper.last
+    steps = len(recorded["run_training_batch"])
+    # the actions run once or more per step (not set-up or epoch hooks), and their seconds
+    per_step_actions = {action: sum(times) for action, times in recorded.items() if len(times) >= steps}
+    module = "[LightningModule]VAELitModule"
+    strategy = next(k.split(".")[0] for k in per_step_actions if k.startswith("[Strategy]"))
+    forward = per_step_actions[f"{strategy}.training_step"]
+    backward = per_step_actions[f"{strategy}.backward"]
+    fetch = per_step_actions["[_TrainingEpochLoop].train_dataloader_next"] + per_step_actions.get(
+        f"{strategy}.batch_to_device", 0.0
+    )
+    inside_optimizer_step = (
+        ".on_before_backward",
+        ".on_after_backward",
+        ".on_before_optimizer_step",
+        ".on_before_zero_grad",
+    )
+    callbacks, inside = {}, 0.0
+    for action, seconds in per_step_actions.items():
+        if action.startswith("[Callback]") and not action.startswith("[Callback]ProfileKeeper"):
+            name = action[len("[Callback]") :].split("{")[0].split(".")[0]
+            callbacks[name] = callbacks.get(name, 0.0) + seconds
+        if action.startswith(("[Callback]", f"{module}.optimizer_zero_grad", f"{module}.configure_gradient_clipping")):
+            inside += seconds if action.endswith(inside_optimizer_step) or action.startswith(module) else 0.0
+    module_hooks = sum(
+        v for k, v in per_step_actions.items() if k.startswith(module) and k != f"{module}.optimizer_step"
+    )
+    parts = {
+        "data fetch": fetch,
+        "forward and loss (training_step)": forward,
+        "backward": backward,
+        "optimizer step (Adam and Lightning's wrapping)": per_step_actions[f"{module}.optimizer_step"]
+        - forward
+        - backward
+        - inside,
+        **{f"callback {name}": seconds for name, seconds in sorted(callbacks.items(), key=lambda kv: -kv[1])},
+        "LightningModule hooks": module_hooks,
+    }
+    parts["Lightning's loop (the rest)"] = sum(recorded["run_training_epoch"]) - sum(parts.values())
+    per_step = {name: 1e6 * seconds / steps for name, seconds in parts.items()}
+    per_step["step"] = 1e6 * sum(recorded["run_training_epoch"]) / steps
+    return per_step
 
 
 def bench_same_net(root: str, epochs: int, warmup: int, work: Path, settings: list[str]) -> dict[str, float]:
