@@ -157,14 +157,7 @@ def measure(args: argparse.Namespace) -> None:
             "warmup_steps": args.warmup,
             "runs": {"a": a_runs, "b": b_runs, "b_fused": bf_runs, "c": c_runs, "floor": floor_runs},
         },
-        "lockstep": {
-            **lockstep,
-            "a_over_b": lockstep["a"] / lockstep["b"],
-            "a_over_b_fused": lockstep["a"] / lockstep["b_fused"],
-            "plain_ms_per_step": 1000 * BATCH / lockstep["b_fused"],
-            "overhead_ms_per_step": 1000 * BATCH * (1 / lockstep["a"] - 1 / lockstep["b_fused"]),
-            "epochs": args.epochs,
-        },
+        "lockstep": lockstep_ratios(lockstep, args.epochs),
         "folder_lockstep": {**folder, "epochs": args.epochs},
         "iwae_mlp_lockstep": {**iwae_mlp, "epochs": args.epochs},
         "step_profile": profile,
@@ -206,14 +199,7 @@ def measure_on_device(args: argparse.Namespace) -> None:
         + "".join(f" --override {o}" for o in args.override),
         "commit": source_commit() or "not a git checkout",
         "machine": f"{torch.cuda.get_device_name(args.device)}, torch {torch.__version__}, CUDA {torch.version.cuda}",
-        "lockstep": {
-            **step,
-            "a_over_b": step["a"] / step["b"],
-            "a_over_b_fused": step["a"] / step["b_fused"],
-            "plain_ms_per_step": 1000 * BATCH / step["b_fused"],
-            "overhead_ms_per_step": 1000 * BATCH * (1 / step["a"] - 1 / step["b_fused"]),
-            "epochs": args.epochs,
-        },
+        "lockstep": lockstep_ratios(step, args.epochs),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
@@ -222,6 +208,18 @@ def measure_on_device(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
     if args.doc:
         replace_block(args.doc, table, GPU_TABLE_START, GPU_TABLE_END)
+
+
+def lockstep_ratios(speeds: dict[str, float], epochs: int) -> dict[str, float]:
+    """The lockstep images/s of (a), (b) and (b') with their ratios, (b')'s step and (a)'s overhead in ms."""
+    return {
+        **speeds,
+        "a_over_b": speeds["a"] / speeds["b"],
+        "a_over_b_fused": speeds["a"] / speeds["b_fused"],
+        "plain_ms_per_step": 1000 * BATCH / speeds["b_fused"],
+        "overhead_ms_per_step": 1000 * BATCH * (1 / speeds["a"] - 1 / speeds["b_fused"]),
+        "epochs": epochs,
+    }
 
 
 def replace_block(doc: Path, table: str, start: str, end: str) -> None:
