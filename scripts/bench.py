@@ -48,6 +48,7 @@ import torch  # noqa: E402
 from benchmarks import BATCH  # noqa: E402
 from benchmarks.folder import bench_folder_lockstep  # noqa: E402
 from benchmarks.nll import bench_nll  # noqa: E402
+from benchmarks.peer import bench_peer  # noqa: E402
 from benchmarks.plain import bench_compute_floor, bench_plain, bench_torchvision  # noqa: E402
 from benchmarks.report import (  # noqa: E402
     GPU_TABLE_END,
@@ -94,6 +95,11 @@ def main() -> None:
         default=[],
         metavar="KEY=VALUE",
         help="a Hydra override for (a), e.g. compile=true (repeatable; --doc is then left alone)",
+    )
+    parser.add_argument(
+        "--peer",
+        type=Path,
+        help="pytorch/examples' vae/main.py: adds whole runs of it and of train.py at 1 and 3 epochs",
     )
     parser.add_argument("--device", default="cpu", help="cpu (every row), or cuda / cuda:N (the lockstep rows)")
     args = parser.parse_args()
@@ -170,6 +176,11 @@ def measure(args: argparse.Namespace) -> None:
     }
     results["tiny_run"] = bench_tiny_run(args.data_root)
     results["sweep"] = bench_sweep(args.data_root, results["tiny_run"]["imports_seconds"])
+    if args.peer:
+        results["peer"] = bench_peer(args.peer, args.data_root)
+        results["command"] += f' ARGS="--peer {args.peer}"'
+    else:
+        print("whole runs against pytorch/examples' vae/main.py left out: give --peer path/to/vae/main.py")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     table = markdown_table(results)

@@ -55,6 +55,7 @@ def markdown_table(results: dict) -> str:
         f"- An {sweep['jobs']}-job in-process sweep of 1-epoch runs: {sweep['wall_seconds']:.0f} s, of which "
         f"{sweep['fit_seconds']:.0f} s fitting; **{sweep['per_job_beyond_fit']:.2f} s** per job beyond its fit "
         "once the libraries are imported.",
+        *peer_lines(results.get("peer")),
         "",
         "Where (a)'s step goes (Lightning's SimpleProfiler over one epoch, which adds about 1 µs per hook call):",
         "",
@@ -91,3 +92,23 @@ def device_table(results: dict) -> str:
             GPU_TABLE_END,
         ]
     )
+
+
+def peer_lines(peer: dict | None) -> list[str]:
+    """Whole runs against pytorch/examples' vae/main.py, when the bench was given it."""
+    if not peer:
+        return []
+    ours, theirs = peer["vaelab"], peer["peer"]
+    return [
+        "",
+        "| whole run (wall seconds) | 1 epoch | 3 epochs | per epoch | fixed |",
+        "|---|---|---|---|---|",
+        f"| pytorch/examples `vae/main.py`, as written (its epoch includes its test pass) | {theirs['one_epoch']:.1f} "
+        f"| {theirs['three_epochs']:.1f} | {theirs['per_epoch']:.2f} | {theirs['fixed']:.1f} |",
+        f"| vaelab `python train.py` (its epoch includes validation, diagnostics and panels) | {ours['one_epoch']:.1f} "
+        f"| {ours['three_epochs']:.1f} | {ours['per_epoch']:.2f} | {ours['fixed']:.1f} |",
+        "",
+        f"- vaelab is **{peer['speedup_per_epoch']:.2f}×** faster per epoch, and **{peer['speedup_10_epochs']:.2f}×** "
+        "end to end for the 10-epoch default run (projected from the fixed and per-epoch costs); the fastest of 2 "
+        "runs of each, in turn.",
+    ]
