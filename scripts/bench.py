@@ -178,7 +178,8 @@ def measure(args: argparse.Namespace) -> None:
     results["sweep"] = bench_sweep(args.data_root, results["tiny_run"]["imports_seconds"])
     if args.peer:
         results["peer"] = bench_peer(args.peer, args.data_root)
-        results["command"] += f' ARGS="--peer {args.peer}"'
+        # where the reader's checkout is differs: name the script by its place in pytorch/examples
+        results["command"] += f' ARGS="--peer <pytorch/examples>/{args.peer.parent.name}/{args.peer.name}"'
     else:
         print("whole runs against pytorch/examples' vae/main.py left out: give --peer path/to/vae/main.py")
     args.out.parent.mkdir(parents=True, exist_ok=True)
