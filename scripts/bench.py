@@ -62,11 +62,10 @@ from benchmarks.through_vaelab import (  # noqa: E402
     bench_lightning,
     bench_lockstep,
     bench_same_net,
-    bench_startup,
     bench_step_profile,
     compose_train_config,
 )
-from benchmarks.whole_runs import bench_sweep, bench_tiny_run  # noqa: E402
+from benchmarks.whole_runs import bench_startup, bench_sweep, bench_tiny_run  # noqa: E402
 
 from vaelab.errors import one_line_errors  # noqa: E402
 

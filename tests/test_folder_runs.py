@@ -6,7 +6,7 @@ import csv
 import io
 
 import pytest
-from helpers import FAST, child_env, train_cli, vaelab_cli
+from helpers import FAST, child_env, train_cli, vaelab_cli, write_image_folder
 from PIL import Image
 
 from vaelab.results.comparison import compare
@@ -17,8 +17,6 @@ SIZES = {"1,28": ("L", 28), "1,64": ("L", 64), "3,28": ("RGB", 28), "3,64": ("RG
 
 @pytest.fixture(scope="module")
 def folder_sweep(tmp_path_factory):
-    from helpers import write_image_folder
-
     base = tmp_path_factory.mktemp("folder_runs")
     images = write_image_folder(base / "images", per_class=10, classes=3, size=(70, 80))
     (images / "class_0" / "cut.png").write_bytes((images / "class_0" / "000.png").read_bytes()[:120])

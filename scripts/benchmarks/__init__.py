@@ -1,9 +1,9 @@
 """`make bench`'s measurements, one file per path timed (see scripts/bench.py for what they are).
 
 - plain.py: the hand-written loops (b), (b') and (c), and the compute floor;
-- through_vaelab.py: (a), vaelab through Lightning, alone and in lockstep; the start-up time;
+- through_vaelab.py: (a), vaelab through Lightning, alone, in lockstep and profiled;
 - folder.py: a folder of RGB images with the conv net, against the same network in a plain loop;
-- whole_runs.py: a tiny run against its imports, and the per-job cost of a sweep;
+- whole_runs.py: start-up, a tiny run against its imports, and the per-job cost of a sweep;
 - nll.py: the importance-sampled NLL through vaelab and by hand;
 - report.py: the README table.
 """

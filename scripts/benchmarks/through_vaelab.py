@@ -1,20 +1,17 @@
 """(a): vaelab through Lightning, timed alone (StepTimer) and in lockstep with (b) and (b')
-(Lockstep); and the start-up time of `python train.py --cfg job`."""
+(Lockstep), against a copy of its own network (SameNetLockstep), and part by part (SimpleProfiler)."""
 
 from __future__ import annotations
 
 import copy
 import os
-import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
 
-from benchmarks import BATCH, ROOT
+from benchmarks import BATCH
 from benchmarks.plain import Meter, in_memory_batches, plain_model, plain_step, synchronize
 
 
@@ -200,18 +197,6 @@ def bench_lightning(root: str, epochs: int, warmup: int, work: Path, extra: list
     return StepTimer.last.images_per_second
 
 
-def bench_startup(repeats: int = 5) -> float:
-    """Median seconds of `python train.py --cfg job` in a fresh process."""
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        subprocess.run(
-            [sys.executable, str(ROOT / "train.py"), "--cfg", "job"], cwd=ROOT, check=True, capture_output=True
-        )
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
 class ProfileKeeper(L.Callback):
     """Keeps a copy of the SimpleProfiler's recorded durations when training ends: ProfileKeeper.last."""
 
@@ -246,19 +231,19 @@ def bench_step_profile(root: str, epochs: int, work: Path) -> dict[str, float]:
     fetch = per_step_actions["[_TrainingEpochLoop].train_dataloader_next"] + per_step_actions.get(
         f"{strategy}.batch_to_device", 0.0
     )
-    inside_optimizer_step = (
-        ".on_before_backward",
-        ".on_after_backward",
-        ".on_before_optimizer_step",
-        ".on_before_zero_grad",
+    # the hooks Lightning runs inside the optimizer step's closure, which its time includes
+    inside_hooks = (".on_before_backward", ".on_after_backward", ".on_before_optimizer_step", ".on_before_zero_grad")
+    inside_module = (f"{module}.optimizer_zero_grad", f"{module}.configure_gradient_clipping")
+    inside = sum(
+        seconds
+        for action, seconds in per_step_actions.items()
+        if (action.startswith("[Callback]") and action.endswith(inside_hooks)) or action in inside_module
     )
-    callbacks, inside = {}, 0.0
+    callbacks = {}
     for action, seconds in per_step_actions.items():
         if action.startswith("[Callback]") and not action.startswith("[Callback]ProfileKeeper"):
             name = action[len("[Callback]") :].split("{")[0].split(".")[0]
             callbacks[name] = callbacks.get(name, 0.0) + seconds
-        if action.startswith(("[Callback]", f"{module}.optimizer_zero_grad", f"{module}.configure_gradient_clipping")):
-            inside += seconds if action.endswith(inside_optimizer_step) or action.startswith(module) else 0.0
     module_hooks = sum(
         v for k, v in per_step_actions.items() if k.startswith(module) and k != f"{module}.optimizer_step"
     )

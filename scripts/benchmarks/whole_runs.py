@@ -35,6 +35,12 @@ def run_env(data_root: str) -> dict[str, str]:
     return {**os.environ, "VAELAB_DATA_DIR": data_root, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
 
 
+def bench_startup(repeats: int = 5) -> float:
+    """Median seconds of `python train.py --cfg job` in a fresh process."""
+    command = [sys.executable, str(ROOT / "train.py"), "--cfg", "job"]
+    return statistics.median(seconds_of(command, ROOT, dict(os.environ)) for _ in range(repeats))
+
+
 def bench_tiny_run(data_root: str, repeats: int = 3) -> dict[str, float]:
     """Medians of `python -c "<IMPORTS>"` and of a tiny `python train.py` run, in turn."""
     env, imports, runs = run_env(data_root), [], []
