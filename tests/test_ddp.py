@@ -48,3 +48,21 @@ def test_ddp_spawn_in_process(tmp_path, data_root):
     run = assert_one_run_from_rank_zero(tmp_path, world_size=2)
     assert run.summary["test/elbo"] == pytest.approx(metrics["test/elbo"])
     assert_metrics_over_every_image(tmp_path, data_root, world_size=2, logged=metrics)
+
+
+def test_ddp_spawn_takes_the_same_steps_with_several_per_fetch(tmp_path, data_root):
+    """Two ranks, each taking 2 optimizer steps per fetch (manual optimization, gradients averaged
+    at each backward), end on the weights of 1 step per fetch, bit for bit (static binarization:
+    the data draws no random numbers)."""
+    import torch
+
+    same = ["trainer=ddp_spawn", *TWO_CPUS, *FAST, "logger=none", "test=false", "data.binarize=static"]
+    same += ["trainer.max_epochs=2", "trainer.log_every_n_steps=2", "callbacks.image_panels=null"]
+    weights = []
+    for steps in (1, 2):
+        cfg = compose([*same, f"steps_per_fetch={steps}"], output_dir=tmp_path / str(steps), data_root=data_root)
+        checkpoint = torch.load(train(cfg).last_checkpoint, weights_only=True)
+        weights.append((checkpoint["global_step"], checkpoint["state_dict"]))
+    (steps_one, one), (steps_two, two) = weights
+    assert steps_one == steps_two == 8  # 200 images over 2 ranks in batches of 32: 4 steps an epoch
+    assert all(torch.equal(two[name], value) for name, value in one.items())

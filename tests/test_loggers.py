@@ -1,6 +1,7 @@
 """Loggers: what a resumed run keeps of the interrupted run's CSV metrics; the private APIs behind one function each."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -29,7 +30,7 @@ def test_the_private_apis_vaelab_relies_on_are_there(tmp_path):
     from lightning.pytorch.loggers import CSVLogger
 
     from vaelab.loggers import restore_csv_rows
-    from vaelab.module import lightning_logs_this_step
+    from vaelab.module import advance_logging_step, lightning_logs_this_step
     from vaelab.results.wandb_offline import record_class
 
     trainer = L.Trainer(
@@ -40,6 +41,8 @@ def test_the_private_apis_vaelab_relies_on_are_there(tmp_path):
         log_every_n_steps=1,
     )
     assert lightning_logs_this_step(trainer) in (True, False)
+    advance_logging_step(trainer, 3)  # counts optimizer steps under steps_per_fetch
+    assert trainer.fit_loop.epoch_loop._batches_that_stepped == 3
     writer = CSVLogger(tmp_path).experiment
     restore_csv_rows(writer, ["step", "train/loss"], [{"step": 0, "train/loss": 1.5}])
     assert writer.metrics_keys == ["step", "train/loss"]
@@ -52,6 +55,9 @@ def test_the_private_apis_vaelab_relies_on_are_there(tmp_path):
 
     with pytest.raises(RuntimeError, match="has no trainer._logger_connector.should_update_logs"):
         lightning_logs_this_step(Moved())
+    Moved.fit_loop = SimpleNamespace(epoch_loop=object())
+    with pytest.raises(RuntimeError, match="has no fit_loop.epoch_loop._batches_that_stepped"):
+        advance_logging_step(Moved(), 1)
     writer.metrics_keys = None
     with pytest.raises(RuntimeError, match="has no metrics_keys list"):
         restore_csv_rows(writer, ["step"], [])

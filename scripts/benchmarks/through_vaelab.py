@@ -45,8 +45,9 @@ class Lockstep(L.Callback):
     def __init__(self, warmup: int = 20):
         self.warmup, self.steps, self.started, self.inside = warmup, 0, None, 0.0
         self.plain: dict = {}  # name -> a function doing one step of that loop
-        self.seconds, self.timed_steps = {"a": 0.0}, {"a": 0}
-        self.batch = BATCH  # images per step of every path
+        self.seconds, self.images = {"a": 0.0}, {"a": 0}
+        self.batch = BATCH  # images per step of the plain loops
+        self.fetched = 0  # images in (a)'s latest Lightning step (several batches under steps_per_fetch)
         type(self).last = self
 
     @staticmethod
@@ -68,33 +69,37 @@ class Lockstep(L.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         self.plain = self.plain_steps(trainer, pl_module)
         self.seconds.update(dict.fromkeys(self.plain, 0.0))
-        self.timed_steps.update(dict.fromkeys(self.plain, 0))
+        self.images.update(dict.fromkeys(self.plain, 0))
 
-    def count(self, name: str, seconds: float) -> None:
+    def count(self, name: str, seconds: float, images: int) -> None:
         if self.steps > self.warmup:
             self.seconds[name] += seconds
-            self.timed_steps[name] += 1
+            self.images[name] += images
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         synchronize(Lockstep.device)
         now = time.perf_counter()
         if self.started is not None:
-            self.count("a", now - self.started - self.inside)
+            self.count("a", now - self.started - self.inside, self.fetched)
         self.started, self.inside = now, 0.0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.steps += 1
+        """After (a)'s Lightning step, as many steps of each plain loop as (a) took batches."""
         synchronize(Lockstep.device)  # (a)'s queued work belongs to (a)
+        self.fetched = len(batch[0])
+        batches = -(-self.fetched // self.batch)
+        self.steps += batches  # warm-up counts batches
         for name, step in self.plain.items():
-            started = time.perf_counter()
-            step()
-            synchronize(Lockstep.device)
-            seconds = time.perf_counter() - started
-            self.inside += seconds
-            self.count(name, seconds)
+            for _ in range(batches):
+                started = time.perf_counter()
+                step()
+                synchronize(Lockstep.device)
+                seconds = time.perf_counter() - started
+                self.inside += seconds
+                self.count(name, seconds, self.batch)
 
     def images_per_second(self) -> dict[str, float]:
-        return {name: self.batch * self.timed_steps[name] / self.seconds[name] for name in self.seconds}
+        return {name: self.images[name] / self.seconds[name] for name in self.seconds}
 
 
 class SameNetLockstep(Lockstep):

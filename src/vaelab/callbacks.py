@@ -92,11 +92,12 @@ class NaNGuard(L.Callback):
             return
         terms = {name: pl_module.last_terms[name] for name in ("recon", "kl", "loss") if name in pl_module.last_terms}
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        # one fused check and one device sync per step; the details only when something is wrong
-        values = [value.detach().float().reshape(1) for value in terms.values()]
+        # one sum and one device sync per step (reading the gradients is most of its cost); the
+        # details only when something is wrong or the sum of finite values overflows
+        values = [value.detach().float() for value in terms.values()]
         if grads:
-            values.append(grads_sum(grads).float().reshape(1))
-        if not values or torch.isfinite(torch.cat(values)).all():
+            values.append(grads_sum(grads).float())
+        if not values or math.isfinite(torch.stack(values).sum().item()):
             return
         bad = {name: float(value.detach()) for name, value in terms.items() if not torch.isfinite(value)}
         if bad:
@@ -134,10 +135,15 @@ class Throughput(L.Callback):
         self.images, self.started = 0, time.perf_counter()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.images += len(batch[0]) * trainer.world_size
+        fetched = getattr(pl_module, "images_last_step", None)  # set under steps_per_fetch (a fetch may stop early)
+        self.images += fetched if fetched is not None else len(batch[0]) * trainer.world_size
         if lightning_logs_this_step(trainer):
             now = time.perf_counter()
-            pl_module.log("train/images_per_second", self.images / (now - self.started), on_step=True, on_epoch=False)
+            metrics = {"train/images_per_second": self.images / (now - self.started)}
+            if hasattr(pl_module, "log_train_metrics"):  # vaelab's module: also under steps_per_fetch
+                pl_module.log_train_metrics(metrics)
+            else:
+                pl_module.log_dict(metrics, on_step=True, on_epoch=False)
             self.images, self.started = 0, now
 
 

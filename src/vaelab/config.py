@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from vaelab.errors import ConfigError, DataNotFoundError, require
+from vaelab.inner_steps import plan as plan_inner_steps
 from vaelab.instantiate import instantiate_setting
 
 DATA_NAMES = ("mnist", "fashion_mnist")  # data.source=builtin
@@ -355,6 +356,7 @@ def validate(cfg: DictConfig) -> None:
     if cfg.get("ckpt_path") == "last":  # Lightning's shorthand: a new run folder has no last checkpoint
         raise ConfigError("ckpt_path=last: a new run has no last checkpoint; continue a run with resume=<run folder>")
     require(isinstance(cfg.get("compile", False), bool), "compile", cfg.get("compile"), "true or false")
+    plan_inner_steps(cfg.get("steps_per_fetch", 1), cfg.get("trainer") or {}, 1)  # an integer >= 1
     precision = str(cfg.get("trainer", {}).get("precision", "32-true"))
     require(precision in PRECISIONS, "trainer.precision", precision, f"one of {', '.join(PRECISIONS)}")
     check("data", DataSchema, cfg.data)

@@ -200,6 +200,7 @@ class VAEDataModule(L.LightningDataModule):
         self.image_shape = (1, image_size or 28, image_size or 28) if builtin else None  # else known once read
         self.classes: list[str] = list(DATASETS[name].classes) if builtin else []
         self.train_set = self.val_set = self.test_set = None
+        self.batches_per_fetch = 1  # training batches per fetch: set by vaelab.training for steps_per_fetch
 
     @property
     def num_classes(self) -> int:
@@ -303,7 +304,8 @@ class VAEDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, shuffle=True)
+        # K batches at once are K * batch_size consecutive images of the same shuffled order
+        return self._loader(self.train_set, self.batch_size * self.batches_per_fetch, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, self.eval_batch_size, shuffle=False)

@@ -25,6 +25,7 @@ from hydra.utils import instantiate
 from vaelab.config import ModelSchema, check
 from vaelab.diagnostics import summarize
 from vaelab.errors import CheckpointError, ConfigError, first_line
+from vaelab.inner_steps import InnerSteps, carry_step_count, crosses_logging_step
 from vaelab.instantiate import instantiate_setting
 from vaelab.metrics import TERMS
 from vaelab.networks import VAE
@@ -68,7 +69,11 @@ def restore_rng_states(states: dict) -> None:
 def lightning_logs_this_step(trainer: L.Trainer) -> bool:
     """Whether Lightning writes this training step's logged metrics. Lightning keeps the answer in
     a private attribute (``trainer._logger_connector.should_update_logs``); an upgrade that moves
-    it stops here with a message saying so, rather than logging silently on every step or none."""
+    it stops here with a message saying so, rather than logging silently on every step or none.
+    Under ``steps_per_fetch`` > 1 the module decides (``inner_logs_now``)."""
+    module = getattr(trainer, "lightning_module", None)
+    if getattr(module, "inner", None) is not None:
+        return module.inner_logs_now
     connector = getattr(trainer, "_logger_connector", None)
     if connector is None or not hasattr(type(connector), "should_update_logs"):
         raise RuntimeError(
@@ -76,6 +81,20 @@ def lightning_logs_this_step(trainer: L.Trainer) -> bool:
             "which vaelab uses to log only on logging steps (vaelab/module.py)"
         )
     return bool(connector.should_update_logs or trainer.fast_dev_run)
+
+
+def advance_logging_step(trainer: L.Trainer, steps: int) -> None:
+    """Count ``steps`` more optimizer steps in the step that Lightning logs at and decides the
+    logging steps by (``fit_loop.epoch_loop._batches_that_stepped``, a private counter that
+    Lightning saves in the checkpoint and advances by one per Lightning step); an upgrade that
+    removes it stops here with a message saying so."""
+    epoch_loop = trainer.fit_loop.epoch_loop
+    if not isinstance(getattr(epoch_loop, "_batches_that_stepped", None), int):
+        raise RuntimeError(
+            f"Lightning {L.__version__} has no fit_loop.epoch_loop._batches_that_stepped, which vaelab "
+            "advances under steps_per_fetch > 1 (vaelab/module.py)"
+        )
+    epoch_loop._batches_that_stepped += steps
 
 
 def likelihood_shape(config: dict, image_shape) -> dict:
@@ -121,6 +140,10 @@ class VAELitModule(L.LightningModule):
         # what the run's checkpoints record besides the weights (set by vaelab.training.train): the
         # composed config, the seed and the source commit
         self.run_record: dict = {}
+        self.inner: InnerSteps | None = None  # several optimizer steps per Lightning step (use_inner_steps)
+        self.inner_logs_now = False  # whether the latest fetch's train/ metrics are logged
+        self.images_last_step: int | None = None  # images trained in the latest fetch, all ranks
+        self._unwritten_metrics: dict[str, float] = {}  # a fetch's train/ metrics, for the loggers
         check("model", ModelSchema, model)  # the one place the model's rules live
         latent_dim = int(model["latent_dim"])
         label_classes = num_classes if model.get("conditional", False) else 0  # the one-hot label's width; 0: none
@@ -213,26 +236,29 @@ class VAELitModule(L.LightningModule):
         return self.vae(x, y)
 
     def _shared_step(self, batch, stage: str) -> torch.Tensor:
+        terms = self._terms(batch, stage)
+        if stage == "train":
+            self.last_terms = terms
+            if not self._logging_step():
+                return terms["loss"]
+        self._log_terms(terms, stage, batch_size=batch[0].shape[0])
+        return terms["loss"]
+
+    def _terms(self, batch, stage: str) -> dict[str, torch.Tensor]:
+        """The objective's terms (nats per image, scalars) for a batch (x, y); keeps the validation
+        posteriors for the diagnostics."""
         x, y = batch
         out = self.vae(x, y, samples=self.objective.importance_samples)
         terms = self.objective(x, out.decoder_output, out.mean, out.logvar, self.global_step, z=out.z)
-        on_step = stage == "train"
-        if on_step:
-            self.last_terms = terms
         if stage == "val" and self.hparams.diagnostics:
             self._posteriors.append((out.mean.detach(), out.logvar.detach()))
-        if on_step and not self._logging_step():
-            return terms["loss"]
+        return terms
+
+    def _log_terms(self, terms: dict[str, torch.Tensor], stage: str, batch_size: int) -> None:
+        on_step = stage == "train"
         names = terms if on_step else [n for n in TERMS if n in terms]  # the KL weight only in train/
         metrics = {f"{stage}/{name}": terms[name] for name in names}
-        self.log_dict(
-            metrics,
-            on_step=on_step,
-            on_epoch=not on_step,
-            batch_size=x.shape[0],
-            sync_dist=not on_step,
-        )
-        return terms["loss"]
+        self.log_dict(metrics, on_step=on_step, on_epoch=not on_step, batch_size=batch_size, sync_dist=not on_step)
 
     def _logging_step(self) -> bool:
         """True on the training steps whose metrics the loggers write (every trainer.log_every_n_steps).
@@ -242,8 +268,89 @@ class VAELitModule(L.LightningModule):
         step close to a hand-written loop's speed."""
         return self._trainer is None or lightning_logs_this_step(self._trainer)
 
+    def use_inner_steps(self, inner: InnerSteps) -> None:
+        """Take ``inner.steps_per_fetch`` optimizer steps per Lightning step (vaelab.inner_steps),
+        under manual optimization."""
+        self.inner = inner
+        self.automatic_optimization = False
+
     def training_step(self, batch, batch_idx):
-        return self._shared_step(batch, "train")
+        if self.inner is None:
+            return self._shared_step(batch, "train")
+        return self._inner_steps(batch, batch_idx)
+
+    def _inner_steps(self, batch, batch_idx: int) -> torch.Tensor | None:
+        """Optimizer steps on the batches of one fetch (x: (K * A * B, C, H, W), y: (K * A * B,)),
+        in order, each over ``accumulate`` batches of ``batch_size`` images, as Lightning's
+        automatic optimization would take them one Lightning step at a time: the loss scaled by
+        1 / accumulate, the clipping in ``on_before_optimizer_step`` (after the NaN guard's check),
+        step-interval schedulers stepped after each optimizer step. Stops at trainer.max_steps
+        and at a limit_train_batches count. Returns the last batch's loss, detached."""
+        inner, trainer = self.inner, self.trainer
+        x, y = batch
+        chunks = list(zip(x.split(inner.batch_size), y.split(inner.batch_size), strict=True))
+        if inner.batches_per_epoch is not None:  # limit_train_batches counts batches, not fetches
+            chunks = chunks[: max(0, inner.batches_per_epoch - batch_idx * inner.batches_per_fetch)]
+        optimizer = self.optimizers()
+        schedulers = [c.scheduler for c in trainer.lr_scheduler_configs if c.interval == "step"]
+        first_step, steps, images, terms = self.global_step, 0, 0, None
+        for index, chunk in enumerate(chunks):
+            if 0 <= trainer.max_steps <= self.global_step:
+                break
+            terms = self._terms(chunk, "train")
+            self.last_terms = terms
+            images += len(chunk[0])
+            loss = terms["loss"] / inner.accumulate if inner.accumulate > 1 else terms["loss"]
+            self.manual_backward(loss)
+            if (index + 1) % inner.accumulate and index + 1 < len(chunks):
+                continue
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            for scheduler in schedulers:
+                scheduler.step()
+            steps += 1
+        self.images_last_step = images * trainer.world_size
+        if steps > 1:  # Lightning adds the last one: its logging step counts optimizer steps
+            advance_logging_step(trainer, steps - 1)
+        last_step = first_step + max(steps, 1) - 1
+        self.inner_logs_now = bool(
+            trainer.fast_dev_run
+            or trainer.should_stop
+            or crosses_logging_step(first_step, last_step, inner.log_every_n_steps)
+        )
+        if terms is None:
+            return None
+        if self.inner_logs_now:
+            self.log_train_metrics({f"train/{name}": value for name, value in terms.items()})
+        return terms["loss"].detach()
+
+    def log_train_metrics(self, metrics: dict[str, torch.Tensor | float]) -> None:
+        """Log per-step training metrics on a logging step. Under ``steps_per_fetch`` > 1 they go
+        to the callbacks (``self.log``, logger=False) and, once per fetch after every callback's
+        on_train_batch_end, to the loggers at the fetch's last optimizer step: Lightning would
+        write them again at every fetch after (it keeps a step's values until the epoch ends and
+        vaelab leaves its own logging cadence off, trainer.log_every_n_steps=1)."""
+        if self.inner is None:
+            self.log_dict(metrics, on_step=True, on_epoch=False)
+            return
+        self.log_dict(metrics, on_step=True, on_epoch=False, logger=False)
+        self._unwritten_metrics.update({name: float(torch.as_tensor(v).detach()) for name, v in metrics.items()})
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.inner is None or not self._unwritten_metrics:
+            return
+        metrics = {**self._unwritten_metrics, "epoch": self.current_epoch}
+        self._unwritten_metrics = {}
+        step = self.trainer.fit_loop.epoch_loop._batches_that_stepped  # the fetch's last optimizer step (0-based)
+        for logger in self.trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+            logger.save()
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Under ``steps_per_fetch``, the Trainer's gradient clipping (which Lightning leaves to a
+        manually optimized module), after the callbacks' checks, as Lightning orders it."""
+        if self.inner is not None and self.inner.clip_val:
+            self.clip_gradients(optimizer, self.inner.clip_val, self.inner.clip_algorithm)
 
     def validation_step(self, batch, batch_idx):
         self._shared_step(batch, "val")
@@ -320,13 +427,24 @@ class VAELitModule(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Keep the random states for the next epoch's start, and the step count whichever
+        loop (one or several steps per fetch) wrote the checkpoint."""
         self._rng_to_restore = checkpoint.get("rng_states")
+        carry_step_count(checkpoint, manual=not self.automatic_optimization)
 
     def on_train_epoch_start(self) -> None:
         """After a resume, continue the random streams where the checkpoint left them."""
         if self._rng_to_restore is not None:
             restore_rng_states(self._rng_to_restore)
             self._rng_to_restore = None
+
+    def on_train_epoch_end(self) -> None:
+        """Under ``steps_per_fetch``, step the epoch-interval schedulers (Lightning leaves them to a
+        manually optimized module); this runs before the epoch's last.ckpt is written."""
+        if self.inner is not None:
+            for config in self.trainer.lr_scheduler_configs:
+                if config.interval == "epoch":
+                    config.scheduler.step()
 
     def configure_optimizers(self):
         """The ``model.optimizer``, and the ``model.lr_scheduler`` when one is set.

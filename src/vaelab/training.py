@@ -118,6 +118,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> TrainResult:
 
     from vaelab.callbacks import FinalSummary, TimeLimitRequeue
     from vaelab.checkpointing import RemoveStaleCheckpoints, check_fits, in_folder
+    from vaelab.inner_steps import plan
     from vaelab.instantiate import instantiate_setting
     from vaelab.loggers import build_loggers, log_final_hparams
     from vaelab.module import VAELitModule
@@ -148,6 +149,12 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> TrainResult:
             "seed": int(cfg.seed),
             "config": OmegaConf.to_container(cfg, resolve=True),
         }
+        inner, trainer_instead, note = plan(cfg.get("steps_per_fetch", 1), cfg.trainer, datamodule.batch_size)
+        if note:
+            log.info(note)
+        if inner is not None:
+            module.use_inner_steps(inner)
+            datamodule.batches_per_fetch = inner.batches_per_fetch
         if cfg.get("compile"):
             module.vae.compile()  # in place: the checkpoint's parameter names stay the same
         # a callback set to null (callbacks.nan_guard=null) is off
@@ -168,7 +175,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> TrainResult:
             metrics_before = dict((checkpoint.get("vaelab") or {}).get("metrics") or {})
             del checkpoint
         # the Trainer checks its arguments before any logger starts a run or writes a file
-        trainer = instantiate_setting(cfg.trainer, "trainer", logger=False, callbacks=callbacks)
+        trainer = instantiate_setting(cfg.trainer, "trainer", logger=False, callbacks=callbacks, **trainer_instead)
         trainer.loggers = build_loggers(cfg, resume_step=resume_step)
         if is_global_zero():
             save_run_config(cfg.paths.output_dir, cfg, overrides)
