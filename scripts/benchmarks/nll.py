@@ -34,7 +34,8 @@ def bare_iwae_nll(vae, images: torch.Tensor, k: int, batch_images: int) -> float
 
 
 def bench_nll(root: str, n_images: int, k: int) -> dict:
-    """Seconds for the test NLL of the first n_images at k samples: vaelab-eval's path and the bare one."""
+    """Seconds for the test NLL of the first n_images at k samples: vaelab-eval's path and the bare
+    one, in lockstep (one forward's worth of images each, in turn)."""
     from vaelab.data import VAEDataModule
     from vaelab.module import VAELitModule
     from vaelab.results.evaluation import evaluate_split, images_per_forward
@@ -47,18 +48,22 @@ def bench_nll(root: str, n_images: int, k: int) -> dict:
     module = VAELitModule.from_config(cfg, datamodule).eval()
     images, labels = datamodule.test_set.images[:n_images], datamodule.test_set.labels[:n_images]
     batch_images = images_per_forward(k)
-    timings = {}
-    for name, run in (
-        ("bare", lambda: bare_iwae_nll(module.vae, images, k, batch_images)),
-        ("vaelab", lambda: evaluate_split(module, images, labels, k=k)["nll"]),
-    ):
-        run_times = []
-        for _ in range(2):  # the second run is timed warm
+    paths = {
+        "bare": lambda x, y: bare_iwae_nll(module.vae, x, k, batch_images),
+        "vaelab": lambda x, y: evaluate_split(module, x, y, k=k)["nll"],
+    }
+    for run in paths.values():  # warm-up, not timed
+        run(images[:batch_images], labels[:batch_images])
+    # in lockstep: each forward's worth of images through one path, then the other, so that the
+    # machine's slow spells weigh on both alike
+    timings = {name: {"seconds": 0.0, "nll": 0.0} for name in paths}
+    for x, y in zip(images.split(batch_images), labels.split(batch_images), strict=True):
+        for name, run in paths.items():
             torch.manual_seed(0)
             started = time.perf_counter()
-            nll = run()
-            run_times.append(time.perf_counter() - started)
-        timings[name] = {"seconds": min(run_times), "nll": nll}
+            nll = run(x, y)
+            timings[name]["seconds"] += time.perf_counter() - started
+            timings[name]["nll"] += nll * len(x) / n_images
     return {
         "n_images": n_images,
         "k": k,

@@ -211,7 +211,7 @@ class ProfileKeeper(L.Callback):
         ProfileKeeper.last = {action: list(times) for action, times in trainer.profiler.recorded_durations.items()}
 
 
-def bench_step_profile(root: str, epochs: int, work: Path) -> dict[str, float]:
+def bench_step_profile(root: str, epochs: int, work: Path, extra: list[str] = ()) -> dict[str, float]:
     """Where (a)'s training step goes, from Lightning's SimpleProfiler over ``epochs`` epochs of
     train.py's config (validation off): microseconds per step of the data fetch, the forward pass
     and loss (training_step), the backward pass, the optimizer step itself (Adam, with the hooks
@@ -220,7 +220,7 @@ def bench_step_profile(root: str, epochs: int, work: Path) -> dict[str, float]:
     The profiler's own clock reads add about 1 µs per hook call."""
     run_train(
         [
-            *lightning_overrides(root, epochs, work),
+            *lightning_overrides(root, epochs, work, extra),
             "+trainer.profiler._target_=lightning.pytorch.profilers.SimpleProfiler",
             "+callbacks.profile_keeper._target_=benchmarks.through_vaelab.ProfileKeeper",
         ]

@@ -13,6 +13,7 @@ current KL weight, beta * schedule(step)). The learning rate is Lightning's Lear
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 from pathlib import Path
@@ -437,6 +438,23 @@ class VAELitModule(L.LightningModule):
         if self._rng_to_restore is not None:
             restore_rng_states(self._rng_to_restore)
             self._rng_to_restore = None
+
+    def on_train_start(self) -> None:
+        """Under ``steps_per_fetch``, Lightning's warning that an epoch has fewer batches than the
+        logging interval (it sees fetches, and logs every one of them for vaelab to choose from)."""
+        if self.inner is None or not self.trainer.is_global_zero:
+            return
+        batches = math.ceil(
+            len(self.trainer.train_dataloader.dataset) / (self.inner.batch_size * self.trainer.world_size)
+        )
+        if self.inner.batches_per_epoch is not None:
+            batches = min(batches, self.inner.batches_per_epoch)
+        if batches < self.inner.log_every_n_steps:
+            log.warning(
+                "The number of training batches (%d) is smaller than the logging interval "
+                "trainer.log_every_n_steps=%d: set a lower value to see the train/ metrics of every epoch",
+                batches, self.inner.log_every_n_steps,
+            )  # fmt: skip
 
     def on_train_epoch_end(self) -> None:
         """Under ``steps_per_fetch``, step the epoch-interval schedulers (Lightning leaves them to a
