@@ -43,7 +43,7 @@ def run(tmp_path, data_root, overrides):
         ["trainer.max_epochs=2", "trainer.accumulate_grad_batches=2", "trainer.gradient_clip_val=0.5", STEP_LR],
         ["trainer.max_epochs=3", "trainer.limit_train_batches=5", "+trainer.gradient_clip_algorithm=value"]
         + ["trainer.gradient_clip_val=0.01", EPOCH_LR, "callbacks.lr_monitor.enabled=true"],
-        ["trainer.max_epochs=2", "trainer.max_steps=9"],
+        ["trainer.max_epochs=2", "trainer.max_steps=9", EPOCH_LR],  # stops in the second epoch
     ],
     ids=["epochs", "accumulate-clip-step-lr", "limit-clip-value-epoch-lr", "max-steps"],
 )

@@ -29,8 +29,9 @@ def test_the_private_apis_vaelab_relies_on_are_there(tmp_path):
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
 
+    from vaelab.inner_steps import advance_logging_step
     from vaelab.loggers import restore_csv_rows
-    from vaelab.module import advance_logging_step, lightning_logs_this_step
+    from vaelab.module import lightning_logs_this_step
     from vaelab.results.wandb_offline import record_class
 
     trainer = L.Trainer(

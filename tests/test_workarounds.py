@@ -52,7 +52,7 @@ def test_a_tiny_default_run_prints_nothing_else(tmp_path, data_root):
     assert any("final metrics (nats per image)" in line for line in lines)
     # real: with 1 batch per epoch and log_every_n_steps=50 no training step is logged; vaelab says
     # so where Lightning, which sees a fetch of up to steps_per_fetch batches, no longer can
-    said = "[vaelab.module][WARNING] - The number of training batches (1) is smaller than the logging interval"
+    said = "[vaelab.inner_steps][WARNING] - The number of training batches (1) is smaller than the logging interval"
     assert sum(said in line for line in lines) == 1
     assert any(line.startswith("┏") for line in lines)  # the model summary is still there
 

@@ -20,10 +20,17 @@ give the same weights bit for bit (tests/test_inner_steps.py).
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from vaelab.errors import ConfigError
+
+if TYPE_CHECKING:  # read by config validation before torch is imported: annotations only
+    import torch
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -127,3 +134,84 @@ def carry_step_count(checkpoint: dict, manual: bool) -> None:
             counts = {key: manual_steps[part][key] for key in ("ready", "completed")}
             step[part] = dict(counts)
             automatic["zero_grad"][part] = {**counts, "started": counts["completed"]}
+
+
+def take_steps(module, batch, batch_idx: int) -> torch.Tensor | None:
+    """The training step of ``module`` (a VAELitModule after ``use_inner_steps``): optimizer steps
+    on the batches of one fetch (x: (K * A * B, C, H, W), y: (K * A * B,)), in order, each over
+    ``accumulate`` batches of ``batch_size`` images, as Lightning's automatic optimization would
+    take them one Lightning step at a time: the loss scaled by 1 / accumulate, the clipping in
+    ``on_before_optimizer_step`` (after the NaN guard's check), step-interval schedulers stepped
+    after each optimizer step. Stops at trainer.max_steps and at a limit_train_batches count.
+    Returns the last batch's loss (nats per image, detached), or None when no step was taken."""
+    inner, trainer = module.inner, module.trainer
+    x, y = batch
+    chunks = list(zip(x.split(inner.batch_size), y.split(inner.batch_size), strict=True))
+    if inner.batches_per_epoch is not None:  # limit_train_batches counts batches, not fetches
+        chunks = chunks[: max(0, inner.batches_per_epoch - batch_idx * inner.batches_per_fetch)]
+    optimizer = module.optimizers()
+    schedulers = [c.scheduler for c in trainer.lr_scheduler_configs if c.interval == "step"]
+    first_step, steps, images, terms = module.global_step, 0, 0, None
+    for index, chunk in enumerate(chunks):
+        if 0 <= trainer.max_steps <= module.global_step:
+            break
+        terms = module.batch_terms(chunk, "train")
+        module.last_terms = terms
+        images += len(chunk[0])
+        loss = terms["loss"] / inner.accumulate if inner.accumulate > 1 else terms["loss"]
+        module.manual_backward(loss)
+        if (index + 1) % inner.accumulate and index + 1 < len(chunks):
+            continue
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        for scheduler in schedulers:
+            scheduler.step()
+        steps += 1
+    module.images_last_step = images * trainer.world_size
+    module.fetch_ended_epoch = batch_idx + 1 >= trainer.num_training_batches  # epoch schedulers step then
+    if steps > 1:  # Lightning adds the last one: its logging step counts optimizer steps
+        advance_logging_step(trainer, steps - 1)
+    last_step = first_step + max(steps, 1) - 1
+    module.inner_logs_now = bool(
+        trainer.fast_dev_run
+        or trainer.should_stop
+        or crosses_logging_step(first_step, last_step, inner.log_every_n_steps)
+    )
+    if terms is None:
+        return None
+    if module.inner_logs_now:
+        module.log_train_metrics({f"train/{name}": value for name, value in terms.items()})
+    return terms["loss"].detach()
+
+
+def advance_logging_step(trainer, steps: int) -> int:
+    """Count ``steps`` more optimizer steps in the step that Lightning logs at and decides the
+    logging steps by (``fit_loop.epoch_loop._batches_that_stepped``, a private counter that
+    Lightning saves in the checkpoint and advances by one per Lightning step), and return it; an
+    upgrade that removes it stops here with a message saying so."""
+    epoch_loop = trainer.fit_loop.epoch_loop
+    if not isinstance(getattr(epoch_loop, "_batches_that_stepped", None), int):
+        import lightning
+
+        raise RuntimeError(
+            f"Lightning {lightning.__version__} has no fit_loop.epoch_loop._batches_that_stepped, which vaelab "
+            "advances under steps_per_fetch > 1 (vaelab/inner_steps.py)"
+        )
+    epoch_loop._batches_that_stepped += steps
+    return epoch_loop._batches_that_stepped
+
+
+def warn_if_an_epoch_logs_nothing(module) -> None:
+    """Lightning's warning that an epoch has fewer batches than the logging interval, which it
+    cannot give under steps_per_fetch: it sees fetches, and vaelab has it log every one."""
+    batches = math.ceil(
+        len(module.trainer.train_dataloader.dataset) / (module.inner.batch_size * module.trainer.world_size)
+    )
+    if module.inner.batches_per_epoch is not None:
+        batches = min(batches, module.inner.batches_per_epoch)
+    if batches < module.inner.log_every_n_steps:
+        log.warning(
+            "The number of training batches (%d) is smaller than the logging interval "
+            "trainer.log_every_n_steps=%d: set a lower value to see the train/ metrics of every epoch",
+            batches, module.inner.log_every_n_steps,
+        )  # fmt: skip

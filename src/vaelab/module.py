@@ -13,7 +13,6 @@ current KL weight, beta * schedule(step)). The learning rate is Lightning's Lear
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 from pathlib import Path
@@ -26,7 +25,13 @@ from hydra.utils import instantiate
 from vaelab.config import ModelSchema, check
 from vaelab.diagnostics import summarize
 from vaelab.errors import CheckpointError, ConfigError, first_line
-from vaelab.inner_steps import InnerSteps, carry_step_count, crosses_logging_step
+from vaelab.inner_steps import (
+    InnerSteps,
+    advance_logging_step,
+    carry_step_count,
+    take_steps,
+    warn_if_an_epoch_logs_nothing,
+)
 from vaelab.instantiate import instantiate_setting
 from vaelab.metrics import TERMS
 from vaelab.networks import VAE
@@ -84,20 +89,6 @@ def lightning_logs_this_step(trainer: L.Trainer) -> bool:
     return bool(connector.should_update_logs or trainer.fast_dev_run)
 
 
-def advance_logging_step(trainer: L.Trainer, steps: int) -> None:
-    """Count ``steps`` more optimizer steps in the step that Lightning logs at and decides the
-    logging steps by (``fit_loop.epoch_loop._batches_that_stepped``, a private counter that
-    Lightning saves in the checkpoint and advances by one per Lightning step); an upgrade that
-    removes it stops here with a message saying so."""
-    epoch_loop = trainer.fit_loop.epoch_loop
-    if not isinstance(getattr(epoch_loop, "_batches_that_stepped", None), int):
-        raise RuntimeError(
-            f"Lightning {L.__version__} has no fit_loop.epoch_loop._batches_that_stepped, which vaelab "
-            "advances under steps_per_fetch > 1 (vaelab/module.py)"
-        )
-    epoch_loop._batches_that_stepped += steps
-
-
 def likelihood_shape(config: dict, image_shape) -> dict:
     """``{"image_shape": ...}`` for a likelihood class that takes the data's shape (``takes_image_shape``)."""
     from hydra.utils import get_object
@@ -145,6 +136,7 @@ class VAELitModule(L.LightningModule):
         self.inner_logs_now = False  # whether the latest fetch's train/ metrics are logged
         self.images_last_step: int | None = None  # images trained in the latest fetch, all ranks
         self._unwritten_metrics: dict[str, float] = {}  # a fetch's train/ metrics, for the loggers
+        self.fetch_ended_epoch = False  # whether the latest fetch was its epoch's last
         check("model", ModelSchema, model)  # the one place the model's rules live
         latent_dim = int(model["latent_dim"])
         label_classes = num_classes if model.get("conditional", False) else 0  # the one-hot label's width; 0: none
@@ -237,7 +229,7 @@ class VAELitModule(L.LightningModule):
         return self.vae(x, y)
 
     def _shared_step(self, batch, stage: str) -> torch.Tensor:
-        terms = self._terms(batch, stage)
+        terms = self.batch_terms(batch, stage)
         if stage == "train":
             self.last_terms = terms
             if not self._logging_step():
@@ -245,7 +237,7 @@ class VAELitModule(L.LightningModule):
         self._log_terms(terms, stage, batch_size=batch[0].shape[0])
         return terms["loss"]
 
-    def _terms(self, batch, stage: str) -> dict[str, torch.Tensor]:
+    def batch_terms(self, batch, stage: str) -> dict[str, torch.Tensor]:
         """The objective's terms (nats per image, scalars) for a batch (x, y); keeps the validation
         posteriors for the diagnostics."""
         x, y = batch
@@ -278,52 +270,7 @@ class VAELitModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         if self.inner is None:
             return self._shared_step(batch, "train")
-        return self._inner_steps(batch, batch_idx)
-
-    def _inner_steps(self, batch, batch_idx: int) -> torch.Tensor | None:
-        """Optimizer steps on the batches of one fetch (x: (K * A * B, C, H, W), y: (K * A * B,)),
-        in order, each over ``accumulate`` batches of ``batch_size`` images, as Lightning's
-        automatic optimization would take them one Lightning step at a time: the loss scaled by
-        1 / accumulate, the clipping in ``on_before_optimizer_step`` (after the NaN guard's check),
-        step-interval schedulers stepped after each optimizer step. Stops at trainer.max_steps
-        and at a limit_train_batches count. Returns the last batch's loss, detached."""
-        inner, trainer = self.inner, self.trainer
-        x, y = batch
-        chunks = list(zip(x.split(inner.batch_size), y.split(inner.batch_size), strict=True))
-        if inner.batches_per_epoch is not None:  # limit_train_batches counts batches, not fetches
-            chunks = chunks[: max(0, inner.batches_per_epoch - batch_idx * inner.batches_per_fetch)]
-        optimizer = self.optimizers()
-        schedulers = [c.scheduler for c in trainer.lr_scheduler_configs if c.interval == "step"]
-        first_step, steps, images, terms = self.global_step, 0, 0, None
-        for index, chunk in enumerate(chunks):
-            if 0 <= trainer.max_steps <= self.global_step:
-                break
-            terms = self._terms(chunk, "train")
-            self.last_terms = terms
-            images += len(chunk[0])
-            loss = terms["loss"] / inner.accumulate if inner.accumulate > 1 else terms["loss"]
-            self.manual_backward(loss)
-            if (index + 1) % inner.accumulate and index + 1 < len(chunks):
-                continue
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            for scheduler in schedulers:
-                scheduler.step()
-            steps += 1
-        self.images_last_step = images * trainer.world_size
-        if steps > 1:  # Lightning adds the last one: its logging step counts optimizer steps
-            advance_logging_step(trainer, steps - 1)
-        last_step = first_step + max(steps, 1) - 1
-        self.inner_logs_now = bool(
-            trainer.fast_dev_run
-            or trainer.should_stop
-            or crosses_logging_step(first_step, last_step, inner.log_every_n_steps)
-        )
-        if terms is None:
-            return None
-        if self.inner_logs_now:
-            self.log_train_metrics({f"train/{name}": value for name, value in terms.items()})
-        return terms["loss"].detach()
+        return take_steps(self, batch, batch_idx)
 
     def log_train_metrics(self, metrics: dict[str, torch.Tensor | float]) -> None:
         """Log per-step training metrics on a logging step. Under ``steps_per_fetch`` > 1 they go
@@ -342,7 +289,7 @@ class VAELitModule(L.LightningModule):
             return
         metrics = {**self._unwritten_metrics, "epoch": self.current_epoch}
         self._unwritten_metrics = {}
-        step = self.trainer.fit_loop.epoch_loop._batches_that_stepped  # the fetch's last optimizer step (0-based)
+        step = advance_logging_step(self.trainer, 0)  # the fetch's last optimizer step (0-based)
         for logger in self.trainer.loggers:
             logger.log_metrics(metrics, step=step)
             logger.save()
@@ -440,26 +387,14 @@ class VAELitModule(L.LightningModule):
             self._rng_to_restore = None
 
     def on_train_start(self) -> None:
-        """Under ``steps_per_fetch``, Lightning's warning that an epoch has fewer batches than the
-        logging interval (it sees fetches, and logs every one of them for vaelab to choose from)."""
-        if self.inner is None or not self.trainer.is_global_zero:
-            return
-        batches = math.ceil(
-            len(self.trainer.train_dataloader.dataset) / (self.inner.batch_size * self.trainer.world_size)
-        )
-        if self.inner.batches_per_epoch is not None:
-            batches = min(batches, self.inner.batches_per_epoch)
-        if batches < self.inner.log_every_n_steps:
-            log.warning(
-                "The number of training batches (%d) is smaller than the logging interval "
-                "trainer.log_every_n_steps=%d: set a lower value to see the train/ metrics of every epoch",
-                batches, self.inner.log_every_n_steps,
-            )  # fmt: skip
+        if self.inner is not None and self.trainer.is_global_zero:
+            warn_if_an_epoch_logs_nothing(self)
 
     def on_train_epoch_end(self) -> None:
         """Under ``steps_per_fetch``, step the epoch-interval schedulers (Lightning leaves them to a
-        manually optimized module); this runs before the epoch's last.ckpt is written."""
-        if self.inner is not None:
+        manually optimized module) after a whole epoch, as Lightning does (not when max_steps ends
+        one early); this runs before the epoch's last.ckpt is written."""
+        if self.inner is not None and self.fetch_ended_epoch:
             for config in self.trainer.lr_scheduler_configs:
                 if config.interval == "epoch":
                     config.scheduler.step()
