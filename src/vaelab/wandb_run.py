@@ -137,7 +137,11 @@ def write_summaries(loggers, values: dict) -> None:
     is their best value (BEST_SUMMARIES) keep it."""
     values = {key: value for key, value in values.items() if key not in BEST_SUMMARIES}
     for logger in wandb_loggers(loggers):
-        logger.experiment.summary.update(values)
+        summary = logger.experiment.summary
+        summary.update(values)
+        # reading it back waits for W&B's service to apply the update: a ddp_spawn rank that exits
+        # next cannot lose it to the parent's finish, which comes over another connection
+        summary.keys()
 
 
 KL_TABLE_COLUMNS = ["dim", "kl_nats", "mean_variance", "active"]
