@@ -56,13 +56,21 @@ def lowest_venv() -> Path:
         if not python.is_file():
             subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         (venv / "floors.txt").write_text(pins)  # changed floors move the packages already there
-        install = subprocess.run(
-            [str(python), "-m", "pip", "install", "-q", "-c", str(venv / "floors.txt"), "-e", f".[{','.join(EXTRAS)}]"],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=3000,
-        )
+        # several GB from the registry: a pip that resumes a download cut off mid-stream (25.1+),
+        # and a second attempt when the first one fails all the same
+        pip = [str(python), "-m", "pip", "install", "-q", "--retries", "10"]
+        upgrade = subprocess.run([*pip, "pip>=25.3"], capture_output=True, text=True, timeout=600)
+        assert upgrade.returncode == 0, upgrade.stderr[-3000:]
+        for _attempt in range(2):
+            install = subprocess.run(
+                [*pip, "--resume-retries", "10", "-c", str(venv / "floors.txt"), "-e", f".[{','.join(EXTRAS)}]"],
+                cwd=PROJECT_ROOT,
+                capture_output=True,
+                text=True,
+                timeout=3000,
+            )
+            if install.returncode == 0:
+                break
         assert install.returncode == 0, install.stderr[-3000:]
         stamp.write_text(digest)
     return venv
