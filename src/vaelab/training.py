@@ -123,6 +123,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> TrainResult:
     from vaelab.loggers import build_loggers, log_final_hparams
     from vaelab.module import VAELitModule
     from vaelab.optuna_search import is_pruned, objective_names, pruning_callback
+    from vaelab.profiling import NoProfiler
     from vaelab.wandb_run import finish_wandb
     from vaelab.workarounds import quiet_third_party
 
@@ -174,8 +175,12 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> TrainResult:
             resume_step = int(checkpoint.get("global_step", 0))
             metrics_before = dict((checkpoint.get("vaelab") or {}).get("metrics") or {})
             del checkpoint
+        # no profiler named: one that does nothing at each hook call (Lightning's default costs time there)
+        profiler = {} if cfg.trainer.get("profiler") is not None else {"profiler": NoProfiler()}
         # the Trainer checks its arguments before any logger starts a run or writes a file
-        trainer = instantiate_setting(cfg.trainer, "trainer", logger=False, callbacks=callbacks, **trainer_instead)
+        trainer = instantiate_setting(
+            cfg.trainer, "trainer", logger=False, callbacks=callbacks, **trainer_instead, **profiler
+        )
         trainer.loggers = build_loggers(cfg, resume_step=resume_step)
         if is_global_zero():
             save_run_config(cfg.paths.output_dir, cfg, overrides)
