@@ -110,3 +110,42 @@ def test_tensorboard_holds_the_curves_the_panels_and_the_hparams_with_final_metr
     run = read_run(tmp_path)
     assert run.curve_source == "tensorboard" and run.beta == 2.0
     assert [row["epoch"] for row in run.history if "val/elbo" in row] == [0, 1]
+
+
+def service_threads():
+    import threading
+
+    return [thread for thread in threading.enumerate() if thread.name == "wandb-service"]
+
+
+def test_the_wandb_service_starts_in_the_background_before_the_run(tmp_path, data_root):
+    import wandb
+    from helpers import FAST, compose
+    from wandb.sdk import wandb_setup
+
+    from vaelab.wandb_run import start_wandb_service
+
+    wandb.teardown()  # a service an earlier test of this process started
+    start_wandb_service(compose([*FAST, "logger=wandb"], output_dir=tmp_path, data_root=data_root))
+    [thread] = service_threads()
+    thread.join(timeout=60)
+    try:
+        assert not thread.is_alive()
+        wandb_setup.singleton().assert_service()  # raises AssertionError when no service runs
+        run = wandb.init(dir=tmp_path, project="service", mode="offline")  # finds it running
+        run.finish()
+        assert list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
+    finally:
+        wandb.teardown()
+
+
+@pytest.mark.parametrize("logger, rank", [("csv", None), ("wandb", "1")])
+def test_no_wandb_service_without_a_wandb_logger_or_off_rank_zero(logger, rank, monkeypatch, tmp_path, data_root):
+    from helpers import FAST, compose
+
+    from vaelab.wandb_run import start_wandb_service
+
+    if rank is not None:
+        monkeypatch.setenv("LOCAL_RANK", rank)
+    start_wandb_service(compose([*FAST, f"logger={logger}"], output_dir=tmp_path, data_root=data_root))
+    assert service_threads() == []

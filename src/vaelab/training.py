@@ -124,10 +124,11 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> TrainResult:
     from vaelab.module import VAELitModule
     from vaelab.optuna_search import is_pruned, objective_names, pruning_callback
     from vaelab.profiling import NoProfiler
-    from vaelab.wandb_run import finish_wandb
+    from vaelab.wandb_run import finish_wandb, start_wandb_service
     from vaelab.workarounds import quiet_third_party
 
     quiet_third_party()
+    start_wandb_service(cfg)  # in the background, while the data and the model are set up
     if logging.getLogger().hasHandlers():  # Hydra's handlers print Lightning's messages already
         logging.getLogger("lightning").handlers.clear()
     import torch

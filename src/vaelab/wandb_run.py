@@ -18,10 +18,12 @@ import logging
 import netrc
 import os
 import sys
+import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
 from vaelab.metrics import BEST_SUMMARIES
+from vaelab.runs import is_global_zero
 
 log = logging.getLogger(__name__)
 WANDB_TARGET = "lightning.pytorch.loggers.WandbLogger"
@@ -65,6 +67,32 @@ def choose_wandb_mode() -> str:
         "sync later with `wandb sync <run>/wandb/offline-run-*`."
     )
     return "offline"
+
+
+def start_wandb_service(cfg) -> None:
+    """Start W&B's service process in a background thread, when this process will log to W&B.
+
+    ``wandb.init`` starts the service and then polls for it in steps of 0.2 s. Started before the
+    data and the model are set up, that wait overlaps with them; ``wandb.init`` later takes the same
+    lock and finds the service running. The mode and the environment W&B reads when its service
+    starts (``choose_wandb_mode``, ``WANDB_QUIET``) are set before."""
+    loggers = cfg.get("logger") or {}
+    if not is_global_zero() or not any(c and c.get("_target_") == WANDB_TARGET for c in loggers.values()):
+        return
+    choose_wandb_mode()
+    import wandb
+
+    from vaelab.workarounds import skip_unstaged_launch_inputs
+
+    skip_unstaged_launch_inputs()
+    threading.Thread(target=setup_or_leave_it_to_init, args=(wandb,), name="wandb-service", daemon=True).start()
+
+
+def setup_or_leave_it_to_init(wandb) -> None:
+    try:
+        wandb.setup()
+    except Exception:  # wandb.init starts the service again and reports what is wrong
+        return
 
 
 def run_files(run_dir: str | Path) -> list[Path]:
