@@ -98,3 +98,24 @@ def test_staged_launch_inputs_are_still_applied(monkeypatch):
     monkeypatch.setitem(sys.modules, name, types.ModuleType(name))  # what staging an input imports
     Run._detect_and_apply_job_inputs("run 2")
     assert applied == ["run 2"]
+
+
+EXIT_PROBE = """
+import atexit, gc, logging, sys
+handler = logging.FileHandler(sys.argv[1])
+logging.getLogger("probe").addHandler(handler)
+atexit.register(lambda: print("after the freeze:", gc.get_freeze_count() > 0))  # registered before: runs after
+from vaelab.workarounds import skip_final_garbage_collection
+skip_final_garbage_collection()
+atexit.register(logging.getLogger("probe").warning, "written by an exit handler registered later")
+atexit.register(lambda: print("before the freeze:", gc.get_freeze_count()))
+"""
+
+
+def test_a_command_exits_without_collecting_its_objects_and_keeps_its_log_lines(tmp_path):
+    log_file = tmp_path / "exit.log"
+    done = python_cli("-c", EXIT_PROBE, str(log_file), timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.index("before the freeze: 0") < done.stdout.index("after the freeze: True")
+    # logging's own exit handler still flushes the log file
+    assert log_file.read_text() == "written by an exit handler registered later\n"

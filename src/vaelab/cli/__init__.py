@@ -18,7 +18,11 @@ from vaelab.errors import ConfigError, exit_with_error, find_user_error, first_l
 from vaelab.runs import file_name, short_number
 from vaelab.slurm import gpus_per_node
 from vaelab.sweep import SweepSummary, sweep_group
-from vaelab.workarounds import VERSION_BASE, register_resolver  # noqa: F401 - the commands' Hydra settings
+from vaelab.workarounds import (  # noqa: F401 - VERSION_BASE: the commands' Hydra settings
+    VERSION_BASE,
+    register_resolver,
+    skip_final_garbage_collection,
+)
 
 # the YAML configs ship inside the package (``vaelab/configs``), so an installed wheel finds them
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -84,6 +88,7 @@ def run_hydra_app(app) -> None:
     from vaelab.errors import UserError
 
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing its own report
+    skip_final_garbage_collection()
     sys.argv[1:] = upgrade_overrides(sys.argv[1:])  # former key names (loss=...) read as today's
     try:
         app()
