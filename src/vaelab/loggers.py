@@ -15,8 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from vaelab.instantiate import instantiate_setting
 from vaelab.metrics import FINAL_METRICS, IWAE_METRICS
-from vaelab.wandb_run import WANDB_TARGET, choose_wandb_mode, define_best_metrics, run_id_in
-from vaelab.workarounds import quiet_wandb_logger, skip_unstaged_launch_inputs
+from vaelab.wandb_run import WANDB_TARGET, define_best_metrics, prepare_wandb, run_id_in
+from vaelab.workarounds import quiet_wandb_logger
 
 log = logging.getLogger(__name__)
 CSV_TARGET = "lightning.pytorch.loggers.CSVLogger"
@@ -44,8 +44,7 @@ def build_loggers(cfg: DictConfig, resume_step: int | None = None) -> list:
     for name, logger_cfg in (cfg.get("logger") or {}).items():
         extra = {}
         if logger_cfg.get("_target_") == WANDB_TARGET:
-            choose_wandb_mode()
-            skip_unstaged_launch_inputs()
+            prepare_wandb()
             Path(logger_cfg.save_dir).mkdir(parents=True, exist_ok=True)
             run_id = run_id_in(logger_cfg.save_dir) if resume_step is not None else None
             if run_id:

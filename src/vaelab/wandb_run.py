@@ -76,16 +76,23 @@ def start_wandb_service(cfg) -> None:
     data and the model are set up, that wait overlaps with them; ``wandb.init`` later takes the same
     lock and finds the service running. The mode and the environment W&B reads when its service
     starts (``choose_wandb_mode``, ``WANDB_QUIET``) are set before."""
-    loggers = cfg.get("logger") or {}
+    loggers = cfg.get("logger") or {}  # not config.targets_in: config imports this module
     if not is_global_zero() or not any(c and c.get("_target_") == WANDB_TARGET for c in loggers.values()):
         return
+    wandb = prepare_wandb()
+    threading.Thread(target=setup_or_leave_it_to_init, args=(wandb,), name="wandb-service", daemon=True).start()
+
+
+def prepare_wandb():
+    """Before a W&B service or run starts: the mode (``choose_wandb_mode``), and ``wandb.init``
+    without the Launch import (``skip_unstaged_launch_inputs``). Returns the ``wandb`` module."""
     choose_wandb_mode()
     import wandb
 
     from vaelab.workarounds import skip_unstaged_launch_inputs
 
     skip_unstaged_launch_inputs()
-    threading.Thread(target=setup_or_leave_it_to_init, args=(wandb,), name="wandb-service", daemon=True).start()
+    return wandb
 
 
 def setup_or_leave_it_to_init(wandb) -> None:
@@ -134,12 +141,7 @@ def update_summary(run_dir: Path, results: dict) -> str | None:
         return None
     project = wandb_cfg.get("project")
     project = project if isinstance(project, str) and "${" not in project else None
-    import wandb
-
-    from vaelab.workarounds import skip_unstaged_launch_inputs
-
-    choose_wandb_mode()
-    skip_unstaged_launch_inputs()
+    wandb = prepare_wandb()
     run = wandb.init(id=run_id, resume="allow", project=project, dir=str(run_dir), job_type="eval")
     run.summary.update(results)
     wandb.finish()
