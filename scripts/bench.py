@@ -25,7 +25,8 @@ Images per second are counted after `--warmup` steps. It also times the importan
 batched computation written out by hand, the start-up time of `python train.py --cfg job`, a tiny
 run (one batch each of training, validation and test) against importing its libraries, the
 seconds per job beyond its fit of an 8-job sweep of 1-epoch runs, and
-where (a)'s step goes, part by part and callback by callback (Lightning's SimpleProfiler).
+where (a)'s step goes, part by part and callback by callback (Lightning's SimpleProfiler), and
+the three hooks of an optimizer step through Lightning's dispatch and through vaelab's.
 Results go to a JSON file and, with --doc, into that Markdown file between the bench markers.
 `--override KEY=VALUE` (repeatable) passes Hydra overrides to (a), e.g. `--override compile=true`;
 the document is then left alone. `--device cuda` (on a machine with CUDA; `scripts/gpu_check.sh`)
@@ -59,6 +60,7 @@ from benchmarks.report import (  # noqa: E402
     markdown_table,
 )
 from benchmarks.through_vaelab import (  # noqa: E402
+    bench_hook_dispatch,
     bench_lightning,
     bench_lockstep,
     bench_same_net,
@@ -140,6 +142,8 @@ def measure(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as work:
         # one step per fetch: Lightning's per-step parts, which a fetch of several steps pays once
         profile = bench_step_profile(args.data_root, 1, Path(work), ["steps_per_fetch=1"])
+    with tempfile.TemporaryDirectory() as work:
+        hook_dispatch = bench_hook_dispatch(args.data_root, Path(work))
     # the best of the repeats: the least disturbed by the other tenants of the machine
     a, b, bf, c = max(a_runs), max(b_runs), max(bf_runs), max(c_runs)
     results = {
@@ -171,6 +175,7 @@ def measure(args: argparse.Namespace) -> None:
         "folder_lockstep": {**folder, "epochs": args.epochs},
         "iwae_mlp_lockstep": {**iwae_mlp, "epochs": args.epochs},
         "step_profile": profile,
+        "hook_dispatch": hook_dispatch,
         "throughput_callback": {
             "microseconds_per_step": profile["callback Throughput"],
             "fraction_of_lockstep_step": profile["callback Throughput"] / (1e6 * BATCH / lockstep["a"]),

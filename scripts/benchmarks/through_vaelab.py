@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import os
 import time
+import timeit
 from pathlib import Path
 
 import lightning as L
@@ -282,3 +283,50 @@ def bench_same_net(root: str, epochs: int, warmup: int, work: Path, settings: li
     )
     speeds = SameNetLockstep.last.images_per_second()
     return {**speeds, "a_over_b_same": speeds["a"] / speeds["b_same"], "batch_size": SameNetLockstep.last.batch}
+
+
+class HookDispatch(L.Callback):
+    """When training ends, times the three hooks of an optimizer step (``on_before_backward``,
+    ``on_after_backward``, ``on_before_optimizer_step``, each on the callbacks and then the module)
+    through Lightning's own dispatch and through vaelab's (``vaelab.profiling.skip_undefined_hooks``),
+    in turn: µs per optimizer step of each, in HookDispatch.last. The gradients are None by then,
+    so the NaN guard's call does its check of the loss terms only, in both."""
+
+    last: dict[str, float] = {}
+
+    def __init__(self, calls: int = 5000, repeats: int = 5):
+        self.calls, self.repeats = calls, repeats
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        from lightning.pytorch.trainer import call
+
+        vaelab_dispatch = (call._call_callback_hooks, call._call_lightning_module_hook)
+        dispatchers = {"vaelab": vaelab_dispatch, "lightning": tuple(f.lightning for f in vaelab_dispatch)}
+        loss, optimizer = torch.zeros((), requires_grad=True), pl_module.optimizers()
+        hooks = (("on_before_backward", (loss,)), ("on_after_backward", ()), ("on_before_optimizer_step", (optimizer,)))
+
+        def one_step(callbacks_hook, module_hook) -> None:
+            for hook, args in hooks:
+                callbacks_hook(trainer, hook, *args)
+                module_hook(trainer, hook, *args)
+
+        best = dict.fromkeys(dispatchers, float("inf"))
+        for _ in range(self.repeats):  # in turn, so that a slow spell of the machine hits both
+            for name, dispatch in dispatchers.items():
+                seconds = timeit.timeit(lambda dispatch=dispatch: one_step(*dispatch), number=self.calls)
+                best[name] = min(best[name], seconds / self.calls)
+        HookDispatch.last = {f"{name}_microseconds": 1e6 * s for name, s in best.items()}
+        HookDispatch.last["callbacks"] = len(trainer.callbacks)
+
+
+def bench_hook_dispatch(root: str, work: Path) -> dict[str, float]:
+    """The three hooks of an optimizer step through Lightning's dispatch and through vaelab's, after
+    a short run of train.py's config (its callbacks, and HookDispatch): µs per step of each."""
+    run_train(
+        [
+            *lightning_overrides(root, 1, work),
+            "trainer.limit_train_batches=20",
+            "+callbacks.hook_dispatch._target_=benchmarks.through_vaelab.HookDispatch",
+        ]
+    )
+    return HookDispatch.last
