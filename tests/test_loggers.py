@@ -32,6 +32,7 @@ def test_the_private_apis_vaelab_relies_on_are_there(tmp_path):
     from vaelab.inner_steps import advance_logging_step
     from vaelab.loggers import restore_csv_rows
     from vaelab.module import lightning_logs_this_step
+    from vaelab.profiling import skip_undefined_hooks
     from vaelab.results.wandb_offline import record_class
 
     trainer = L.Trainer(
@@ -49,6 +50,10 @@ def test_the_private_apis_vaelab_relies_on_are_there(tmp_path):
     assert writer.metrics_keys == ["step", "train/loss"]
     assert Path(writer.metrics_file_path).read_text().splitlines() == ["step,train/loss", "0,1.5"]
     assert record_class()().WhichOneof("record_type") is None
+    from lightning.pytorch.trainer import call
+
+    skip_undefined_hooks()
+    assert call._call_callback_hooks.vaelab_skips_undefined
 
     class Moved:  # what an upgrade that renames the attribute looks like
         _logger_connector = object()
@@ -59,6 +64,8 @@ def test_the_private_apis_vaelab_relies_on_are_there(tmp_path):
     Moved.fit_loop = SimpleNamespace(epoch_loop=object())
     with pytest.raises(RuntimeError, match="has no fit_loop.epoch_loop._batches_that_stepped"):
         advance_logging_step(Moved(), 1)
+    with pytest.raises(RuntimeError, match="has no trainer.call._call_callback_hooks"):
+        skip_undefined_hooks(SimpleNamespace(_call_callback_hooks=lambda: None))
     writer.metrics_keys = None
     with pytest.raises(RuntimeError, match="has no metrics_keys list"):
         restore_csv_rows(writer, ["step"], [])

@@ -80,15 +80,25 @@ def defines(obj, base: type, hook_name: str) -> bool:
     return getattr(type(obj), hook_name, None) is not getattr(base, hook_name) or hook_name in own
 
 
-def skip_undefined_hooks() -> None:
+def skip_undefined_hooks(call=None) -> None:
     """Have Lightning's hook calls (``lightning.pytorch.trainer.call``, which its loops reach through
-    the module) skip, under ``NoProfiler``, the per-batch hooks nobody defines. Idempotent."""
+    the module) skip, under ``NoProfiler``, the per-batch hooks nobody defines. Idempotent. An
+    upgrade of Lightning that renames the two private functions stops here with a message saying so."""
     from lightning.pytorch.core.module import LightningModule
-    from lightning.pytorch.trainer import call
 
-    if getattr(call._call_callback_hooks, "vaelab_skips_undefined", False):
+    if call is None:
+        from lightning.pytorch.trainer import call
+    call_callbacks = getattr(call, "_call_callback_hooks", None)
+    call_module = getattr(call, "_call_lightning_module_hook", None)
+    if not (callable(call_callbacks) and callable(call_module)):
+        import lightning
+
+        raise RuntimeError(
+            f"Lightning {lightning.__version__} has no trainer.call._call_callback_hooks and "
+            "_call_lightning_module_hook, through which vaelab skips undefined hooks (vaelab/profiling.py)"
+        )
+    if getattr(call_callbacks, "vaelab_skips_undefined", False):
         return
-    call_callbacks, call_module = call._call_callback_hooks, call._call_lightning_module_hook
 
     def call_callback_hooks(trainer, hook_name, *args, monitoring_callbacks=None, **kwargs):
         profiler = trainer.profiler
