@@ -146,6 +146,28 @@ def test_the_wandb_service_starts_in_the_background_before_the_run(tmp_path, dat
         wandb.teardown()
 
 
+def test_wandb_starts_no_run_while_its_service_is_being_started(monkeypatch, tmp_path, data_root):
+    """W&B's set-up had no lock before 0.18: a run started beside it could leave a second service."""
+    import time
+
+    from helpers import FAST, compose
+
+    import vaelab.wandb_run
+    from vaelab.wandb_run import prepare_wandb, start_wandb_service
+
+    ended = []
+
+    def slow_setup(wandb) -> None:
+        time.sleep(0.5)
+        ended.append(wandb)
+
+    monkeypatch.setattr(vaelab.wandb_run, "setup_or_leave_it_to_init", slow_setup)
+    start_wandb_service(compose([*FAST, "logger=wandb"], output_dir=tmp_path, data_root=data_root))
+    assert not ended  # started in the background
+    wandb = prepare_wandb()  # what every wandb.init of vaelab's runs after
+    assert ended == [wandb] and service_threads() == []
+
+
 @pytest.mark.parametrize("logger, rank", [("csv", None), ("wandb", "1")])
 def test_no_wandb_service_without_a_wandb_logger_or_off_rank_zero(logger, rank, monkeypatch, tmp_path, data_root):
     from helpers import FAST, compose

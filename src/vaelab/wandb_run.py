@@ -73,19 +73,30 @@ def start_wandb_service(cfg) -> None:
     """Start W&B's service process in a background thread, when this process will log to W&B.
 
     ``wandb.init`` starts the service and then polls for it in steps of 0.2 s. Started before the
-    data and the model are set up, that wait overlaps with them; ``wandb.init`` later takes the same
-    lock and finds the service running. The mode and the environment W&B reads when its service
-    starts (``choose_wandb_mode``, ``WANDB_QUIET``) are set before."""
+    data and the model are set up, that wait overlaps with them. ``prepare_wandb``, which runs
+    before every ``wandb.init`` of vaelab's, waits for the thread to end, so that ``wandb.setup``
+    never runs in two threads at once: before 0.18, W&B's set-up had no lock, and two at once
+    could leave a second service that W&B's exit then waited for forever. The mode and the
+    environment W&B reads when its service starts (``choose_wandb_mode``, ``WANDB_QUIET``) are set
+    before."""
     loggers = cfg.get("logger") or {}  # not config.targets_in: config imports this module
     if not is_global_zero() or not any(c and c.get("_target_") == WANDB_TARGET for c in loggers.values()):
         return
     wandb = prepare_wandb()
-    threading.Thread(target=setup_or_leave_it_to_init, args=(wandb,), name="wandb-service", daemon=True).start()
+    thread = threading.Thread(target=setup_or_leave_it_to_init, args=(wandb,), name="wandb-service", daemon=True)
+    SERVICE_STARTING.append(thread)
+    thread.start()
+
+
+SERVICE_STARTING: list[threading.Thread] = []  # the thread start_wandb_service started, until it is waited for
 
 
 def prepare_wandb():
-    """Before a W&B service or run starts: the mode (``choose_wandb_mode``), and ``wandb.init``
-    without the Launch import (``skip_unstaged_launch_inputs``). Returns the ``wandb`` module."""
+    """Before a W&B service or run starts: the service that ``start_wandb_service`` is starting
+    (waited for), the mode (``choose_wandb_mode``), and ``wandb.init`` without the Launch import
+    (``skip_unstaged_launch_inputs``). Returns the ``wandb`` module."""
+    while SERVICE_STARTING:
+        SERVICE_STARTING.pop().join()
     choose_wandb_mode()
     import wandb
 
