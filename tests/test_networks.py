@@ -1,8 +1,9 @@
 import pytest
 import torch
+from torch.distributions import Normal
 
 from vaelab.errors import ConfigError
-from vaelab.networks import VAE, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, activation_layer
+from vaelab.networks import VAE, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, activation_layer, reparameterize
 
 SHAPE = (1, 28, 28)
 
@@ -32,6 +33,22 @@ def test_reparameterization_is_differentiable_and_random():
     assert not torch.allclose(a.z, b.z)
     a.z.sum().backward()
     assert vae.encoder.heads.logvar.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("sample_shape", [(), (7,)])
+def test_reparameterize_draws_what_normal_rsample_draws(sample_shape):
+    """The same z and the same gradients, bit for bit, as torch's Normal with the same generator state."""
+    mean, logvar = torch.randn(5, 3, requires_grad=True), torch.randn(5, 3, requires_grad=True)
+    torch.manual_seed(1)
+    z = reparameterize(mean, logvar, sample_shape)
+    grads = torch.autograd.grad(z.square().sum(), (mean, logvar))
+    torch.manual_seed(1)
+    z_ref = Normal(mean, torch.exp(0.5 * logvar)).rsample(sample_shape)
+    grads_ref = torch.autograd.grad(z_ref.square().sum(), (mean, logvar))
+    assert z.shape == (*sample_shape, 5, 3)
+    assert torch.equal(z, z_ref)
+    assert all(torch.equal(g, r) for g, r in zip(grads, grads_ref, strict=True))
+    assert not torch.equal(z, reparameterize(mean, logvar, sample_shape))  # a new draw each call
 
 
 @pytest.mark.parametrize("kind", ["mlp", "conv"])

@@ -159,6 +159,16 @@ class MaskedConv2d(nn.Conv2d):
         return F.conv2d(x, self.weight * self.weight_mask, self.bias, padding=self.padding)
 
 
+def reparameterize(mean: torch.Tensor, logvar: torch.Tensor, sample_shape: tuple[int, ...] = ()) -> torch.Tensor:
+    """z = mean + exp(logvar / 2) * eps, eps ~ N(0, I) from the global generator: (*sample_shape, B, D).
+
+    The same numbers and gradients, bit for bit, as ``Normal(mean, exp(logvar / 2)).rsample(sample_shape)``
+    (tests/test_networks.py), without building the distribution and broadcasting its arguments
+    on every training step."""
+    eps = torch.empty((*sample_shape, *mean.shape), dtype=mean.dtype, device=mean.device).normal_()
+    return mean + eps * torch.exp(0.5 * logvar)
+
+
 @dataclass
 class VAEOutput:
     """One forward pass: posterior mean/logvar (B, D), z (B, D) and decoder output (B, C, H, W),
@@ -209,11 +219,10 @@ class VAE(nn.Module):
         (k, B, C, H, W), the k * B codes decoded as one batch (for the IWAE bound)."""
         c = self.condition(y)
         mean, logvar = self.encoder(x, c)
-        posterior = Normal(mean, torch.exp(0.5 * logvar), validate_args=False)
         if samples == 1:
-            z = posterior.rsample()
+            z = reparameterize(mean, logvar)
             return VAEOutput(mean, logvar, z, self.decoder(z, c))
-        z = posterior.rsample((samples,))
+        z = reparameterize(mean, logvar, (samples,))
         labels = None if c is None else c.repeat(samples, 1)
         decoder_output = self.decoder(z.flatten(0, 1), labels)
         return VAEOutput(mean, logvar, z, decoder_output.unflatten(0, (samples, len(x))))
