@@ -6,9 +6,10 @@ On the real MNIST training images, the 784-400-20 MLP VAE, batch 128, Adam, dyna
   (a) vaelab: `train.py`'s own configuration (Lightning Trainer, callbacks, offline W&B logger)
       through `vaelab.training.train`, validation switched off so that only training steps are timed;
   (b) a plain PyTorch loop over in-memory tensors (the pytorch/examples VAE, batches sliced from
-      one tensor) with torch's default Adam, as pytorch/examples writes it;
-  (b') the same loop with the fused Adam (`fused=True`) that vaelab's model configs use, so that
-      (a)/(b') is the cost of Lightning and vaelab's callbacks alone;
+      one tensor) with torch's default Adam and torch.bernoulli, as one would write it;
+  (b') the same loop with the fused Adam (`fused=True`) that vaelab's model configs use and
+      vaelab's bit drawing (`vaelab.data.draw_bits`), so that (a)/(b') is the cost of Lightning
+      and vaelab's training code alone;
   (c) the same loop fed by torchvision's MNIST dataset with a per-sample ToTensor transform and a
       DataLoader, as in pytorch/examples.
   IWAE-paper MLP: `experiment=iwae_paper_vae_mnist` (784-200-200-50, batch 100), where the maths

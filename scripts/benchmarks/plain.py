@@ -73,9 +73,22 @@ def plain_model(fused: bool | None, device: str = "cpu") -> tuple[PlainVAE, torc
     return model, torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused)
 
 
-def plain_step(model: PlainVAE, optimizer: torch.optim.Optimizer, x: torch.Tensor) -> int:
-    """One training step on a batch of grey levels (B, 784); returns the batch size."""
-    x = torch.bernoulli(x)  # dynamic binarization, per batch
+def binarizer(fused: bool | None):
+    """How a plain loop draws its binary pixels: (b), pytorch/examples' way, with torch.bernoulli;
+    (b') (fused=True) as vaelab does, with vaelab.data.draw_bits (several times cheaper per batch
+    on a CPU, docs/benchmarks.md), so that (a)/(b') leaves out only Lightning and vaelab's training
+    code. Returns a function from grey levels to bits of the same shape."""
+    if not fused:
+        return torch.bernoulli
+    from vaelab.data import draw_bits
+
+    return draw_bits
+
+
+def plain_step(model: PlainVAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, binarize=torch.bernoulli) -> int:
+    """One training step on a batch of grey levels (B, 784), binarized by ``binarize``; returns
+    the batch size."""
+    x = binarize(x)  # dynamic binarization, per batch
     logits, mean, logvar = model(x)
     loss = plain_loss(logits, x, mean, logvar)
     optimizer.zero_grad(set_to_none=True)
@@ -87,10 +100,10 @@ def plain_step(model: PlainVAE, optimizer: torch.optim.Optimizer, x: torch.Tenso
 def train_loop(batches, epochs: int, warmup: int, max_steps: int | None = None, fused: bool | None = None) -> float:
     """Train a fresh PlainVAE on the batches (a callable returning an iterator of (B, 784) floats)."""
     model, optimizer = plain_model(fused)
-    meter = Meter(warmup)
+    binarize, meter = binarizer(fused), Meter(warmup)
     for _ in range(epochs):
         for x in batches():
-            meter.step(plain_step(model, optimizer, x))
+            meter.step(plain_step(model, optimizer, x, binarize))
             if max_steps and meter.steps >= max_steps:
                 return meter.images_per_second
     return meter.images_per_second
@@ -110,7 +123,8 @@ def in_memory_batches(images: torch.Tensor, device: str = "cpu"):
 
 
 def bench_plain(images: torch.Tensor, epochs: int, warmup: int, fused: bool | None = None) -> float:
-    """(b): batches sliced from in-memory tensors. With fused=True, (b'): vaelab's fused Adam."""
+    """(b): batches sliced from in-memory tensors. With fused=True, (b'): vaelab's fused Adam and
+    its draw_bits."""
     return train_loop(in_memory_batches(images), epochs, warmup, fused=fused)
 
 

@@ -13,7 +13,7 @@ import lightning as L
 import torch
 
 from benchmarks import BATCH
-from benchmarks.plain import Meter, in_memory_batches, plain_model, plain_step, synchronize
+from benchmarks.plain import Meter, binarizer, in_memory_batches, plain_model, plain_step, synchronize
 
 
 class StepTimer(L.Callback):
@@ -57,13 +57,15 @@ class Lockstep(L.Callback):
             yield from batches()
 
     def plain_steps(self, trainer, pl_module) -> dict:
-        """(b) and (b'): the pytorch/examples VAE with the default and the fused Adam."""
+        """(b) and (b'): the pytorch/examples VAE with the default Adam and torch.bernoulli, and
+        with the fused Adam and vaelab's draw_bits."""
         steps = {}
         for name, fused in (("b", None), ("b_fused", True)):
             model, optimizer = plain_model(fused, Lockstep.device)
             batches = self.endless(in_memory_batches(Lockstep.images, Lockstep.device))
-            steps[name] = lambda model=model, optimizer=optimizer, batches=batches: plain_step(
-                model, optimizer, next(batches)
+            binarize = binarizer(fused)
+            steps[name] = lambda model=model, optimizer=optimizer, batches=batches, binarize=binarize: plain_step(
+                model, optimizer, next(batches), binarize
             )
         return steps
 
