@@ -40,7 +40,7 @@ def test_reparameterize_draws_what_normal_rsample_draws(sample_shape):
     """The same z and the same gradients, bit for bit, as torch's Normal with the same generator state."""
     mean, logvar = torch.randn(5, 3, requires_grad=True), torch.randn(5, 3, requires_grad=True)
     torch.manual_seed(1)
-    z = reparameterize(mean, logvar, sample_shape)
+    z, eps = reparameterize(mean, logvar, sample_shape)
     grads = torch.autograd.grad(z.square().sum(), (mean, logvar))
     torch.manual_seed(1)
     z_ref = Normal(mean, torch.exp(0.5 * logvar)).rsample(sample_shape)
@@ -48,7 +48,8 @@ def test_reparameterize_draws_what_normal_rsample_draws(sample_shape):
     assert z.shape == (*sample_shape, 5, 3)
     assert torch.equal(z, z_ref)
     assert all(torch.equal(g, r) for g, r in zip(grads, grads_ref, strict=True))
-    assert not torch.equal(z, reparameterize(mean, logvar, sample_shape))  # a new draw each call
+    assert torch.equal(z, mean + eps * torch.exp(0.5 * logvar))
+    assert not torch.equal(z, reparameterize(mean, logvar, sample_shape)[0])  # a new draw each call
 
 
 @pytest.mark.parametrize("kind", ["mlp", "conv"])

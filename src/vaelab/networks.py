@@ -159,14 +159,17 @@ class MaskedConv2d(nn.Conv2d):
         return F.conv2d(x, self.weight * self.weight_mask, self.bias, padding=self.padding)
 
 
-def reparameterize(mean: torch.Tensor, logvar: torch.Tensor, sample_shape: tuple[int, ...] = ()) -> torch.Tensor:
-    """z = mean + exp(logvar / 2) * eps, eps ~ N(0, I) from the global generator: (*sample_shape, B, D).
+def reparameterize(
+    mean: torch.Tensor, logvar: torch.Tensor, sample_shape: tuple[int, ...] = ()
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z, eps), both (*sample_shape, B, D): z = mean + exp(logvar / 2) * eps, eps ~ N(0, I) from
+    the global generator (log q(z | x) needs only eps).
 
-    The same numbers and gradients, bit for bit, as ``Normal(mean, exp(logvar / 2)).rsample(sample_shape)``
+    z and its gradients are the same, bit for bit, as ``Normal(mean, exp(logvar / 2)).rsample(sample_shape)``
     (tests/test_networks.py), without building the distribution and broadcasting its arguments
     on every training step."""
     eps = torch.empty((*sample_shape, *mean.shape), dtype=mean.dtype, device=mean.device).normal_()
-    return mean + eps * torch.exp(0.5 * logvar)
+    return mean + eps * torch.exp(0.5 * logvar), eps
 
 
 @dataclass
@@ -220,9 +223,9 @@ class VAE(nn.Module):
         c = self.condition(y)
         mean, logvar = self.encoder(x, c)
         if samples == 1:
-            z = reparameterize(mean, logvar)
+            z, _ = reparameterize(mean, logvar)
             return VAEOutput(mean, logvar, z, self.decoder(z, c))
-        z = reparameterize(mean, logvar, (samples,))
+        z, _ = reparameterize(mean, logvar, (samples,))
         labels = None if c is None else c.repeat(samples, 1)
         decoder_output = self.decoder(z.flatten(0, 1), labels)
         return VAEOutput(mean, logvar, z, decoder_output.unflatten(0, (samples, len(x))))

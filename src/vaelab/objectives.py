@@ -33,6 +33,7 @@ from vaelab.likelihoods import (  # noqa: F401
     LocalAutoregressiveBernoulli,
     bernoulli_log_prob,
 )
+from vaelab.networks import reparameterize
 
 
 def kl_standard_normal(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -149,8 +150,7 @@ def importance_weighted_terms(vae, likelihood, x: torch.Tensor, y: torch.Tensor 
     posterior mean and log-variance (B, D). z_i = mean + std * eps_i, so log q(z_i | x) needs only eps_i.
     """
     mean, logvar = vae.encode(x, y)
-    eps = torch.randn((k, *mean.shape), device=mean.device, dtype=mean.dtype)
-    z = mean + (0.5 * logvar).exp() * eps  # (k, B, D)
+    z, eps = reparameterize(mean, logvar, (k,))  # (k, B, D)
     batch = x.shape[0]
     labels = None if y is None else y.repeat(k)
     decoder_output = vae.decode(z.reshape(k * batch, -1), labels).view(k, *x.shape)

@@ -69,6 +69,9 @@ def choose_wandb_mode() -> str:
     return "offline"
 
 
+SERVICE_STARTING: list[threading.Thread] = []  # the thread start_wandb_service started, until it is waited for
+
+
 def start_wandb_service(cfg) -> None:
     """Start W&B's service process in a background thread, when this process will log to W&B.
 
@@ -86,9 +89,6 @@ def start_wandb_service(cfg) -> None:
     thread = threading.Thread(target=setup_or_leave_it_to_init, args=(wandb,), name="wandb-service", daemon=True)
     SERVICE_STARTING.append(thread)
     thread.start()
-
-
-SERVICE_STARTING: list[threading.Thread] = []  # the thread start_wandb_service started, until it is waited for
 
 
 def prepare_wandb():
