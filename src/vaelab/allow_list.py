@@ -54,6 +54,7 @@ VAELAB_CLASSES = frozenset(
         "callbacks.CollapseMonitor",
         "callbacks.NaNGuard",
         "callbacks.Throughput",
+        "denormals.FlushDenormals",
         "checkpointing.CheckpointArtifacts",
         "checkpointing.AtomicCheckpointIO",
         "data.VAEDataModule",
@@ -165,6 +166,7 @@ NOT_PATHS = {
         "bad_files": "skip or error (DataSchema)",
     },
     "vaelab.callbacks.CollapseMonitor": {},
+    "vaelab.denormals.FlushDenormals": {},
 }
 for _former, _current in FORMER_TARGETS.items():  # a former path is checked as the class it names now
     for _table in (PATH_ARGUMENTS, NOT_PATHS):
