@@ -21,7 +21,10 @@ On the real MNIST training images, the 784-400-20 MLP VAE, batch 128, Adam, dyna
   floor: only the work every one of them must do per step in float32, the five 128x784x400
       matrix products (two forward, three backward) and one fused Adam update, so that the
       table says how fast any implementation of this step could be on the machine.
-Images per second are counted after `--warmup` steps. It also times the importance-sampled NLL
+Images per second are counted after `--warmup` steps. Every training loop here, (a) and the plain
+ones, runs with subnormal floats flushed to zero, as vaelab trains (`callbacks.flush_denormals`,
+vaelab/denormals.py), or with neither when an override switches it off; pytorch/examples' script
+(`--peer`) runs as written, in its own process. It also times the importance-sampled NLL
 (k = 5000) of the IWAE-paper MLP through `vaelab.results.evaluation.evaluate_split` against the same
 batched computation written out by hand, the start-up time of `python train.py --cfg job`, a tiny
 run (one batch each of training, validation and test) against importing its libraries, the
@@ -120,17 +123,20 @@ def main() -> None:
 
 def measure(args: argparse.Namespace) -> None:
     from vaelab.datasets import load_split
+    from vaelab.denormals import flush_denormals
 
-    compose_train_config(args.override)
+    cfg = compose_train_config(args.override)
+    flushes = bool((cfg.get("callbacks") or {}).get("flush_denormals"))  # as (a)'s training does
     images, _, _ = load_split("mnist", args.data_root, train=True, download=False)
     a_runs, b_runs, bf_runs, c_runs, floor_runs = [], [], [], [], []
     for _ in range(args.repeats):  # interleaved, so that a slow spell of the machine hits all of them
         with tempfile.TemporaryDirectory() as work:
             a_runs.append(bench_lightning(args.data_root, args.epochs, args.warmup, Path(work), args.override))
-        b_runs.append(bench_plain(images, args.epochs, args.warmup))
-        bf_runs.append(bench_plain(images, args.epochs, args.warmup, fused=True))
-        c_runs.append(bench_torchvision(args.data_root, args.torchvision_steps, args.warmup))
-        floor_runs.append(bench_compute_floor())
+        with flush_denormals(flushes):
+            b_runs.append(bench_plain(images, args.epochs, args.warmup))
+            bf_runs.append(bench_plain(images, args.epochs, args.warmup, fused=True))
+            c_runs.append(bench_torchvision(args.data_root, args.torchvision_steps, args.warmup))
+            floor_runs.append(bench_compute_floor())
     with tempfile.TemporaryDirectory() as work:
         lockstep = bench_lockstep(images, args.data_root, args.epochs, args.warmup, Path(work), args.override)
     with tempfile.TemporaryDirectory() as work:  # Lightning's automatic optimization, one step per fetch
