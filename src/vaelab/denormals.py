@@ -7,7 +7,8 @@ slower than on normal ones: after a few epochs of the default MNIST run a fifth 
 layer's moments are subnormal, and the fused Adam step takes about twice as long (its cost is in
 docs/benchmarks.md). Under x86's flush-to-zero and denormals-are-zero flags those values are zero.
 An Adam update from a moment under 1.2e-38 is below half a unit in the last place of any weight
-larger than about 1e-26, so the weights come out the same bit for bit (tests/test_denormals.py).
+larger than about 1e-26, so flushing such moments moves no weight (tests/test_denormals.py); the
+runs in docs/benchmarks.md#subnormal-floats end with the same weights bit for bit either way.
 
 ``torch.set_flush_denormal`` sets the flags on the calling thread only, and torch has no call that
 reaches its intra-op worker threads. A thread copies its creator's flags, so a pool that starts
