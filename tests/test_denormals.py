@@ -13,8 +13,6 @@ pytestmark = pytest.mark.skipif(
     not torch.set_flush_denormal(False), reason="torch cannot set this CPU's flush-to-zero mode"
 )
 
-SMALLEST_NORMAL = torch.finfo(torch.float32).tiny  # 2 ** -126: below it a float32 is subnormal
-
 
 def subnormals(values: torch.Tensor) -> int:
     """How many entries are subnormal, read from the bits (a float comparison would flush them)."""

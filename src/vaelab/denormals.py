@@ -5,8 +5,8 @@ unit that no longer fires) shrinks by beta1 = 0.9 per step, and on its way to ze
 the float32 subnormal range (below 1.2e-38). x86 CPUs compute on subnormal numbers many times
 slower than on normal ones: after the default MNIST run's 10 epochs 23% of the first layer's
 moments are subnormal, and the run trains 22% fewer images per second than with them flushed
-(docs/benchmarks.md#subnormal-floats). Under x86's flush-to-zero and denormals-are-zero flags those values are zero.
-An Adam update from a moment under 1.2e-38 is below half a unit in the last place of any weight
+(docs/benchmarks.md#subnormal-floats). Under x86's flush-to-zero and denormals-are-zero flags
+those values are zero. An Adam update from a moment under 1.2e-38 is below half a unit in the last place of any weight
 larger than about 1e-26, so flushing such moments moves no weight (tests/test_denormals.py); the
 runs in docs/benchmarks.md#subnormal-floats end with the same weights bit for bit either way.
 
