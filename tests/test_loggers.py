@@ -178,3 +178,79 @@ def test_no_wandb_service_without_a_wandb_logger_or_off_rank_zero(logger, rank, 
         monkeypatch.setenv("LOCAL_RANK", rank)
     start_wandb_service(compose([*FAST, f"logger={logger}"], output_dir=tmp_path, data_root=data_root))
     assert service_threads() == []
+
+
+def log_a_run(wandb, folder, steps: int):
+    run = wandb.init(dir=folder, project="written", mode="offline")
+    for step in range(steps):
+        run.log({"loss": 1.0 / (step + 1), "note": f"step {step:06d}"})
+    run.summary.update({"world_size": 2})
+    return Path(run.settings.sync_file)
+
+
+def test_a_run_file_ends_with_its_exit_record_at_every_cut(tmp_path):
+    """``ends_with_exit`` reads the last two 32 KiB blocks only; it agrees with a full parse at
+    every record boundary of a three-block run file, and a cut inside the exit record is not ended."""
+    import wandb
+
+    from vaelab.results.wandb_offline import BLOCK_SIZE, HEADER, ends_with_exit, payloads_from, record_class
+    from vaelab.wandb_run import finish_wandb
+
+    run_file = log_a_run(wandb, tmp_path, steps=800)
+    finish_wandb()
+    data = run_file.read_bytes()
+    assert len(data) > 2 * BLOCK_SIZE  # the tail read starts past the header
+    Record = record_class()  # noqa: N806 - a class
+
+    def kind(payload: bytes) -> str:
+        record = Record()
+        record.ParseFromString(payload)
+        return record.WhichOneof("record_type")
+
+    cuts, offset = [], len(HEADER)  # the end of every chunk: where a writer may have stopped
+    while offset + 7 <= len(data):
+        if BLOCK_SIZE - offset % BLOCK_SIZE < 7:
+            offset += BLOCK_SIZE - offset % BLOCK_SIZE
+            continue
+        offset += 7 + int.from_bytes(data[offset + 4 : offset + 6], "little")
+        cuts.append(offset)
+    assert cuts[-1] == len(data) and len(cuts) > 800
+    cut_file = tmp_path / "cut.wandb"
+    for cut in [*cuts[::7], *cuts[-3:], len(data) - 1]:
+        cut_file.write_bytes(data[:cut])
+        kinds = [kind(payload) for payload in payloads_from(data[:cut], len(HEADER))]
+        assert ends_with_exit(cut_file) == (kinds[-1] == "exit"), cut
+    assert ends_with_exit(run_file) and not ends_with_exit(cut_file)  # the last cut ends inside the exit record
+
+
+def test_finish_returns_once_the_run_file_holds_the_whole_run(monkeypatch, tmp_path):
+    """W&B's service writes a run's last records when it handles the finish message, after
+    ``wandb.finish()`` returns. Here the message is sent 1 s late: ``finish_wandb`` still returns
+    with the final summary and the exit record in the file."""
+    import threading
+    import time
+
+    import wandb
+    from wandb.sdk.lib.service.service_connection import ServiceConnection
+
+    from vaelab.results.wandb_offline import ends_with_exit, read_offline_run
+    from vaelab.wandb_run import finish_wandb
+
+    inform_finish = ServiceConnection.inform_finish
+    sent = []
+
+    def late(self, run_id: str) -> None:
+        def send():
+            time.sleep(1.0)
+            inform_finish(self, run_id)
+            sent.append(time.monotonic())
+
+        threading.Thread(target=send).start()
+
+    monkeypatch.setattr(ServiceConnection, "inform_finish", late)
+    run_file = log_a_run(wandb, tmp_path, steps=20)
+    finish_wandb()
+    returned = time.monotonic()
+    assert read_offline_run(run_file.parent).summary.get("world_size") == 2
+    assert ends_with_exit(run_file)
+    assert sent and sent[0] <= returned  # it waited for the late message

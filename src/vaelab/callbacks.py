@@ -152,8 +152,8 @@ class FinalSummary(L.Callback):
     checkpoint and the world size into the W&B run summary, at the end of fit and of test, so
     that W&B's tables and parallel-coordinates panels compare runs with no set-up.
 
-    It runs where the W&B run lives: on global rank 0, inside the spawned process under
-    ``ddp_spawn`` (a write from the parent process after the ranks have finished can be lost)."""
+    It runs where the trainer's state lives: on global rank 0, inside the spawned process under
+    ``ddp_spawn`` (the parent gets back the metrics, not the epoch and step counts)."""
 
     def __init__(self):
         self.fit_started: float | None = None

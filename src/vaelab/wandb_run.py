@@ -130,10 +130,40 @@ def logged_run_ids(loggers) -> list[str]:
 
 
 def finish_wandb() -> None:
-    """Close the active W&B run, so that the next multirun job starts a run of its own."""
+    """Close the active W&B run, so that the next multirun job starts a run of its own, and
+    return once its ``.wandb`` file holds the whole run (``wait_until_written``)."""
     wandb = sys.modules.get("wandb")
-    if wandb is not None and wandb.run is not None:
-        wandb.finish()
+    if wandb is None or wandb.run is None:
+        return
+    run_file = Path(wandb.run.settings.sync_file)  # opened when the run started; none when disabled
+    written = run_file.is_file() and wandb.run.settings.mode != "disabled"
+    wandb.finish()
+    if written:
+        wait_until_written(run_file)
+
+
+def wait_until_written(run_file: Path, timeout: float = 60.0) -> bool:
+    """Wait until a finished run's ``.wandb`` file ends with its exit record; False after ``timeout`` s.
+
+    ``wandb.finish()`` returns before W&B's service has written the run's last records to the
+    file (the final summary, the test metrics, the exit; all of a short run); the service writes
+    them when it handles the finish, in its own process. A reader right after, such as
+    ``vaelab.compare`` on the run folder, would otherwise find them missing."""
+    import time
+
+    from vaelab.results.wandb_offline import ends_with_exit
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if ends_with_exit(run_file):
+                return True
+        except (OSError, ValueError):  # not written yet, or a record cut short
+            pass
+        if time.monotonic() > deadline:
+            log.warning("W&B: %s still lacks the run's exit record after %.0f s", run_file, timeout)
+            return False
+        time.sleep(0.005)
 
 
 def update_summary(run_dir: Path, results: dict) -> str | None:
@@ -155,7 +185,7 @@ def update_summary(run_dir: Path, results: dict) -> str | None:
     wandb = prepare_wandb()
     run = wandb.init(id=run_id, resume="allow", project=project, dir=str(run_dir), job_type="eval")
     run.summary.update(results)
-    wandb.finish()
+    finish_wandb()
     return run_id
 
 

@@ -28,7 +28,14 @@ def iter_payloads(path: str | Path):
     data = read_file(path, max_bytes=MAX_RUN_FILE_BYTES)
     if not data.startswith(HEADER):
         raise ValueError(f"{path} is not a W&B run file (bad header)")
-    offset, pending = len(HEADER), b""
+    yield from payloads_from(data, len(HEADER))
+
+
+def payloads_from(data: bytes, offset: int):
+    """The payloads of the records whose chunks start at ``offset`` or later in ``data``, a run
+    file's bytes. ``offset`` is the end of the header or a block boundary, where a chunk starts;
+    a record whose first chunk lies before it is skipped."""
+    pending = None  # the chunks of a record begun (FIRST) and not yet ended (LAST)
     while offset + 7 <= len(data):
         room = BLOCK_SIZE - offset % BLOCK_SIZE
         if room < 7:  # block trailer: padding
@@ -45,11 +52,38 @@ def iter_payloads(path: str | Path):
             yield chunk
         elif kind == FIRST:
             pending = chunk
-        elif kind == MIDDLE:
+        elif kind == MIDDLE and pending is not None:
             pending += chunk
-        elif kind == LAST:
+        elif kind == LAST and pending is not None:
             yield pending + chunk
-            pending = b""
+            pending = None
+
+
+def ends_with_exit(path: str | Path) -> bool:
+    """Whether the run file's last whole record is the run's exit record: W&B's service has
+    written the whole run. It reads the last two blocks only (a record ending in the last block
+    and at most a block long is whole there)."""
+    Record = record_class()  # noqa: N806 - a class
+    with open(path, "rb") as handle:
+        size = handle.seek(0, 2)
+        start = max(0, (size - 1) // BLOCK_SIZE - 1) * BLOCK_SIZE
+        handle.seek(start)
+        data = handle.read()
+    if start == 0 and not data.startswith(HEADER):
+        return False
+    last = None
+    for payload in payloads_from(data, len(HEADER) if start == 0 else 0):
+        last = payload
+    if last is None:
+        return False
+    from google.protobuf.message import DecodeError
+
+    record = Record()
+    try:
+        record.ParseFromString(last)
+    except DecodeError:
+        return False
+    return record.WhichOneof("record_type") == "exit"
 
 
 @dataclass
