@@ -50,6 +50,10 @@ def get_json(url: str, body: dict | None = None):
         return json.loads(response.read())
 
 
+def has_final_metrics(session_group: dict) -> bool:
+    return "final/test/elbo" in {value["name"]["tag"] for value in session_group.get("metricValues", [])}
+
+
 def test_tensorboard_serves_the_sweeps_runs_and_hparams(sweep, tmp_path):
     pytest.importorskip("tensorboard", reason="pip install 'vaelab[tensorboard]'")
     port = free_port()
@@ -61,24 +65,27 @@ def test_tensorboard_serves_the_sweeps_runs_and_hparams(sweep, tmp_path):
         stdin=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}/data"
+    request = {
+        "experimentName": "",
+        "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"],
+        "colParams": [],
+        "startIndex": 0,
+        "sliceSize": 100,
+    }
     try:
-        runs, deadline = [], time.monotonic() + 120
-        while len(runs) < 4 and time.monotonic() < deadline:  # the server loads the event files in the background
+        # the server loads the event files in the background: a run is listed before its hparams
+        # summary and final metrics are read, so wait until every run has its whole session group
+        runs, groups, deadline = [], [], time.monotonic() + 120
+        while not (len(runs) == len(groups) == 4 and all(map(has_final_metrics, groups))):
+            assert time.monotonic() < deadline, (runs, groups)
             time.sleep(1)
             try:
                 runs = get_json(f"{base}/runs")
+                groups = get_json(f"{base}/plugin/hparams/session_groups", request)["sessionGroups"]
             except OSError:
                 assert server.poll() is None, (tmp_path / "tensorboard.log").read_text()[-2000:]
         jobs = sorted(path.parent.name for path in sweep.glob("*/tensorboard"))
         assert len(jobs) == 4 and sorted(runs) == [f"{job}/tensorboard" for job in jobs]
-        request = {
-            "experimentName": "",
-            "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"],
-            "colParams": [],
-            "startIndex": 0,
-            "sliceSize": 100,
-        }
-        groups = get_json(f"{base}/plugin/hparams/session_groups", request)["sessionGroups"]
         experiment = get_json(f"{base}/plugin/hparams/experiment", {"experimentName": ""})
     finally:
         server.terminate()
