@@ -79,6 +79,18 @@ IWAE_MLP = "experiment=iwae_paper_vae_mnist"  # 784-200-200-50, tanh, batch 100:
 from vaelab.runs import source_commit  # noqa: E402
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else what Python's platform module says:
+    tables from different CPUs of the same core count are then told apart."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-root", default=os.environ.get("VAELAB_DATA_DIR", "data"))
@@ -159,8 +171,8 @@ def measure(args: argparse.Namespace) -> None:
         else "python scripts/bench.py " + " ".join(f"--override {o}" for o in args.override),
         "overrides": args.override,
         "commit": source_commit() or "not a git checkout",
-        "machine": f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "machine": f"{os.cpu_count()} CPU cores ({cpu_model()}, {platform.machine()}, "
+        f"{torch.backends.cpu.get_cpu_capability()}), torch {torch.__version__}, {torch.get_num_threads()} threads",
         "training": {
             "vaelab_lightning": a,
             "plain_loop": b,
