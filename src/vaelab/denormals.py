@@ -6,9 +6,10 @@ the float32 subnormal range (below 1.2e-38). x86 CPUs compute on subnormal numbe
 slower than on normal ones: after the default MNIST run's 10 epochs 23% of the first layer's
 moments are subnormal, and the run trains 22% fewer images per second than with them flushed
 (docs/benchmarks.md#subnormal-floats). Under x86's flush-to-zero and denormals-are-zero flags
-those values are zero. An Adam update from a moment under 1.2e-38 is below half a unit in the last place of any weight
-larger than about 1e-26, so flushing such moments moves no weight (tests/test_denormals.py); the
-runs in docs/benchmarks.md#subnormal-floats end with the same weights bit for bit either way.
+those values are zero. An Adam update from a moment under 1.2e-38 is below half a unit in the last
+place of any weight larger than about 1e-26, so flushing such moments moves no weight
+(tests/test_denormals.py); the runs in docs/benchmarks.md#subnormal-floats end with the same
+weights bit for bit either way.
 
 ``torch.set_flush_denormal`` sets the flags on the calling thread only, and torch has no call that
 reaches its intra-op worker threads. A thread copies its creator's flags, so a pool that starts
